@@ -1,0 +1,1 @@
+"""Runnable demos of the attention chapter: attention pooling and a seq2seq Transformer."""

@@ -1,0 +1,1 @@
+"""Operators: each a pure function, a thin module, and a loop-based reference in `reference.py`."""

@@ -1,0 +1,70 @@
+"""Input checks shared by the public operators: each raises ValueError/TypeError naming the values."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+
+def check_tensor(name: str, x: object, ndim: int | Sequence[int] | None = None) -> Tensor:
+    """Raise TypeError unless `x` is a floating tensor, ValueError unless it has one of `ndim` dims."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {name}.dtype={x.dtype}")
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if x.dim() not in allowed:
+            want = " or ".join(str(n) for n in allowed)
+            raise ValueError(f"{name} must have {want} dims, got {name}.shape={tuple(x.shape)}")
+    return x
+
+
+def check_positive_int(name: str, value: object) -> int:
+    """Raise unless `value` is an int >= 1 (bool is rejected)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {name}={value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {name}={value}")
+    return value
+
+
+def check_probability(name: str, value: object) -> float:
+    """Raise unless `value` is a real number in [0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a float, got {name}={value!r}")
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must lie in [0, 1), got {name}={value}")
+    return float(value)
+
+
+def check_heads_divide(dim: int, num_heads: int) -> int:
+    """Return the per-head width, raising unless `num_heads` divides `dim`."""
+    check_positive_int("num_heads", num_heads)
+    check_positive_int("dim", dim)
+    if dim % num_heads:
+        raise ValueError(f"num_heads must divide the width, got dim={dim}, num_heads={num_heads}")
+    return dim // num_heads
+
+
+def check_valid_lens(valid_lens: object, batch: int, queries: int, keys: int) -> Tensor:
+    """Validate per-sequence (B,) or per-query (B, Q) valid key counts, each in [0, keys]."""
+    if not isinstance(valid_lens, Tensor):
+        raise TypeError(f"valid_lens must be a torch.Tensor, got {type(valid_lens).__name__}")
+    if valid_lens.is_floating_point() or valid_lens.is_complex() or valid_lens.dtype == torch.bool:
+        raise TypeError(f"valid_lens must hold integers, got valid_lens.dtype={valid_lens.dtype}")
+    shape = tuple(valid_lens.shape)
+    if shape not in ((batch,), (batch, queries)):
+        raise ValueError(
+            f"valid_lens must have shape (B,)=({batch},) or (B, Q)=({batch}, {queries}), "
+            f"got valid_lens.shape={shape}"
+        )
+    if valid_lens.numel():
+        lo, hi = int(valid_lens.min()), int(valid_lens.max())
+        if lo < 0 or hi > keys:
+            raise ValueError(
+                f"valid_lens must lie in [0, {keys}] (the number of keys), got min={lo}, max={hi}"
+            )
+    return valid_lens

@@ -1,0 +1,167 @@
+"""Slow, loop-based references that the fast operators are tested against.
+
+Each function follows its formula one query (or position) at a time with no masking tricks, no
+folded heads and no broadcasting across rows, so it can be checked by reading. They are
+differentiable, so the tests hold fast paths to them backward too. Imported only by tests and
+benchmarks.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "additive_attention",
+    "dot_product_attention",
+    "masked_softmax",
+    "multi_head_attention",
+    "nadaraya_watson",
+    "sinusoidal_1d",
+]
+
+
+def _softmax_row(row: Tensor, keep: list[bool]) -> Tensor:
+    """Softmax of the kept entries of a 1-D row; zeros elsewhere and everywhere if none is kept."""
+    out = torch.zeros_like(row)
+    idx = [j for j, k in enumerate(keep) if k]
+    if not idx:
+        return out
+    kept = row[idx]
+    e = torch.exp(kept - kept.max())
+    out[idx] = e / e.sum()
+    return out
+
+
+def masked_softmax(scores: Tensor, valid_lens: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+    """Row-by-row masked softmax of (B, ..., Q, K) scores; see `attention.masked_softmax`."""
+    K = scores.shape[-1]
+    full_mask = None if mask is None else mask.expand(scores.shape)
+    out = torch.zeros_like(scores)
+    for index in torch.cartesian_prod(*[torch.arange(n) for n in scores.shape[:-1]]).reshape(
+        -1, scores.dim() - 1
+    ):
+        pos = tuple(int(i) for i in index)
+        b, q = pos[0], pos[-1]
+        keep = [True] * K
+        if valid_lens is not None:
+            n = int(valid_lens[b]) if valid_lens.dim() == 1 else int(valid_lens[b, q])
+            keep = [j < n for j in range(K)]
+        if full_mask is not None:
+            keep = [k and bool(full_mask[pos][j]) for j, k in enumerate(keep)]
+        out[pos] = _softmax_row(scores[pos], keep)
+    return out
+
+
+def dot_product_attention(
+    queries: Tensor,
+    keys: Tensor,
+    values: Tensor,
+    valid_lens: Tensor | None = None,
+    attn_mask: Tensor | None = None,
+    is_causal: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """softmax(q·k/√d) v for 3-D (B, T, d) inputs, one query at a time."""
+    B, Q, d = queries.shape
+    K = keys.shape[1]
+    out = torch.zeros(B, Q, values.shape[-1], dtype=values.dtype)
+    weights = torch.zeros(B, Q, K, dtype=queries.dtype)
+    mask = None if attn_mask is None else attn_mask.expand(B, Q, K)
+    for b in range(B):
+        for i in range(Q):
+            row = torch.stack([(queries[b, i] * keys[b, j]).sum() / math.sqrt(d) for j in range(K)])
+            keep = [True] * K
+            if valid_lens is not None:
+                n = int(valid_lens[b]) if valid_lens.dim() == 1 else int(valid_lens[b, i])
+                keep = [j < n for j in range(K)]
+            if mask is not None and mask.dtype == torch.bool:
+                keep = [k and bool(mask[b, i, j]) for j, k in enumerate(keep)]
+            elif mask is not None:
+                keep = [k and not bool(torch.isneginf(mask[b, i, j])) for j, k in enumerate(keep)]
+                row = row + torch.where(torch.isneginf(mask[b, i]), 0.0, mask[b, i])
+            if is_causal:
+                keep = [k and j <= i for j, k in enumerate(keep)]
+            w = _softmax_row(row, keep)
+            weights[b, i] = w
+            out[b, i] = sum((w[j] * values[b, j] for j in range(K)), torch.zeros_like(values[b, 0]))
+    return out, weights
+
+
+def additive_attention(
+    queries: Tensor,
+    keys: Tensor,
+    values: Tensor,
+    w_q: Tensor,
+    w_k: Tensor,
+    w_v: Tensor,
+    valid_lens: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """score(q, k) = w_v · tanh(W_q q + W_k k), one (query, key) pair at a time."""
+    B, Q, _ = queries.shape
+    K = keys.shape[1]
+    scores = torch.zeros(B, Q, K, dtype=queries.dtype)
+    for b in range(B):
+        for i in range(Q):
+            for j in range(K):
+                scores[b, i, j] = (w_v[0] * torch.tanh(w_q @ queries[b, i] + w_k @ keys[b, j])).sum()
+    weights = masked_softmax(scores, valid_lens)
+    return torch.einsum("bqk,bkd->bqd", weights, values), weights
+
+
+def multi_head_attention(
+    queries: Tensor,
+    keys: Tensor,
+    values: Tensor,
+    num_heads: int,
+    w_q: Tensor,
+    w_k: Tensor,
+    w_v: Tensor,
+    w_o: Tensor,
+    biases: tuple[Tensor, Tensor, Tensor, Tensor] | None = None,
+    valid_lens: Tensor | None = None,
+    is_causal: bool = False,
+) -> Tensor:
+    """concat_h(attention(q W_q^h, k W_k^h, v W_v^h)) W_o with an explicit loop over heads."""
+    b_q, b_k, b_v, b_o = biases if biases is not None else (0.0, 0.0, 0.0, 0.0)
+    q, k, v = queries @ w_q.T + b_q, keys @ w_k.T + b_k, values @ w_v.T + b_v
+    d, dv = q.shape[-1] // num_heads, v.shape[-1] // num_heads
+    heads = []
+    for h in range(num_heads):
+        qs, ks, vs = (
+            q[..., h * d : (h + 1) * d],
+            k[..., h * d : (h + 1) * d],
+            v[..., h * dv : (h + 1) * dv],
+        )
+        heads.append(dot_product_attention(qs, ks, vs, valid_lens, is_causal=is_causal)[0])
+    return torch.cat(heads, dim=-1) @ w_o.T + b_o
+
+
+def sinusoidal_1d(num_positions: int, dim: int, base: float = 10000.0) -> Tensor:
+    """P[p, 2j] = sin(p / base^(2j/d)), P[p, 2j+1] = cos(p / base^(2j/d)), with `math`, in float64."""
+    table = torch.zeros(num_positions, dim, dtype=torch.float64)
+    for p in range(num_positions):
+        for j in range(dim // 2):
+            angle = p / base ** (2 * j / dim)
+            table[p, 2 * j] = math.sin(angle)
+            table[p, 2 * j + 1] = math.cos(angle)
+    return table
+
+
+def nadaraya_watson(queries: Tensor, keys: Tensor, values: Tensor, width: Tensor | float = 1.0) -> Tensor:
+    """f(x) = Σ_i K(x - x_i) y_i / Σ_j K(x - x_j) with the Gaussian kernel K(u) = exp(-(u·w)²/2)."""
+    out = []
+    for i in range(queries.shape[0]):
+        ks = keys[i] if keys.dim() == 2 else keys
+        vs = values[i] if values.dim() == 2 else values
+        kernel = [torch.exp(-(((queries[i] - x) * width) ** 2) / 2) for x in ks]
+        total = sum(kernel, torch.zeros((), dtype=queries.dtype))
+        out.append(
+            sum(
+                (kv * y for kv, y in zip(kernel, vs, strict=True)),
+                torch.zeros((), dtype=queries.dtype),
+            )
+            / total
+        )
+    return torch.stack(out)

@@ -1,0 +1,101 @@
+"""Figures as PNG files through matplotlib's Agg backend (no display needed).
+
+A leaf module: it takes numbers (tensors or arrays) and a path, and imports nothing from convattn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+__all__ = ["heatmaps", "line_plot"]
+
+Panel = tuple[Any, str, Sequence[str] | None, Sequence[str] | None]
+Series = tuple[Any, Any]  # (x, y): sequences, arrays or tensors
+
+
+def _as_array(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().float().numpy()
+    return np.asarray(x, dtype=float)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def heatmaps(
+    panels: Sequence[Panel],
+    path: Path,
+    *,
+    ncols: int = 4,
+    xlabel: str = "",
+    ylabel: str = "",
+    suptitle: str | None = None,
+    vmax: float | None = None,
+) -> Path:
+    """A grid of heat-maps; each panel is (2-D values, title, row labels or None, column labels or None)."""
+    if not panels:
+        raise ValueError("heatmaps needs at least one panel")
+    ncols = max(1, min(ncols, len(panels)))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.8 * ncols, 2.6 * nrows), squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.axis("off")
+    for ax, (values, title, rows, cols) in zip(axes.flat, panels, strict=False):
+        data = _as_array(values)
+        if data.ndim != 2:
+            raise ValueError(f"heat-map panel {title!r} must be 2-D, got shape {data.shape}")
+        im = ax.imshow(data, cmap="Reds", vmin=0.0, vmax=vmax, aspect="auto")
+        ax.set_title(title, fontsize=8)
+        ax.tick_params(labelsize=6)
+        for setter, labels in ((ax.set_yticks, rows), (ax.set_xticks, cols)):
+            if labels is not None:
+                setter(range(len(labels)), labels=list(labels), fontsize=6)
+        ax.set_xlabel(xlabel, fontsize=7)
+        ax.set_ylabel(ylabel, fontsize=7)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=6)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def line_plot(
+    series: dict[str, Series],
+    path: Path,
+    *,
+    xlabel: str = "",
+    ylabel: str = "",
+    title: str | None = None,
+    logy: bool = False,
+    points: dict[str, Series] | None = None,
+) -> Path:
+    """Named (x, y) curves on one axis, with optional scatter `points`."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for name, (x, y) in (points or {}).items():
+        ax.plot(_as_array(x), _as_array(y), "o", ms=3, alpha=0.5, label=name)
+    for name, (x, y) in series.items():
+        ax.plot(_as_array(x), _as_array(y), label=name)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)

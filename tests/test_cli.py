@@ -1,0 +1,88 @@
+"""The command line as a user meets it: help, version, errors, and the study's run folder."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import matplotlib.image as mpimg
+import pytest
+
+from convattn import __version__
+from convattn.cli import main
+
+
+def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "convattn", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_help_lists_subcommands_without_importing_torch():
+    code = (
+        "import sys\nfrom convattn.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().endswith("False")
+    for sub in ("study", "demo", "info"):
+        assert sub in out
+
+
+def test_version():
+    result = _run("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"convattn {__version__}"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--bogus"],
+        ["study", "--nope"],
+        ["frobnicate"],
+        ["demo", "nothing"],
+        ["study", "--threads", "0"],
+    ],
+)
+def test_bad_arguments_give_one_line_and_exit_2(args, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("convattn")
+
+
+def test_no_command_prints_help(capsys):
+    assert main([]) == 0
+    assert "COMMAND" in capsys.readouterr().out
+
+
+def test_study_quick_writes_its_run_folder(tmp_path):
+    out = tmp_path / "run"
+    result = _run("study", "--quick", "--out", str(out), "--threads", "1")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    env = json.loads((out / "environment.json").read_text())
+    assert env["torch_threads"] == 1
+    figures = [f for part in metrics.values() for f in part["figures"]]
+    assert len(figures) == 4
+    for name in figures:
+        img = mpimg.imread(out / name)
+        assert min(img.shape[:2]) > 100
+        assert f"({name})" in (out / "summary.md").read_text()
+    assert 0.0 <= metrics["seq2seq"]["test_exact_match"] <= 1.0
+
+
+def test_study_never_writes_into_a_used_folder(tmp_path):
+    keep = tmp_path / "mine.txt"
+    keep.write_text("precious")
+    result = _run("study", "--quick", "--out", str(tmp_path))
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "exists" in result.stderr
+    assert keep.read_text() == "precious" and sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]
