@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from convattn.attention import masked_softmax
 from convattn.layers import reference as ref
@@ -107,3 +109,26 @@ def test_bad_scores_are_named():
         masked_softmax(torch.randn(3, 4), torch.tensor([1, 2, 3]))
     with pytest.raises(TypeError, match="boolean"):
         masked_softmax(torch.randn(3, 4), mask=torch.ones(3, 4))
+
+
+@st.composite
+def _scores_and_lens(draw):
+    B, Q, K = draw(st.integers(1, 3)), draw(st.integers(1, 4)), draw(st.integers(1, 5))
+    per_query = draw(st.booleans())
+    shape = (B, Q) if per_query else (B,)
+    lens = draw(
+        st.lists(st.integers(0, K), min_size=B * Q if per_query else B, max_size=B * Q if per_query else B)
+    )
+    seed = draw(st.integers(0, 2**16))
+    scores = torch.randn(B, Q, K, dtype=f64, generator=torch.Generator().manual_seed(seed)) * 10
+    return scores, torch.tensor(lens).reshape(shape)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_scores_and_lens())
+def test_any_shape_and_lengths_match_reference(case):
+    scores, lens = case
+    out = masked_softmax(scores, lens)
+    torch.testing.assert_close(out, ref.masked_softmax(scores, lens), rtol=0, atol=1e-12)
+    rows = out.sum(-1)  # 1 where a key is kept, 0 where none is
+    assert torch.all(((rows - 1).abs() < 1e-12) | (rows == 0))
