@@ -9,14 +9,19 @@ benchmarks.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+from convattn.layers.pos_embed import sinusoidal_2d
 
 __all__ = [
     "additive_attention",
     "dot_product_attention",
     "masked_softmax",
+    "mhsa2d",
     "multi_head_attention",
     "nadaraya_watson",
     "sinusoidal_1d",
@@ -165,3 +170,58 @@ def nadaraya_watson(queries: Tensor, keys: Tensor, values: Tensor, width: Tensor
             / total
         )
     return torch.stack(out)
+
+
+def mhsa2d(layer: Any, x: Tensor) -> Tensor:
+    """`MultiHeadSelfAttention2d` from its formulas: an explicit (T, T) score matrix per head.
+
+    Every score is written out for all (query, key) pixel pairs from the offsets δ = p_k - p_q, then
+    softmax, pooling and the output projection; no features, no fused kernel, no row/column split.
+    """
+    B, C, H, W = x.shape
+    if layer.encoding == "absolute":
+        table = layer.abs_table
+        if (H, W) != tuple(table.shape[1:]):
+            table = F.interpolate(table[None], size=(H, W), mode="bilinear", align_corners=False)[0]
+        x = x + table
+    elif layer.encoding == "absolute_sinusoidal":
+        x = x + sinusoidal_2d(H, W, C, dtype=x.dtype)
+    tokens = x.flatten(2).transpose(1, 2)  # (B, T, C)
+    T = H * W
+    pos = torch.tensor([[i, j] for i in range(H) for j in range(W)], dtype=x.dtype)  # (T, 2)
+    delta = pos[None, :, :] - pos[:, None, :]  # (T, T, 2): [q, k] = p_k - p_q
+    heads = []
+    for h in range(layer.num_heads):
+        scores = torch.zeros(B, T, T, dtype=x.dtype)
+        if layer.content:
+            d = layer.head_dim
+            sl = slice(h * d, (h + 1) * d)
+            q = tokens @ layer.W_q.weight[sl].T + (layer.W_q.bias[sl] if layer.W_q.bias is not None else 0)
+            k = tokens @ layer.W_k.weight[sl].T + (layer.W_k.bias[sl] if layer.W_k.bias is not None else 0)
+            scores = scores + q @ k.transpose(1, 2) / math.sqrt(d)
+        if layer.encoding.startswith("relative"):
+            (M_h, M_w) = layer.max_size
+            ri = delta[..., 0].long().clamp(-(M_h - 1), M_h - 1) + M_h - 1  # (T, T)
+            ci = delta[..., 1].long().clamp(-(M_w - 1), M_w - 1) + M_w - 1
+            scores = (
+                scores + layer.rel_row[ri] @ layer.rel_row_keys[h] + layer.rel_col[ci] @ layer.rel_col_keys[h]
+            )
+        if layer.encoding.startswith("quadratic"):
+            if layer.encoding == "quadratic":
+                inv_cov = layer.spreads[h] ** 2 * torch.eye(2, dtype=x.dtype)
+            else:
+                inv_cov = layer.spreads[h] @ layer.spreads[h].T
+            diff = delta - layer.centres[h]  # (T, T, 2)
+            scores = scores - 0.5 * torch.einsum("qka,ab,qkb->qk", diff, inv_cov, diff)
+        probs = torch.softmax(scores, dim=-1)  # (B, T, T)
+        if layer.W_v is None:
+            values = tokens
+        else:
+            dv = layer.value_dim
+            sl = slice(h * dv, (h + 1) * dv)
+            values = tokens @ layer.W_v.weight[sl].T + (
+                layer.W_v.bias[sl] if layer.W_v.bias is not None else 0
+            )
+        heads.append(probs @ values)  # (B, T, d_v)
+    out = layer.W_o(torch.cat(heads, dim=-1))  # (B, T, C_out)
+    return out.transpose(1, 2).reshape(B, -1, H, W)

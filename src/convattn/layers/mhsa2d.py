@@ -1,0 +1,316 @@
+"""Multi-head self-attention over the pixels of an image, with the encodings of Cordonnier et al. 2020.
+
+Layout: (B, C, H, W) -> (B, C_out, H, W); pixel t = i·W + j of the H×W grid, δ = p_key - p_query.
+
+For head h, the score of query pixel q and key pixel k is a sum of the terms the encoding enables:
+
+    content      (x_q W_q^h + b_q^h) · (x_k W_k^h + b_k^h) / √d      none, absolute*, relative_content
+    relative     v_row^h · r_row[δ_row] + v_col^h · r_col[δ_col]     relative, relative_content
+    quadratic    -½ (δ - Δ^h)ᵀ Σ_h⁻¹ (δ - Δ^h)                        quadratic, quadratic_generalized
+
+Absolute encodings (learned, or 2-D sinusoidal) are added to the input first. The relative term is the
+positional part v^T Ŵ_key r_δ of the Transformer-XL decomposition (Cordonnier et al. eq. 8) with the
+embeddings r shared by the heads and v^T Ŵ_key folded into one vector per head, exactly as the
+reference code; with content, the query bias b_q plays the role of u in the term u^T W_key x_k.
+The quadratic term is eq. 9: an isotropic Σ⁻¹ = s_h² I (α = s_h²/2) or a learned Σ⁻¹ = S Sᵀ.
+
+Memory stays linear in the number of pixels T. Every score above is a dot product of a few features
+of the query and the key (the quadratic one: [1, p_q] · [-½ p_kᵀΣ⁻¹p_k + Δᵀ Σ⁻¹ p_k, Σ⁻¹p_k]; the
+relative one: one-hot rows/columns of q against the embedding scores of k), so all heads run through
+`F.scaled_dot_product_attention`, whose CPU kernel never forms the T×T matrix. When only positions
+matter and the score splits into a row part plus a column part (relative without content, isotropic
+quadratic) the softmax over the H×W grid factorises into a row softmax times a column softmax, and the
+layer runs as two small 1-D attentions (exactly, not as an approximation).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from convattn.layers._checks import check_positive_int, check_probability, check_tensor
+from convattn.layers.pos_embed import sinusoidal_2d
+
+__all__ = ["ENCODINGS", "MultiHeadSelfAttention2d", "pixel_positions"]
+
+ENCODINGS = (
+    "none",
+    "absolute",
+    "absolute_sinusoidal",
+    "relative",
+    "relative_content",
+    "quadratic",
+    "quadratic_generalized",
+)
+
+
+def pixel_positions(height: int, width: int, *, dtype: torch.dtype, device: torch.device | None) -> Tensor:
+    """(T, 2) (row, column) of every pixel, row-major, T = height·width."""
+    rows = torch.arange(height, dtype=dtype, device=device)
+    cols = torch.arange(width, dtype=dtype, device=device)
+    return torch.stack(torch.meshgrid(rows, cols, indexing="ij"), dim=-1).reshape(-1, 2)  # (T, 2)
+
+
+def _pair(name: str, value: int | tuple[int, int]) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2:
+        raise ValueError(f"{name} must be an int or a pair, got {name}={value!r}")
+    return check_positive_int(name, pair[0]), check_positive_int(name, pair[1])
+
+
+class MultiHeadSelfAttention2d(nn.Module):
+    """Multi-head self-attention on (B, C, H, W) maps, for any H and W.
+
+    Args:
+        in_channels: C.
+        out_channels: C_out (default C).
+        num_heads: number of heads.
+        encoding: one of `ENCODINGS` (see the module docstring).
+        head_dim: query/key width per head for content scores (default C // num_heads).
+        value_dim: value width per head (default C // num_heads); ignored without `value_proj`.
+        value_proj: project values per head; False lets every head pool the input itself, so each
+            head is C wide and the output projection maps heads·C -> C_out (the reference model).
+        qkv_bias: biases on the query/key/value projections.
+        out_bias: bias on the output projection.
+        attn_dropout: dropout on the attention probabilities (training only).
+        relative_content: with `encoding="relative"`, also add content scores (same as
+            `encoding="relative_content"`).
+        max_size: (rows, columns) of the learned absolute table and of the learned relative
+            embeddings, which cover offsets |δ| < max_size (farther offsets share the last entry).
+            A learned absolute table is resampled bilinearly for other map sizes.
+        position_dim: width of the learned relative embeddings (default C).
+        centre_std, spread_std: quadratic initialisation, centres ~ N(0, centre_std²) and spreads
+            1 + N(0, spread_std²), as the reference code.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int | None = None,
+        *,
+        num_heads: int = 8,
+        encoding: str = "none",
+        head_dim: int | None = None,
+        value_dim: int | None = None,
+        value_proj: bool = True,
+        qkv_bias: bool = True,
+        out_bias: bool = True,
+        attn_dropout: float = 0.0,
+        relative_content: bool = False,
+        max_size: int | tuple[int, int] = 16,
+        position_dim: int | None = None,
+        centre_std: float = 2.0,
+        spread_std: float = 0.01,
+    ) -> None:
+        super().__init__()
+        C = check_positive_int("in_channels", in_channels)
+        self.num_heads = check_positive_int("num_heads", num_heads)
+        if encoding not in ENCODINGS:
+            raise ValueError(f"unknown encoding {encoding!r}; choose one of {', '.join(ENCODINGS)}")
+        if relative_content and encoding not in ("relative", "relative_content"):
+            raise ValueError(f"relative_content=True needs encoding='relative', got {encoding=}")
+        if relative_content:
+            encoding = "relative_content"
+        self.encoding = encoding
+        self.in_channels = C
+        self.out_channels = C if out_channels is None else check_positive_int("out_channels", out_channels)
+        self.attn_dropout = check_probability("attn_dropout", attn_dropout)
+        self.max_size = _pair("max_size", max_size)
+        h = self.num_heads
+
+        self.content = encoding in ("none", "absolute", "absolute_sinusoidal", "relative_content")
+        if self.content:
+            self.head_dim = check_positive_int("head_dim", head_dim or max(1, C // h))
+            self.W_q = nn.Linear(C, h * self.head_dim, bias=qkv_bias)
+            self.W_k = nn.Linear(C, h * self.head_dim, bias=qkv_bias)
+        self.value_proj = value_proj
+        self.value_dim = check_positive_int("value_dim", value_dim or max(1, C // h)) if value_proj else C
+        self.W_v = nn.Linear(C, h * self.value_dim, bias=qkv_bias) if value_proj else None
+        self.W_o = nn.Linear(h * self.value_dim, self.out_channels, bias=out_bias)
+
+        if encoding == "absolute":
+            self.abs_table = nn.Parameter(torch.randn(C, *self.max_size) * 0.02)  # (C, M_h, M_w)
+        if encoding == "absolute_sinusoidal" and C % 4:
+            raise ValueError(f"absolute_sinusoidal needs in_channels divisible by 4, got in_channels={C}")
+        if encoding.startswith("relative"):
+            P = check_positive_int("position_dim", position_dim or C)
+            M_h, M_w = self.max_size
+            self.rel_row = nn.Parameter(torch.randn(2 * M_h - 1, P) * 0.02)  # r_row[δ + M_h - 1]
+            self.rel_col = nn.Parameter(torch.randn(2 * M_w - 1, P) * 0.02)
+            self.rel_row_keys = nn.Parameter(torch.randn(h, P) * 0.02)  # v_row^h
+            self.rel_col_keys = nn.Parameter(torch.randn(h, P) * 0.02)
+        if encoding.startswith("quadratic"):
+            self.centres = nn.Parameter(torch.randn(h, 2) * centre_std)  # Δ^h = (row, col)
+            if encoding == "quadratic":
+                self.spreads = nn.Parameter(1 + torch.randn(h) * spread_std)  # s_h: Σ⁻¹ = s_h² I
+            else:
+                self.spreads = nn.Parameter(torch.eye(2).repeat(h, 1, 1) + torch.randn(h, 2, 2) * spread_std)
+
+    # -- positional scores ---------------------------------------------------------------------
+
+    @property
+    def position_only(self) -> bool:
+        """True when the attention does not depend on the input (relative or quadratic, no content)."""
+        return self.encoding in ("relative", "quadratic", "quadratic_generalized")
+
+    def inverse_covariance(self) -> Tensor:
+        """Σ_h⁻¹ of the quadratic heads, (heads, 2, 2)."""
+        if self.encoding == "quadratic":
+            eye = torch.eye(2, dtype=self.spreads.dtype, device=self.spreads.device)
+            return self.spreads[:, None, None] ** 2 * eye  # s² I
+        if self.encoding == "quadratic_generalized":
+            return self.spreads @ self.spreads.transpose(1, 2)  # S Sᵀ
+        raise ValueError(f"inverse_covariance needs a quadratic encoding, this layer has {self.encoding!r}")
+
+    def _relative_table(self, n: int, axis: int) -> Tensor:
+        """(heads, n, n) relative scores along one axis: entry [a, b] scores offset δ = b - a."""
+        emb, keys = (self.rel_row, self.rel_row_keys) if axis == 0 else (self.rel_col, self.rel_col_keys)
+        M = self.max_size[axis]
+        per_offset = keys @ emb.T  # (heads, 2M-1): v^h · r[δ]
+        idx = torch.arange(n, device=emb.device)
+        delta = (idx[None, :] - idx[:, None]).clamp(-(M - 1), M - 1) + (M - 1)  # (n, n)
+        return per_offset[:, delta]  # (heads, n, n)
+
+    def _quadratic_axis(self, n: int, axis: int, dtype: torch.dtype) -> Tensor:
+        """(heads, n, n) isotropic quadratic scores along one axis: -½ s² (δ - Δ_axis)²."""
+        idx = torch.arange(n, dtype=dtype, device=self.centres.device)
+        delta = idx[None, :] - idx[:, None]  # (n, n): key - query
+        diff = delta[None] - self.centres[:, axis, None, None].to(dtype)  # (heads, n, n)
+        return -0.5 * self.spreads.to(dtype)[:, None, None] ** 2 * diff**2
+
+    def axis_scores(self, height: int, width: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """Row (heads, H, H) and column (heads, W, W) scores of a separable position-only layer."""
+        if self.encoding == "relative":
+            return self._relative_table(height, 0).to(dtype), self._relative_table(width, 1).to(dtype)
+        if self.encoding == "quadratic":
+            return self._quadratic_axis(height, 0, dtype), self._quadratic_axis(width, 1, dtype)
+        raise ValueError(f"{self.encoding!r} scores do not split into rows and columns")
+
+    def _position_features(self, height: int, width: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """Query (heads, T, F) and key (heads, T, F) features whose dot product is the position score."""
+        h = self.num_heads
+        if self.encoding.startswith("relative"):
+            rows, cols = (
+                self._relative_table(height, 0),
+                self._relative_table(width, 1),
+            )  # (h, H, H), (h, W, W)
+            eye_r = torch.eye(height, dtype=dtype, device=rows.device)
+            eye_c = torch.eye(width, dtype=dtype, device=rows.device)
+            q_feat = torch.cat(
+                [eye_r.repeat_interleave(width, 0), eye_c.repeat(height, 1)], dim=1
+            )  # (T, H + W): one-hot row and column of the query
+            k_rows = rows.transpose(1, 2).repeat_interleave(width, 1)  # (h, T, H): [k, a] = f(i_k - a)
+            k_cols = cols.transpose(1, 2).repeat(1, height, 1)  # (h, T, W): [k, b] = f(j_k - b)
+            k_feat = torch.cat([k_rows, k_cols], dim=2).to(dtype)  # (h, T, H + W)
+            return q_feat.expand(h, -1, -1), k_feat
+        # Quadratic: centred coordinates keep the features small; the shift cancels in the softmax.
+        pos = pixel_positions(height, width, dtype=dtype, device=self.centres.device)
+        pos = pos - pos.mean(0)  # (T, 2)
+        P = self.inverse_covariance().to(dtype)  # (h, 2, 2)
+        mu = self.centres.to(dtype)  # (h, 2)
+        Pp = torch.einsum("hab,tb->hta", P, pos)  # (h, T, 2): Σ⁻¹ p_k
+        key_only = -0.5 * (pos * Pp).sum(-1) + torch.einsum("ha,hta->ht", mu, Pp)  # (h, T)
+        q_feat = torch.cat([torch.ones_like(pos[:, :1]), pos], dim=1)  # (T, 3): [1, p_q]
+        k_feat = torch.cat([key_only[..., None], Pp], dim=2)  # (h, T, 3)
+        return q_feat.expand(h, -1, -1), k_feat
+
+    # -- forward -----------------------------------------------------------------------------------
+
+    def _prepare_input(self, x: Tensor) -> Tensor:
+        check_tensor("x", x, 4)
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"expected (B, {self.in_channels}, H, W) input, got x.shape={tuple(x.shape)}")
+        H, W = x.shape[-2:]
+        if self.encoding == "absolute":
+            table = self.abs_table.to(x.dtype)
+            if (H, W) != self.max_size:
+                table = F.interpolate(table[None], size=(H, W), mode="bilinear", align_corners=False)[0]
+            return x + table  # (B, C, H, W) + (C, H, W)
+        if self.encoding == "absolute_sinusoidal":
+            return x + sinusoidal_2d(H, W, self.in_channels, dtype=x.dtype, device=x.device)
+        return x
+
+    def _values(self, tokens: Tensor) -> Tensor:
+        """(B, T, C) tokens -> (B, heads, T, d_v) values; without projection every head sees the input."""
+        B, T, _ = tokens.shape
+        if self.W_v is None:
+            return tokens[:, None].expand(B, self.num_heads, T, self.in_channels)  # (B, h, T, C)
+        v = self.W_v(tokens).reshape(B, T, self.num_heads, self.value_dim)  # (B, T, h, d_v)
+        return v.transpose(1, 2)  # (B, h, T, d_v)
+
+    def _features(self, tokens: Tensor, H: int, W: int) -> tuple[Tensor, Tensor]:
+        """Query and key features (B or 1, heads, T, F) whose dot product is the full score."""
+        B, T, _ = tokens.shape
+        parts_q, parts_k = [], []
+        if self.content:
+            q = self.W_q(tokens).reshape(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, h, T, d)
+            k = self.W_k(tokens).reshape(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, h, T, d)
+            parts_q.append(q / math.sqrt(self.head_dim))
+            parts_k.append(k)
+        if self.encoding.startswith(("relative", "quadratic")):
+            pq, pk = self._position_features(H, W, tokens.dtype)  # (h, T, F) each
+            n = B if self.content else 1
+            parts_q.append(pq[None].expand(n, -1, -1, -1))
+            parts_k.append(pk[None].expand(n, -1, -1, -1))
+        return torch.cat(parts_q, dim=-1), torch.cat(parts_k, dim=-1)
+
+    def _attend_fused(self, x: Tensor) -> Tensor:
+        """All encodings: SDPA over features, heads in a batch axis. x: (B, C, H, W) -> (B, h·d_v, H, W)."""
+        B, C, H, W = x.shape
+        tokens = x.flatten(2).transpose(1, 2)  # (B, T, C)
+        q, k = self._features(tokens, H, W)  # (B|1, h, T, F)
+        v = self._values(tokens)  # (B, h, T, d_v)
+        Fq, dv = q.shape[-1], v.shape[-1]
+        # The fused CPU kernel wants one width for q, k and v: pad the narrower side with zeros.
+        if Fq < dv:
+            q, k = F.pad(q, (0, dv - Fq)), F.pad(k, (0, dv - Fq))
+        elif Fq > dv:
+            v = F.pad(v, (0, Fq - dv))
+        q, k = q.expand(B, -1, -1, -1), k.expand(B, -1, -1, -1)
+        p = self.attn_dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=p, scale=1.0)[..., :dv]  # (B, h, T, d_v)
+        return out.transpose(2, 3).reshape(B, self.num_heads * dv, H, W)  # (B, h·d_v, H, W)
+
+    def _attend_separable(self, x: Tensor) -> Tensor:
+        """Row-times-column attention of separable position-only layers: (B, C, H, W) -> (B, h·d_v, H, W)."""
+        B, C, H, W = x.shape
+        rows, cols = self.axis_scores(H, W, x.dtype)
+        A_r, A_c = rows.softmax(-1), cols.softmax(-1)  # (h, H, H), (h, W, W)
+        if self.W_v is None:
+            t = torch.einsum("hjb,ncab->nhcaj", A_c, x)  # (B, h, C, H, W): mix columns
+        else:
+            v = self.W_v(x.flatten(2).transpose(1, 2))  # (B, T, h·d_v)
+            v = v.transpose(1, 2).reshape(B, self.num_heads, self.value_dim, H, W)  # (B, h, d_v, H, W)
+            t = torch.einsum("hjb,nhcab->nhcaj", A_c, v)
+        out = torch.einsum("hia,nhcaj->nhcij", A_r, t)  # (B, h, d_v, H, W): mix rows
+        return out.reshape(B, self.num_heads * self.value_dim, H, W)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, C, H, W) -> (B, C_out, H, W)."""
+        x = self._prepare_input(x)
+        separable = self.encoding in ("relative", "quadratic")
+        if separable and not (self.training and self.attn_dropout > 0):
+            heads = self._attend_separable(x)
+        else:
+            heads = self._attend_fused(x)
+        B, _, H, W = heads.shape
+        out = self.W_o(heads.flatten(2).transpose(1, 2))  # (B, T, C_out)
+        return out.transpose(1, 2).reshape(B, self.out_channels, H, W)
+
+    @torch.no_grad()
+    def attention_probs(self, x: Tensor, query: tuple[int, int]) -> Tensor:
+        """Every head's attention over the H×W map for one query pixel: (B, heads, H, W).
+
+        For position-only encodings the result is the same for every image (B of `x` is kept).
+        """
+        x = self._prepare_input(x)
+        B, _, H, W = x.shape
+        i, j = query
+        if not (0 <= i < H and 0 <= j < W):
+            raise ValueError(f"query {query} lies outside the {H}x{W} map")
+        q, k = self._features(x.flatten(2).transpose(1, 2), H, W)  # (B|1, h, T, F)
+        scores = torch.einsum("bhf,bhtf->bht", q[:, :, i * W + j], k)  # (B|1, h, T)
+        return scores.softmax(-1).reshape(-1, self.num_heads, H, W).expand(B, -1, -1, -1)
