@@ -259,7 +259,7 @@ class MultiHeadSelfAttention2d(nn.Module):
 
     def _attend_fused(self, x: Tensor) -> Tensor:
         """All encodings: SDPA over features, heads in a batch axis. x: (B, C, H, W) -> (B, h·d_v, H, W)."""
-        B, C, H, W = x.shape
+        B, _, H, W = x.shape
         tokens = x.flatten(2).transpose(1, 2)  # (B, T, C)
         q, k = self._features(tokens, H, W)  # (B|1, h, T, F)
         v = self._values(tokens)  # (B, h, T, d_v)
@@ -276,7 +276,7 @@ class MultiHeadSelfAttention2d(nn.Module):
 
     def _attend_separable(self, x: Tensor) -> Tensor:
         """Row-times-column attention of separable position-only layers: (B, C, H, W) -> (B, h·d_v, H, W)."""
-        B, C, H, W = x.shape
+        B, _, H, W = x.shape
         rows, cols = self.axis_scores(H, W, x.dtype)
         A_r, A_c = rows.softmax(-1), cols.softmax(-1)  # (h, H, H), (h, W, W)
         if self.W_v is None:
