@@ -260,7 +260,7 @@ class MultiHeadSelfAttention2d(nn.Module):
     def _attend_fused(self, x: Tensor) -> Tensor:
         """All encodings: SDPA over features, heads in a batch axis. x: (B, C, H, W) -> (B, h·d_v, H, W)."""
         B, _, H, W = x.shape
-        tokens = x.flatten(2).transpose(1, 2)  # (B, T, C)
+        tokens = x.flatten(2).transpose(1, 2).contiguous()  # (B, T, C): fused kernels want unit stride
         q, k = self._features(tokens, H, W)  # (B|1, h, T, F)
         v = self._values(tokens)  # (B, h, T, d_v)
         Fq, dv = q.shape[-1], v.shape[-1]
