@@ -86,3 +86,25 @@ def test_study_never_writes_into_a_used_folder(tmp_path):
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "exists" in result.stderr
     assert keep.read_text() == "precious" and sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]
+
+
+def test_convert_prints_the_table_and_writes_pictures(tmp_path):
+    result = _run(
+        "convert", "--size", "9", "9", "--picture", str(tmp_path / "h.png"), "--csv", str(tmp_path / "t.csv")
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:2] == ["convolution", "heads"]
+    assert sum(line.endswith("identical") for line in lines) == 9
+    assert (tmp_path / "h.png").stat().st_size > 1000
+    assert len((tmp_path / "t.csv").read_text().splitlines()) == 10
+
+
+def test_convert_one_conv_from_flags():
+    result = _run(
+        "convert", "--kernel-size", "2", "3", "--stride", "2", "--padding", "1", "--padding-mode", "reflect"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "k=2x3 s=2x2 p=1x1" in result.stdout and "identical" in result.stdout
+    bad = _run("convert", "--kernel-size", "3", "--stride", "2", "--padding", "same")
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "strided" in bad.stderr

@@ -65,7 +65,7 @@ def test_conv_to_attention_is_exact_in_float64(cfg, size):
     _check_conversion(cfg, size, f64, 1e-10)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(conv_configs(), st.tuples(st.integers(1, 12), st.integers(1, 12)))
 def test_conv_to_attention_is_exact_in_float32(cfg, size):
     _check_conversion(cfg, size, torch.float32, 1e-5)
@@ -183,3 +183,37 @@ def test_too_small_inputs_are_refused_like_the_conv_does():
         converted(torch.randn(1, 2, 3, 3))
     with pytest.raises(ValueError, match="reflect-pad"):
         conv_to_attention(nn.Conv2d(2, 2, 3, padding=3, padding_mode="reflect"))(torch.randn(1, 2, 2, 2))
+
+
+def test_check_conversion_covers_the_table():
+    from convattn.convert import CONV_TABLE, check_conversion
+
+    options = {k for cfg in CONV_TABLE for k in cfg}
+    assert {"stride", "dilation", "padding", "padding_mode", "groups", "bias"} <= options
+    modes = {cfg.get("padding_mode", "zeros") for cfg in CONV_TABLE}
+    assert modes == {"zeros", "reflect", "replicate", "circular"}
+    for cfg in CONV_TABLE:
+        row = check_conversion(cfg, size=(9, 10))
+        assert row["max_error_float32"] <= 1e-5 and row["max_error_float64"] <= 1e-10 and row["round_trip"]
+
+
+def test_pictures(tmp_path):
+    import matplotlib.image as mpimg
+
+    from convattn.viz import mass_levels, plot_attention_heads, plot_quadratic_centres
+
+    layer = conv_to_attention(nn.Conv2d(3, 4, 3, padding=1)).attention
+    for path in (
+        plot_attention_heads(layer, tmp_path / "heads.png", size=(11, 11)),
+        plot_quadratic_centres(layer, tmp_path / "centres.png"),
+        plot_attention_heads(
+            MultiHeadSelfAttention2d(8, num_heads=2), tmp_path / "c.png", x=torch.randn(1, 8, 6, 6)
+        ),
+    ):
+        assert min(mpimg.imread(path).shape[:2]) > 100
+    probs = torch.tensor([0.4, 0.3, 0.2, 0.1])
+    assert mass_levels(probs) == pytest.approx([0.2, 0.3])  # {.4, .3} holds 70% >= 50%; {.., .2} 90%
+    with pytest.raises(ValueError, match="content"):
+        plot_attention_heads(MultiHeadSelfAttention2d(8, num_heads=2), tmp_path / "x.png", size=(4, 4))
+    with pytest.raises(ValueError, match="quadratic"):
+        plot_quadratic_centres(MultiHeadSelfAttention2d(8, num_heads=2), tmp_path / "y.png")

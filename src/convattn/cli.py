@@ -67,6 +67,103 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _padding(value: str) -> str | int:
+    if value in ("same", "valid"):
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an int, 'same' or 'valid', got {value!r}") from None
+
+
+def _one_or_two(name: str, values: list[int] | None) -> int | tuple[int, int] | None:
+    if values is None:
+        return None
+    if len(values) not in (1, 2):
+        raise ValueError(f"--{name} takes one or two numbers, got {len(values)}")
+    return values[0] if len(values) == 1 else (values[0], values[1])
+
+
+def _conv_config(args: argparse.Namespace) -> dict[str, object] | None:
+    """The conv the flags describe, or None when no conv flag was given (use the table)."""
+    if args.kernel_size is None:
+        given = [
+            f
+            for f in ("in_channels", "out_channels", "stride", "padding", "dilation", "groups")
+            if getattr(args, f) is not None
+        ]
+        if given or args.padding_mode != "zeros" or args.no_bias:
+            raise ValueError("give --kernel-size to describe one conv (or no conv flags for the table)")
+        return None
+    pads = args.padding or [0]
+    if len(pads) > 2 or (isinstance(pads[0], str) and len(pads) > 1):
+        raise ValueError(f"--padding takes one or two ints, 'same' or 'valid', got {pads}")
+    config: dict[str, object] = {
+        "in_channels": args.in_channels or 8,
+        "out_channels": args.out_channels or 8,
+        "kernel_size": _one_or_two("kernel-size", args.kernel_size),
+        "padding": pads[0] if len(pads) == 1 else tuple(pads),
+        "padding_mode": args.padding_mode,
+        "groups": args.groups or 1,
+        "bias": not args.no_bias,
+    }
+    for name in ("stride", "dilation"):
+        value = _one_or_two(name, getattr(args, name))
+        if value is not None:
+            config[name] = value
+    return config
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    _set_threads(args.threads)
+    import csv
+
+    import torch
+    from torch import nn
+
+    from convattn.convert import CONV_TABLE, check_conversion, conv_to_attention
+
+    one = _conv_config(args)
+    configs = [one] if one is not None else list(CONV_TABLE)
+    try:
+        rows = [check_conversion(c, size=tuple(args.size), seed=args.seed) for c in configs]
+    except (TypeError, RuntimeError) as err:
+        raise ValueError(f"invalid convolution: {err}") from None
+    header = f"{'convolution':<46} {'heads':>5} {'max err fp32':>13} {'max err fp64':>13}  round trip"
+    print(header)
+    print("-" * len(header))
+    ok = True
+    for r in rows:
+        good = r["max_error_float32"] <= 1e-5 and r["max_error_float64"] <= 1e-10 and r["round_trip"]  # type: ignore[operator]
+        ok &= bool(good)
+        print(
+            f"{r['conv']:<46} {r['heads']:>5} {r['max_error_float32']:>13.2e} "
+            f"{r['max_error_float64']:>13.2e}  {'identical' if r['round_trip'] else 'DIFFERENT'}"
+        )
+    print(f"input 2x{args.size[0]}x{args.size[1]} unit normal, default-initialised convs, seed {args.seed}")
+    if args.csv:
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.csv, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    if args.picture or args.centres:
+        from convattn.viz import plot_attention_heads, plot_quadratic_centres
+
+        torch.manual_seed(args.seed)
+        layer = conv_to_attention(nn.Conv2d(**configs[0])).attention  # type: ignore[arg-type]
+        side = max(11, *args.size)
+        if args.picture:
+            plot_attention_heads(
+                layer, args.picture, size=(side, side), title="converted conv: one head per kernel tap"
+            )
+            print(f"wrote {args.picture}")
+        if args.centres:
+            plot_quadratic_centres(layer, args.centres)
+            print(f"wrote {args.centres}")
+    return 0 if ok else 1
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     import json
 
@@ -110,6 +207,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, help="new folder for its figures (default runs/demo-NAME-<timestamp>)"
     )
     demo.set_defaults(func=_cmd_demo)
+
+    convert = sub.add_parser(
+        "convert",
+        parents=[common],
+        help="turn Conv2d layers into exactly equivalent self-attention and back, with errors",
+        description="Convert a table of Conv2d configurations (or the one the flags describe) to "
+        "multi-head self-attention with quadratic encoding (Cordonnier et al., Theorem 1), report the "
+        "max error against the conv in float32 and float64, and convert back.",
+    )
+    convert.add_argument("--in-channels", type=int)
+    convert.add_argument("--out-channels", type=int)
+    convert.add_argument("--kernel-size", type=int, nargs="+", metavar="K")
+    convert.add_argument("--stride", type=int, nargs="+", metavar="S")
+    convert.add_argument("--padding", type=_padding, nargs="+", metavar="P", help="ints, 'same' or 'valid'")
+    convert.add_argument("--dilation", type=int, nargs="+", metavar="D")
+    convert.add_argument("--groups", type=int)
+    convert.add_argument(
+        "--padding-mode", default="zeros", choices=["zeros", "reflect", "replicate", "circular"]
+    )
+    convert.add_argument("--no-bias", action="store_true")
+    convert.add_argument("--size", type=int, nargs=2, default=[16, 16], metavar=("H", "W"), help="input size")
+    convert.add_argument("--picture", type=Path, help="PNG of the converted layer's heads (first conv)")
+    convert.add_argument("--centres", type=Path, help="PNG of its head centres")
+    convert.add_argument("--csv", type=Path, help="also write the table as CSV")
+    convert.set_defaults(func=_cmd_convert)
 
     info = sub.add_parser("info", help="print versions, threads and device as JSON")
     info.set_defaults(func=_cmd_info)

@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-__all__ = ["heatmaps", "line_plot"]
+__all__ = ["heatmaps", "line_plot", "save_figure"]
 
 Panel = tuple[Any, str, Sequence[str] | None, Sequence[str] | None]
 Series = tuple[Any, Any]  # (x, y): sequences, arrays or tensors
@@ -28,7 +28,8 @@ def _as_array(x: Any) -> np.ndarray:
     return np.asarray(x, dtype=float)
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_figure(fig: Any, path: Path) -> Path:
+    """Write `fig` as a PNG (creating folders) and close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")
@@ -70,7 +71,7 @@ def heatmaps(
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def line_plot(
@@ -98,4 +99,4 @@ def line_plot(
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

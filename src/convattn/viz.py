@@ -1,0 +1,142 @@
+"""Pictures of image self-attention layers: per-head attention of a query pixel, and quadratic centres.
+
+The first is Cordonnier et al.'s figure: for one query pixel, every head's attention probabilities on a
+window around it, with contours around the smallest sets of pixels holding 50% and 90% of the mass.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from convattn.layers.mhsa2d import MultiHeadSelfAttention2d
+from convattn.plotting import plt, save_figure
+
+__all__ = ["mass_levels", "plot_attention_heads", "plot_quadratic_centres"]
+
+
+def mass_levels(probs: Tensor, masses: tuple[float, ...] = (0.5, 0.9)) -> list[float]:
+    """Probability thresholds t_m such that the pixels with p >= t_m hold at least mass m (ascending)."""
+    flat = probs.detach().double().flatten().sort(descending=True).values
+    cumulative = flat.cumsum(0)
+    levels = []
+    for m in masses:
+        idx = int(torch.searchsorted(cumulative, torch.tensor(m * float(cumulative[-1]), dtype=flat.dtype)))
+        levels.append(float(flat[min(idx, flat.numel() - 1)]))
+    return sorted(levels)
+
+
+def _window(probs: Tensor, query: tuple[int, int], size: int) -> np.ndarray:
+    """A size×size crop of (H, W) `probs` centred on `query`, zero outside the map."""
+    H, W = probs.shape
+    r = size // 2
+    out = np.zeros((size, size))
+    i, j = query
+    for a in range(size):
+        for b in range(size):
+            y, x = i - r + a, j - r + b
+            if 0 <= y < H and 0 <= x < W:
+                out[a, b] = float(probs[y, x])
+    return out
+
+
+def _probe(layer: MultiHeadSelfAttention2d, x: Tensor | None, size: tuple[int, int] | None) -> Tensor:
+    if x is not None:
+        return x[:1]
+    if not layer.position_only:
+        raise ValueError(f"encoding={layer.encoding!r} attends by content: pass an input x to draw it")
+    if size is None:
+        raise ValueError("pass x or size=(H, W) to choose the map the attention is drawn on")
+    ref = layer.W_o.weight
+    return torch.zeros(1, layer.in_channels, *size, dtype=ref.dtype, device=ref.device)
+
+
+def plot_attention_heads(
+    layer: MultiHeadSelfAttention2d,
+    path: Path,
+    *,
+    x: Tensor | None = None,
+    size: tuple[int, int] | None = None,
+    query: tuple[int, int] | None = None,
+    window: int = 11,
+    title: str | None = None,
+) -> Path:
+    """Draw every head's attention for one query pixel on a window×window crop around it.
+
+    Args:
+        layer: any `MultiHeadSelfAttention2d`.
+        path: the PNG to write.
+        x: an input (its first image is used); needed for content-based encodings.
+        size: (H, W) of the map for position-only layers drawn without an input.
+        query: the query pixel (default: the centre of the map).
+        window: side of the crop, in pixels.
+        title: figure title.
+    """
+    probe = _probe(layer, x, size)
+    H, W = probe.shape[-2:]
+    query = query or (H // 2, W // 2)
+    probs = layer.attention_probs(probe, query)[0]  # (heads, H, W)
+    heads = probs.shape[0]
+    ncols = math.ceil(math.sqrt(heads))
+    nrows = math.ceil(heads / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.9 * ncols, 1.9 * nrows), squeeze=False)
+    r = window // 2
+    for h, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if h >= heads:
+            ax.axis("off")
+            continue
+        crop = _window(probs[h], query, window)
+        ax.imshow(crop, cmap="Blues", vmin=0.0, extent=(-r - 0.5, r + 0.5, r + 0.5, -r - 0.5))
+        levels = mass_levels(probs[h])
+        grid = np.arange(-r, r + 1)
+        if crop.max() > 0 and len(set(levels)) == len(levels):
+            ax.contour(grid, grid, crop, levels=levels, colors=["#d62728", "#ff7f0e"], linewidths=0.8)
+        ax.plot([0], [0], marker="s", ms=4, mfc="none", mec="black", mew=0.8)  # the query pixel
+        ax.set_title(f"head {h}", fontsize=7)
+    fig.suptitle(
+        title or f"{layer.encoding}: attention of pixel {query} (contours: 50% and 90% of the mass)",
+        fontsize=8,
+    )
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_quadratic_centres(layer: MultiHeadSelfAttention2d, path: Path, *, title: str | None = None) -> Path:
+    """Draw each quadratic head's centre Δ^h and its 1-σ ellipse, relative to the query at (0, 0)."""
+    if not layer.encoding.startswith("quadratic"):
+        raise ValueError(f"centres exist for quadratic encodings only, this layer has {layer.encoding!r}")
+    centres = layer.centres.detach().double().cpu()  # (h, 2): (row, col)
+    cov = torch.linalg.inv(layer.inverse_covariance().detach().double().cpu())  # (h, 2, 2) Σ
+    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    t = torch.linspace(0, 2 * math.pi, 60, dtype=torch.float64)
+    circle = torch.stack([t.sin(), t.cos()])  # (2, 60): (row, col)
+    for h in range(centres.shape[0]):
+        vals, vecs = torch.linalg.eigh(cov[h])
+        ellipse = vecs @ (vals.clamp(min=0).sqrt()[:, None] * circle) + centres[h][:, None]  # (2, 60)
+        ax.plot(ellipse[1], ellipse[0], lw=0.8, alpha=0.7)
+        ax.plot(centres[h, 1], centres[h, 0], "o", ms=3, color="black")
+        ax.annotate(
+            str(h),
+            (float(centres[h, 1]), float(centres[h, 0])),
+            fontsize=6,
+            xytext=(2, 2),
+            textcoords="offset points",
+        )
+    ax.plot([0], [0], marker="s", ms=7, mfc="none", mec="#d62728", label="query")
+    span = float(centres.abs().max()) + 2.0
+    ax.set_xlim(-span, span)
+    ax.set_ylim(span, -span)  # rows grow downwards, as in the image
+    ax.set_aspect("equal")
+    ax.grid(alpha=0.3)
+    ax.set_xlabel("column offset")
+    ax.set_ylabel("row offset")
+    ax.legend(fontsize=7, loc="upper right")
+    ax.set_title(title or "quadratic heads: centres Δ and 1-σ ellipses", fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path)
