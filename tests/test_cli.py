@@ -71,7 +71,8 @@ def test_study_quick_writes_its_run_folder(tmp_path):
     env = json.loads((out / "environment.json").read_text())
     assert env["torch_threads"] == 1
     figures = [f for part in metrics.values() for f in part["figures"]]
-    assert len(figures) == 4
+    assert len(figures) == 6
+    assert metrics["conversion"]["all_round_trips_identical"]
     for name in figures:
         img = mpimg.imread(out / name)
         assert min(img.shape[:2]) > 100

@@ -234,3 +234,22 @@ def test_bad_input_is_named():
         layer.attention_probs(torch.randn(1, 8, 4, 4), (4, 0))
     with pytest.raises(ValueError, match="quadratic"):
         layer.inverse_covariance()
+
+
+def test_attention_dropout_acts_in_training_only():
+    layer = MultiHeadSelfAttention2d(8, num_heads=2, encoding="quadratic", attn_dropout=0.5).double()
+    x = torch.randn(2, 8, 6, 6, dtype=f64, requires_grad=True)
+    layer.train()
+    a, b = layer(x), layer(x)
+    assert not torch.allclose(a, b)  # dropout on the probabilities, through the fused path
+    (a.sum() + b.sum()).backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    layer.eval()
+    torch.testing.assert_close(layer(x), ref.mhsa2d(layer, x), atol=1e-12, rtol=0)
+
+
+def test_top_level_names():
+    import convattn
+
+    assert convattn.MultiHeadSelfAttention2d is MultiHeadSelfAttention2d
+    assert callable(convattn.conv_to_attention) and callable(convattn.attention_to_conv)

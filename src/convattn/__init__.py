@@ -1,7 +1,7 @@
 """convattn: self-attention and convolution in vision, executable and measurable.
 
-Importing the package is cheap: torch-backed submodules load on first use, so the command line
-answers `--help` without importing torch.
+Importing the package is cheap: torch-backed submodules and the names below load on first use, so
+the command line answers `--help` without importing torch.
 """
 
 from __future__ import annotations
@@ -11,14 +11,25 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("attention", "demos", "layers", "metrics", "models", "plotting", "study")
+_SUBMODULES = ("attention", "convert", "demos", "layers", "metrics", "models", "plotting", "study", "viz")
+_NAMES = {
+    "MultiHeadSelfAttention2d": "convattn.layers.mhsa2d",
+    "ConvAsAttention": "convattn.convert",
+    "AttentionAsConv": "convattn.convert",
+    "conv_to_attention": "convattn.convert",
+    "attention_to_conv": "convattn.convert",
+}
+
+__all__ = ["__version__", *_NAMES]
 
 
 def __getattr__(name: str) -> Any:
     if name in _SUBMODULES:
         return importlib.import_module(f"convattn.{name}")
+    if name in _NAMES:
+        return getattr(importlib.import_module(_NAMES[name]), name)
     raise AttributeError(f"module 'convattn' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_SUBMODULES])
+    return sorted([*globals(), *_SUBMODULES, *_NAMES])
