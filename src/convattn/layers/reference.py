@@ -24,6 +24,7 @@ __all__ = [
     "mhsa2d",
     "multi_head_attention",
     "nadaraya_watson",
+    "neighborhood_attention2d",
     "sinusoidal_1d",
 ]
 
@@ -225,3 +226,65 @@ def mhsa2d(layer: Any, x: Tensor) -> Tensor:
         heads.append(probs @ values)  # (B, T, d_v)
     out = layer.W_o(torch.cat(heads, dim=-1))  # (B, T, C_out)
     return out.transpose(1, 2).reshape(B, -1, H, W)
+
+
+def _window_1d(i: int, n: int, k: int, dilation: int, border: str) -> list[tuple[int | None, int]]:
+    """(key position or None if outside, offset index) for each of the k slots of query i on an axis."""
+    r = k // 2
+    if border != "shift":
+        slots = []
+        for t in range(k):
+            pos = i + (t - r) * dilation
+            slots.append((pos if 0 <= pos < n else None, t - r + k - 1))
+        return slots
+    grid = list(range(i % dilation, n, dilation))  # the query's sub-grid
+    ii, m = grid.index(i), len(grid)
+    start = 0 if m <= k else min(max(ii - r, 0), m - k)
+    return [
+        (
+            grid[start + t] if start + t < m else None,
+            start + t - ii + k - 1,
+        )  # None: the window is longer than the grid
+        for t in range(k)
+    ]
+
+
+def neighborhood_attention2d(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    kernel_size: tuple[int, int],
+    dilation: tuple[int, int] = (1, 1),
+    border: str = "mask",
+    scale: float | None = None,
+    rel: Tensor | None = None,
+    bias: Tensor | None = None,
+) -> Tensor:
+    """Neighbourhood attention one query pixel and head at a time, from the definition."""
+    B, H, W, heads, d = q.shape
+    scale = d**-0.5 if scale is None else scale
+    out = torch.zeros(B, H, W, heads, v.shape[-1], dtype=v.dtype)
+    for b in range(B):
+        for i in range(H):
+            for j in range(W):
+                row_slots = _window_1d(i, H, kernel_size[0], dilation[0], border)
+                col_slots = _window_1d(j, W, kernel_size[1], dilation[1], border)
+                for h in range(heads):
+                    scores, vals = [], []
+                    for ra, oa in row_slots:
+                        for cb, ob in col_slots:
+                            inside = ra is not None and cb is not None
+                            if not inside and border != "zeros":
+                                continue  # masked: not a key at all
+                            key = k[b, ra, cb, h] if inside else torch.zeros(d, dtype=q.dtype)
+                            val = v[b, ra, cb, h] if inside else torch.zeros(v.shape[-1], dtype=v.dtype)
+                            s = (q[b, i, j, h] * key).sum() * scale
+                            if rel is not None:
+                                s = s + (q[b, i, j, h] * rel[oa, ob, h]).sum()
+                            if bias is not None:
+                                s = s + bias[h, oa, ob]
+                            scores.append(s)
+                            vals.append(val)
+                    p = torch.softmax(torch.stack(scores), dim=0)
+                    out[b, i, j, h] = (p[:, None] * torch.stack(vals)).sum(0)
+    return out

@@ -1,0 +1,222 @@
+"""2-D neighbourhood attention: each pixel attends to a k_h×k_w window of keys around it.
+
+Ramachandran et al. 2019 (SASA) and Hassani et al. 2023 (NATTEN): for a query pixel p with window N(p),
+    out_p = Σ_{n ∈ N(p)} softmax_n(scale · q_p·k_n + q_p·rel[n - p] + bias[n - p]) v_n,
+computed per head on heads-last tensors (B, H, W, heads, d), the layout of NATTEN's `na2d`.
+
+Windows are products of one window per axis. On an axis of length n with kernel k, dilation δ and
+r = k // 2, query i uses the keys below; `border` decides what happens near the edges:
+    'mask'   i + (t - r)·δ, t = 0..k-1; keys outside the image are left out of the softmax (default);
+    'zeros'  the same keys; keys outside the image are zero vectors that still take part (score from
+             rel/bias only, value 0), as the popular SASA port's zero padding does;
+    'shift'  the window slides to stay inside the image, so every query sees k real keys (NATTEN).
+             Pixels split into δ interleaved sub-grids; on a sub-grid of m pixels with index ii the
+             window starts at clamp(ii - r, 0, m - k). If m < k the window holds all m pixels.
+`rel` and `bias` are indexed by the key's offset from the query in (dilated) steps, from -(k-1) to
+k-1, so tables of (2k_h-1)×(2k_w-1) entries serve every border mode.
+
+Every border mode reduces to per-axis tables (key index, validity, offset index for each query and
+slot), built here once; the C++ kernel and the PyTorch path both run from them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+from torch import Tensor
+
+from convattn.layers._checks import check_positive_int, check_tensor
+
+__all__ = [
+    "BORDERS",
+    "AxisWindows",
+    "axis_windows",
+    "neighborhood_attention2d",
+    "neighborhood_attention2d_torch",
+]
+
+BORDERS = ("mask", "zeros", "shift")
+
+
+@dataclass(frozen=True)
+class AxisWindows:
+    """Windows along one axis of length n with k slots.
+
+    Attributes:
+        index: (n, k) key position of each query's slot (clamped into range where invalid).
+        valid: (n, k) whether that key lies inside the image.
+        offset: (n, k) key minus query in dilated steps, plus k - 1: the rel/bias table index.
+    """
+
+    index: Tensor
+    valid: Tensor
+    offset: Tensor
+
+
+@lru_cache(maxsize=256)
+def axis_windows(n: int, k: int, dilation: int, border: str) -> AxisWindows:
+    """The key positions of every query on an axis of length n (see the module docstring)."""
+    r = k // 2
+    i = torch.arange(n)[:, None]  # (n, 1)
+    t = torch.arange(k)[None, :]  # (1, k)
+    if border == "shift":
+        group, ii = i % dilation, i // dilation
+        m = (n - group + dilation - 1) // dilation  # pixels in this query's sub-grid
+        start = torch.minimum(ii - r, m - k).clamp(min=0)
+        steps = start + t  # (n, k) position within the sub-grid
+        valid = steps < m
+        key = steps * dilation + group
+        offset = steps - ii + (k - 1)
+    else:
+        key = i + (t - r) * dilation
+        valid = (key >= 0) & (key < n)
+        offset = (t - r + (k - 1)).expand(n, k)
+    return AxisWindows(key.clamp(0, n - 1).contiguous(), valid.contiguous(), offset.contiguous())
+
+
+def _pair(name: str, value: int | tuple[int, int]) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {name}={value!r}")
+    return check_positive_int(name, pair[0]), check_positive_int(name, pair[1])
+
+
+def _check_inputs(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    kernel_size: int | tuple[int, int],
+    dilation: int | tuple[int, int],
+    rel: Tensor | None,
+    bias: Tensor | None,
+    border: str,
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        check_tensor(name, x, 5)
+    if q.shape != k.shape or q.shape[:4] != v.shape[:4]:
+        raise ValueError(
+            "q and k must be (B, H, W, heads, d) and v (B, H, W, heads, d_v) alike, got "
+            f"q.shape={tuple(q.shape)}, k.shape={tuple(k.shape)}, v.shape={tuple(v.shape)}"
+        )
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k and v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    ks, dil = _pair("kernel_size", kernel_size), _pair("dilation", dilation)
+    if ks[0] % 2 == 0 or ks[1] % 2 == 0:
+        raise ValueError(
+            f"kernel_size must be odd (the window is centred on the query), got kernel_size={ks}"
+        )
+    if border not in BORDERS:
+        raise ValueError(f"border must be one of {BORDERS}, got border={border!r}")
+    heads, d = q.shape[3], q.shape[4]
+    table = (2 * ks[0] - 1, 2 * ks[1] - 1)
+    if rel is not None and tuple(rel.shape) != (*table, heads, d):
+        raise ValueError(
+            f"rel must be (2k_h-1, 2k_w-1, heads, d)={(*table, heads, d)}, got rel.shape={tuple(rel.shape)}"
+        )
+    if bias is not None and tuple(bias.shape) != (heads, *table):
+        raise ValueError(
+            f"bias must be (heads, 2k_h-1, 2k_w-1)={(heads, *table)}, got bias.shape={tuple(bias.shape)}"
+        )
+    return ks, dil
+
+
+def _slot_reader(
+    x: Tensor,
+    rows: AxisWindows,
+    cols: AxisWindows,
+    kernel_size: tuple[int, int],
+    dilation: tuple[int, int],
+    border: str,
+):  # type: ignore[no-untyped-def]
+    """A function slot (a, b) -> (B, H, W, heads, ·) keys or values of that window slot for every query.
+
+    'mask'/'zeros' windows are fixed offsets, so slots are views into one zero-padded copy (autograd
+    then saves views, not k² gathered copies); 'shift' windows move with the query and are gathered.
+    """
+    H, W = x.shape[1:3]
+    if border != "shift":
+        p_h, p_w = (kernel_size[0] // 2) * dilation[0], (kernel_size[1] // 2) * dilation[1]
+        padded = torch.nn.functional.pad(x, (0, 0, 0, 0, p_w, p_w, p_h, p_h))  # (B, H+2p_h, W+2p_w, h, ·)
+        return lambda a, b: padded[
+            :, a * dilation[0] : a * dilation[0] + H, b * dilation[1] : b * dilation[1] + W
+        ]
+    r_idx, c_idx = rows.index.to(x.device), cols.index.to(x.device)
+    return lambda a, b: x[:, r_idx[:, a]][:, :, c_idx[:, b]]
+
+
+def neighborhood_attention2d_torch(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    kernel_size: tuple[int, int],
+    dilation: tuple[int, int],
+    border: str,
+    scale: float,
+    rel: Tensor | None = None,
+    bias: Tensor | None = None,
+) -> Tensor:
+    """The pure-PyTorch path: the fallback and the oracle of the fast kernels.
+
+    Loops over the k_h·k_w window slots. Memory: the (B, H, W, heads, k_h·k_w) scores and
+    probabilities, and one zero-padded copy of k and v (border 'shift' gathers per slot instead).
+    """
+    _, H, W, _, _ = q.shape
+    rows = axis_windows(H, kernel_size[0], dilation[0], border)
+    cols = axis_windows(W, kernel_size[1], dilation[1], border)
+    device = q.device
+    keys = _slot_reader(k, rows, cols, kernel_size, dilation, border)
+    values = _slot_reader(v, rows, cols, kernel_size, dilation, border)
+    slots = [(a, b) for a in range(kernel_size[0]) for b in range(kernel_size[1])]
+    scores = []
+    for a, b in slots:
+        s = (q * keys(a, b)).sum(-1) * scale  # (B, H, W, heads)
+        r_off, c_off = rows.offset[:, a].to(device), cols.offset[:, b].to(device)
+        if rel is not None:
+            s = s + (q * rel[r_off][:, c_off]).sum(-1)  # rel[...]: (H, W, heads, d)
+        if bias is not None:
+            s = s + bias[:, r_off][:, :, c_off].permute(1, 2, 0)  # (H, W, heads)
+        scores.append(s)
+    logits = torch.stack(scores, dim=-1)  # (B, H, W, heads, K)
+    if border != "zeros":
+        valid = rows.valid[:, None, :, None] & cols.valid[None, :, None, :]  # (H, W, k_h, k_w)
+        logits = logits.masked_fill(~valid.reshape(H, W, 1, len(slots)).to(device), float("-inf"))
+    probs = torch.softmax(logits, dim=-1)  # the query's own pixel is always a valid key: no empty rows
+    out = probs[..., 0, None] * values(*slots[0])
+    for n, (a, b) in enumerate(slots[1:], start=1):
+        out = out + probs[..., n, None] * values(a, b)  # (B, H, W, heads, d_v)
+    return out
+
+
+def neighborhood_attention2d(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    kernel_size: int | tuple[int, int],
+    *,
+    dilation: int | tuple[int, int] = 1,
+    rel: Tensor | None = None,
+    bias: Tensor | None = None,
+    border: str = "mask",
+    scale: float | None = None,
+) -> Tensor:
+    """Neighbourhood attention on heads-last tensors (the layout of NATTEN's `na2d`).
+
+    Args:
+        q: (B, H, W, heads, d) queries.
+        k: (B, H, W, heads, d) keys.
+        v: (B, H, W, heads, d_v) values.
+        kernel_size: odd k or (k_h, k_w): the window.
+        dilation: δ or (δ_h, δ_w): spacing of the window's keys.
+        rel: optional (2k_h-1, 2k_w-1, heads, d) relative embeddings: adds q·rel[offset] (SASA).
+        bias: optional (heads, 2k_h-1, 2k_w-1) relative position bias (Swin / NATTEN).
+        border: 'mask', 'zeros' or 'shift' (see the module docstring).
+        scale: multiplies q·k (default d^-0.5); rel and bias terms are not scaled.
+
+    Returns:
+        (B, H, W, heads, d_v).
+    """
+    ks, dil = _check_inputs(q, k, v, kernel_size, dilation, rel, bias, border)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    return neighborhood_attention2d_torch(q, k, v, ks, dil, border, scale, rel, bias)

@@ -1,0 +1,99 @@
+"""neighborhood_attention2d: every path against the loop reference, borders, and bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from convattn.layers import reference as ref
+from convattn.layers.neighborhood import axis_windows, neighborhood_attention2d
+
+f64 = torch.float64
+
+CASES = [
+    # (H, W), kernel, dilation
+    ((1, 1), (3, 3), (1, 1)),
+    ((3, 5), (3, 3), (1, 1)),
+    ((5, 5), (7, 7), (1, 1)),  # window larger than the map
+    ((6, 4), (3, 5), (2, 1)),  # non-square window, dilation
+    ((7, 6), (3, 3), (2, 3)),
+    ((2, 9), (5, 1), (1, 2)),
+]
+
+
+def _inputs(size, kernel, heads=2, d=3, dv=4, with_rel=True, with_bias=True, B=2):
+    H, W = size
+    q, k = (torch.randn(B, H, W, heads, d, dtype=f64, requires_grad=True) for _ in range(2))
+    v = torch.randn(B, H, W, heads, dv, dtype=f64, requires_grad=True)
+    table = (2 * kernel[0] - 1, 2 * kernel[1] - 1)
+    rel = torch.randn(*table, heads, d, dtype=f64, requires_grad=True) if with_rel else None
+    bias = torch.randn(heads, *table, dtype=f64, requires_grad=True) if with_bias else None
+    return q, k, v, rel, bias
+
+
+@pytest.mark.parametrize("border", ["mask", "zeros", "shift"])
+@pytest.mark.parametrize(("size", "kernel", "dilation"), CASES)
+def test_torch_path_matches_reference_forward_and_backward(border, size, kernel, dilation):
+    q, k, v, rel, bias = _inputs(size, kernel)
+    out = neighborhood_attention2d(q, k, v, kernel, dilation=dilation, rel=rel, bias=bias, border=border)
+    expected = ref.neighborhood_attention2d(q, k, v, kernel, dilation, border, None, rel, bias)
+    torch.testing.assert_close(out, expected, atol=1e-12, rtol=0)
+    g = torch.randn_like(out)
+    inputs = [q, k, v, rel, bias]
+    got = torch.autograd.grad(out, inputs, g)
+    want = torch.autograd.grad(expected, inputs, g)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-11, rtol=0)
+
+
+def test_shift_windows_stay_inside_and_mask_windows_centre_on_the_query():
+    w = axis_windows(7, 3, 1, "shift")
+    assert w.index.tolist()[0] == [0, 1, 2] and w.index.tolist()[6] == [4, 5, 6] and w.valid.all()
+    m = axis_windows(7, 3, 1, "mask")
+    assert m.valid.tolist()[0] == [False, True, True] and m.index.tolist()[3] == [2, 3, 4]
+    short = axis_windows(2, 5, 1, "shift")  # window longer than the axis: both pixels, rest invalid
+    assert short.valid.sum(1).tolist() == [2, 2]
+    dil = axis_windows(8, 3, 2, "shift")  # two interleaved sub-grids of 4 pixels
+    assert dil.index.tolist()[1] == [1, 3, 5] and dil.index.tolist()[7] == [3, 5, 7]
+
+
+def test_one_by_one_window_returns_the_values():
+    q, k, v, _, _ = _inputs((4, 5), (1, 1), with_rel=False, with_bias=False)
+    torch.testing.assert_close(neighborhood_attention2d(q, k, v, 1), v)
+
+
+def test_full_window_mask_equals_global_attention():
+    """A window that covers the whole map in every position is plain multi-head attention."""
+    q, k, v, _, _ = _inputs((3, 4), (7, 9), with_rel=False, with_bias=False)
+    out = neighborhood_attention2d(q, k, v, (7, 9))
+    B, H, W, h, d = q.shape
+    flat = lambda x: x.reshape(B, H * W, h, -1).transpose(1, 2)  # noqa: E731  (B, h, T, d)
+    expected = torch.nn.functional.scaled_dot_product_attention(flat(q), flat(k), flat(v))
+    torch.testing.assert_close(out, expected.transpose(1, 2).reshape(out.shape))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "words"),
+    [
+        ({"kernel_size": 4}, ValueError, r"kernel_size must be odd.*\(4, 4\)"),
+        ({"kernel_size": 0}, ValueError, "kernel_size=0"),
+        ({"kernel_size": 3, "dilation": 0}, ValueError, "dilation=0"),
+        ({"kernel_size": 3, "border": "reflect"}, ValueError, "border='reflect'"),
+        ({"kernel_size": 3, "rel": torch.zeros(3, 3, 2, 3)}, ValueError, r"rel must be \(2k_h-1"),
+        ({"kernel_size": 3, "bias": torch.zeros(2, 3, 3)}, ValueError, r"bias must be \(heads"),
+    ],
+)
+def test_bad_arguments_are_named(kwargs, error, words):
+    q = torch.randn(1, 4, 4, 2, 3)
+    with pytest.raises(error, match=words):
+        neighborhood_attention2d(q, q, q, **kwargs)
+
+
+def test_bad_tensors_are_named():
+    q = torch.randn(1, 4, 4, 2, 3)
+    with pytest.raises(ValueError, match="5 dims"):
+        neighborhood_attention2d(q[0], q[0], q[0], 3)
+    with pytest.raises(ValueError, match="k.shape"):
+        neighborhood_attention2d(q, q[:, :3], q, 3)
+    with pytest.raises(TypeError, match="share a dtype"):
+        neighborhood_attention2d(q, q.double(), q, 3)
