@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from convattn.layers import reference as ref
+from convattn.layers._native import load_kernel
 from convattn.layers.neighborhood import axis_windows, neighborhood_attention2d
 
 f64 = torch.float64
@@ -31,11 +32,18 @@ def _inputs(size, kernel, heads=2, d=3, dv=4, with_rel=True, with_bias=True, B=2
     return q, k, v, rel, bias
 
 
+needs_kernel = pytest.mark.skipif(load_kernel("na2d") is None, reason="the C++ kernel did not build here")
+BACKENDS = ["torch", pytest.param("kernel", marks=needs_kernel)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("border", ["mask", "zeros", "shift"])
 @pytest.mark.parametrize(("size", "kernel", "dilation"), CASES)
-def test_torch_path_matches_reference_forward_and_backward(border, size, kernel, dilation):
+def test_paths_match_reference_forward_and_backward(backend, border, size, kernel, dilation):
     q, k, v, rel, bias = _inputs(size, kernel)
-    out = neighborhood_attention2d(q, k, v, kernel, dilation=dilation, rel=rel, bias=bias, border=border)
+    out = neighborhood_attention2d(
+        q, k, v, kernel, dilation=dilation, rel=rel, bias=bias, border=border, backend=backend
+    )
     expected = ref.neighborhood_attention2d(q, k, v, kernel, dilation, border, None, rel, bias)
     torch.testing.assert_close(out, expected, atol=1e-12, rtol=0)
     g = torch.randn_like(out)
@@ -57,6 +65,15 @@ def test_shift_windows_stay_inside_and_mask_windows_centre_on_the_query():
     assert dil.index.tolist()[1] == [1, 3, 5] and dil.index.tolist()[7] == [3, 5, 7]
 
 
+@needs_kernel
+@pytest.mark.parametrize("border", ["mask", "zeros", "shift"])
+def test_kernel_matches_torch_path_in_float32_without_rel_or_bias(border):
+    q, k, v = (torch.randn(3, 9, 11, 4, 16) for _ in range(3))
+    a = neighborhood_attention2d(q, k, v, 7, border=border, backend="kernel")
+    b = neighborhood_attention2d(q, k, v, 7, border=border, backend="torch")
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
 def test_one_by_one_window_returns_the_values():
     q, k, v, _, _ = _inputs((4, 5), (1, 1), with_rel=False, with_bias=False)
     torch.testing.assert_close(neighborhood_attention2d(q, k, v, 1), v)
@@ -66,7 +83,7 @@ def test_full_window_mask_equals_global_attention():
     """A window that covers the whole map in every position is plain multi-head attention."""
     q, k, v, _, _ = _inputs((3, 4), (7, 9), with_rel=False, with_bias=False)
     out = neighborhood_attention2d(q, k, v, (7, 9))
-    B, H, W, h, d = q.shape
+    B, H, W, h, _ = q.shape
     flat = lambda x: x.reshape(B, H * W, h, -1).transpose(1, 2)  # noqa: E731  (B, h, T, d)
     expected = torch.nn.functional.scaled_dot_product_attention(flat(q), flat(k), flat(v))
     torch.testing.assert_close(out, expected.transpose(1, 2).reshape(out.shape))
@@ -76,9 +93,10 @@ def test_full_window_mask_equals_global_attention():
     ("kwargs", "error", "words"),
     [
         ({"kernel_size": 4}, ValueError, r"kernel_size must be odd.*\(4, 4\)"),
+        ({"kernel_size": 3, "backend": "cuda"}, ValueError, "backend='cuda'"),
         ({"kernel_size": 0}, ValueError, "kernel_size=0"),
         ({"kernel_size": 3, "dilation": 0}, ValueError, "dilation=0"),
-        ({"kernel_size": 3, "border": "reflect"}, ValueError, "border='reflect'"),
+        ({"kernel_size": 3, "border": "reflect"}, ValueError, r"border='reflect'"),
         ({"kernel_size": 3, "rel": torch.zeros(3, 3, 2, 3)}, ValueError, r"rel must be \(2k_h-1"),
         ({"kernel_size": 3, "bias": torch.zeros(2, 3, 3)}, ValueError, r"bias must be \(heads"),
     ],
@@ -93,7 +111,7 @@ def test_bad_tensors_are_named():
     q = torch.randn(1, 4, 4, 2, 3)
     with pytest.raises(ValueError, match="5 dims"):
         neighborhood_attention2d(q[0], q[0], q[0], 3)
-    with pytest.raises(ValueError, match="k.shape"):
+    with pytest.raises(ValueError, match=r"k\.shape"):
         neighborhood_attention2d(q, q[:, :3], q, 3)
     with pytest.raises(TypeError, match="share a dtype"):
         neighborhood_attention2d(q, q.double(), q, 3)

@@ -21,13 +21,16 @@ slot), built here once; the C++ kernel and the PyTorch path both run from them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any, cast
 
 import torch
 from torch import Tensor
 
 from convattn.layers._checks import check_positive_int, check_tensor
+from convattn.layers._native import load_kernel
 
 __all__ = [
     "BORDERS",
@@ -74,6 +77,89 @@ def axis_windows(n: int, k: int, dilation: int, border: str) -> AxisWindows:
         valid = (key >= 0) & (key < n)
         offset = (t - r + (k - 1)).expand(n, k)
     return AxisWindows(key.clamp(0, n - 1).contiguous(), valid.contiguous(), offset.contiguous())
+
+
+@lru_cache(maxsize=256)
+def inverse_windows(n: int, k: int, dilation: int, border: str) -> Tensor:
+    """(n, m, 2) for each key position: the (query, slot) pairs whose window holds it; -1 pads."""
+    w = axis_windows(n, k, dilation, border)
+    pairs: list[list[tuple[int, int]]] = [[] for _ in range(n)]
+    for i, t in w.valid.nonzero().tolist():
+        pairs[int(w.index[i, t])].append((i, t))
+    m = max(1, *(len(p) for p in pairs))
+    inv = torch.full((n, m, 2), -1, dtype=torch.long)
+    for key, p in enumerate(pairs):
+        if p:
+            inv[key, : len(p)] = torch.tensor(p)
+    return inv
+
+
+class _KernelNA2d(torch.autograd.Function):
+    """The C++ kernel with its hand-written backward (probabilities saved, no k² copies)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        rel: Tensor,
+        bias: Tensor,
+        kernel_size: tuple[int, int],
+        dilation: tuple[int, int],
+        border: str,
+        scale: float,
+    ) -> Tensor:
+        ext = _kernel()
+        rows, cols = _tables(q, kernel_size, dilation, border)
+        out, probs = ext.forward(q, k, v, rel, bias, *rows, *cols, scale, border == "zeros")
+        ctx.save_for_backward(q, k, v, rel, bias, probs)
+        ctx.geometry = (kernel_size, dilation, border, scale)
+        return cast(Tensor, out)
+
+    @staticmethod
+    def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:
+        ext = _kernel()
+        q, k, v, rel, bias, probs = ctx.saved_tensors
+        kernel_size, dilation, border, scale = ctx.geometry
+        rows, cols = _tables(q, kernel_size, dilation, border)
+        H, W = q.shape[1:3]
+        want_rel = bool(rel.numel()) and ctx.needs_input_grad[3]
+        want_bias = bool(bias.numel()) and ctx.needs_input_grad[4]
+        dq, dk, dv, drel, dbias = ext.backward(
+            dout.contiguous(),
+            q,
+            k,
+            v,
+            rel,
+            bias,
+            probs,
+            *rows,
+            *cols,
+            inverse_windows(H, kernel_size[0], dilation[0], border),
+            inverse_windows(W, kernel_size[1], dilation[1], border),
+            scale,
+            want_rel,
+            want_bias,
+        )
+        return dq, dk, dv, drel if want_rel else None, dbias if want_bias else None, None, None, None, None
+
+
+def _kernel() -> Any:
+    ext = load_kernel("na2d")
+    if ext is None:
+        raise RuntimeError("the na2d C++ kernel is not available")
+    return ext
+
+
+def _tables(
+    q: Tensor, kernel_size: tuple[int, int], dilation: tuple[int, int], border: str
+) -> tuple[tuple[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]:
+    """(index, valid, offset) window tables of rows and columns for the kernel."""
+    H, W = q.shape[1:3]
+    rows = axis_windows(H, kernel_size[0], dilation[0], border)
+    cols = axis_windows(W, kernel_size[1], dilation[1], border)
+    return (rows.index, rows.valid, rows.offset), (cols.index, cols.valid, cols.offset)
 
 
 def _pair(name: str, value: int | tuple[int, int]) -> tuple[int, int]:
@@ -129,7 +215,7 @@ def _slot_reader(
     kernel_size: tuple[int, int],
     dilation: tuple[int, int],
     border: str,
-):  # type: ignore[no-untyped-def]
+) -> Callable[[int, int], Tensor]:
     """A function slot (a, b) -> (B, H, W, heads, ·) keys or values of that window slot for every query.
 
     'mask'/'zeros' windows are fixed offsets, so slots are views into one zero-padded copy (autograd
@@ -200,6 +286,7 @@ def neighborhood_attention2d(
     bias: Tensor | None = None,
     border: str = "mask",
     scale: float | None = None,
+    backend: str = "auto",
 ) -> Tensor:
     """Neighbourhood attention on heads-last tensors (the layout of NATTEN's `na2d`).
 
@@ -213,10 +300,29 @@ def neighborhood_attention2d(
         bias: optional (heads, 2k_h-1, 2k_w-1) relative position bias (Swin / NATTEN).
         border: 'mask', 'zeros' or 'shift' (see the module docstring).
         scale: multiplies q·k (default d^-0.5); rel and bias terms are not scaled.
+        backend: 'auto' (the C++ kernel on CPU when it builds, else PyTorch), 'kernel' or 'torch'.
 
     Returns:
         (B, H, W, heads, d_v).
     """
     ks, dil = _check_inputs(q, k, v, kernel_size, dilation, rel, bias, border)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if backend not in ("auto", "kernel", "torch"):
+        raise ValueError(f"backend must be 'auto', 'kernel' or 'torch', got backend={backend!r}")
+    use_kernel = backend == "kernel" or (backend == "auto" and q.device.type == "cpu")
+    if use_kernel and q.device.type == "cpu" and load_kernel("na2d") is not None:
+        empty = q.new_empty(0)
+        return _KernelNA2d.apply(
+            q.contiguous(),
+            k.contiguous(),
+            v.contiguous(),
+            empty if rel is None else rel.contiguous(),
+            empty if bias is None else bias.contiguous(),
+            ks,
+            dil,
+            border,
+            scale,
+        )
+    if backend == "kernel":
+        raise RuntimeError("backend='kernel' needs a CPU tensor and a built C++ kernel")
     return neighborhood_attention2d_torch(q, k, v, ks, dil, border, scale, rel, bias)
