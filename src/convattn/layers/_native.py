@@ -32,11 +32,25 @@ def _cpu_id() -> str:
         return platform.processor()
 
 
+def _ninja_on_path() -> None:
+    """cpp_extension runs `ninja` from PATH: put the one installed with convattn there."""
+    try:
+        import ninja
+
+        bin_dir = str(ninja.BIN_DIR)
+    except (ImportError, AttributeError):
+        return
+    path = os.environ.get("PATH", "")
+    if bin_dir not in path.split(os.pathsep):
+        os.environ["PATH"] = bin_dir + os.pathsep + path
+
+
 @cache
 def load_kernel(name: str) -> ModuleType | None:
     """The compiled extension `name`, or None (with one warning) when it cannot be built."""
     if os.environ.get("CONVATTN_NO_KERNEL"):
         return None
+    _ninja_on_path()
     source = _SOURCES[name]
     digest = hashlib.sha256(source.read_bytes() + torch.__version__.encode() + _cpu_id().encode()).hexdigest()
     try:
