@@ -112,7 +112,10 @@ class _KernelNA2d(torch.autograd.Function):
     ) -> Tensor:
         ext = _kernel()
         rows, cols = _tables(q, kernel_size, dilation, border)
-        out, probs = ext.forward(q, k, v, rel, bias, *rows, *cols, scale, border == "zeros")
+        fixed = border != "shift"
+        out, probs = ext.forward(
+            q, k, v, rel, bias, *rows, *cols, scale, border == "zeros", fixed, dilation[1]
+        )
         ctx.save_for_backward(q, k, v, rel, bias, probs)
         ctx.geometry = (kernel_size, dilation, border, scale)
         return cast(Tensor, out)
@@ -141,6 +144,8 @@ class _KernelNA2d(torch.autograd.Function):
             scale,
             want_rel,
             want_bias,
+            border != "shift",
+            dilation[1],
         )
         return dq, dk, dv, drel if want_rel else None, dbias if want_bias else None, None, None, None, None
 

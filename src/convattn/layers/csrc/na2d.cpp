@@ -1,157 +1,431 @@
-// Neighbourhood attention in 2-D on heads-last tensors (B, H, W, heads, d): forward and backward.
+// Neighbourhood attention in 2-D on heads-last tensors (B, H, W, heads, d): forward and backward (CPU).
 //
 // Windows come from per-axis tables built in Python (convattn/layers/neighborhood.py):
 //   index (n, k): key position of slot t for query i;  valid (n, k): inside the image;
 //   offset (n, k): rel/bias table index (key - query in steps, + k - 1).
-// The backward gathers key gradients through inverse tables inv (n, m, 2) of (query, slot) pairs, so
-// every output element is written by one thread and no atomics are needed.
+// Layout trick: each (batch, head) is transposed into rows of (channel, column) so that SIMD lanes run
+// along W: L neighbouring queries (L = 64 bytes / sizeof(T)) are scored against their keys with one
+// vector multiply-add per channel and window slot. Windows whose L keys are contiguous (the interior,
+// for every border mode) take that path; the few lanes at the borders take a per-lane path.
+// Probabilities are saved as (B, heads, H, K, W). The backward is two gather passes (per query, then per
+// key row through inverse tables), so every output element has one writer and no atomics are needed.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
 namespace {
 
+template <typename T>
+struct VecOf {
+  typedef T type __attribute__((vector_size(64)));
+};
+template <typename T>
+using vec = typename VecOf<T>::type;
+template <typename T>
+struct IntVecOf;
+template <>
+struct IntVecOf<float> {
+  typedef int type __attribute__((vector_size(64)));
+};
+template <>
+struct IntVecOf<double> {
+  typedef long long type __attribute__((vector_size(64)));
+};
+template <typename T>
+constexpr int64_t kLanes = 64 / sizeof(T);
+
+template <typename T>
+inline vec<T> loadu(const T* p) {
+  vec<T> v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+template <typename T>
+inline void storeu(T* p, vec<T> v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+template <typename T>
+inline vec<T> splat(T x) {
+  vec<T> v = {};
+  return v + x;
+}
+
+// exp of every lane to about 1 ulp (float) / 3e-16 relative (double); -inf gives exactly 0.
+template <typename T>
+inline vec<T> vexp(vec<T> x) {
+  using I = typename IntVecOf<T>::type;
+  constexpr bool dbl = sizeof(T) == 8;
+  const vec<T> zero = {};
+  const T lo = dbl ? -708.0 : -87.0, hi = dbl ? 709.0 : 88.0;
+  const auto underflow = x < lo;
+  x = x < lo ? zero + lo : x;
+  x = x > hi ? zero + hi : x;
+  const T ln2hi = dbl ? 6.93147180369123816490e-01 : 0.693359375;
+  const T ln2lo = dbl ? 1.90821492927058770002e-10 : -2.12194440e-4;
+  vec<T> n = x * T(1.4426950408889634);
+  n = __builtin_convertvector(__builtin_convertvector(n + (n >= 0 ? zero + T(0.5) : zero - T(0.5)), I), vec<T>);
+  const vec<T> r = x - n * ln2hi - n * ln2lo;
+  vec<T> p;
+  if constexpr (dbl) {
+    p = zero + T(1.0 / 479001600);
+    const T c[] = {1.0 / 39916800, 1.0 / 3628800, 1.0 / 362880, 1.0 / 40320, 1.0 / 5040, 1.0 / 720,
+                   1.0 / 120,      1.0 / 24,      1.0 / 6,      0.5,          1.0,          1.0};
+    for (T cc : c) p = p * r + cc;
+  } else {
+    p = zero + T(1.0 / 5040);
+    const T c[] = {1.0 / 720, 1.0 / 120, 1.0 / 24, 1.0 / 6, 0.5, 1.0, 1.0};
+    for (T cc : c) p = p * r + cc;
+  }
+  const I bits = (__builtin_convertvector(n, I) + (dbl ? 1023 : 127)) << (dbl ? 52 : 23);
+  vec<T> two_n;
+  std::memcpy(&two_n, &bits, sizeof(two_n));
+  const vec<T> res = p * two_n;
+  return underflow ? zero : res;
+}
+
 struct Geometry {
   int64_t B, H, W, NH, D, DV, KH, KW, K, TH, TW;  // TH, TW: rel/bias table sides (2k - 1)
+  int64_t PL, Wp;  // left padding and row stride of the transposed slabs (column j at j + PL)
 };
 
+struct Tables {
+  const int64_t *r_idx, *r_off, *c_idx, *c_off;
+  const bool *r_ok, *c_ok;
+  // Per column block jb and slot b: whether the block's lanes read contiguous keys with one rel/bias
+  // offset (regular), the key column of lane 0 (negative columns lie in the zero padding), and for
+  // border='mask' an additive lane mask (0, or -inf for keys outside the image).
+  std::vector<char> regular;
+  std::vector<int64_t> base;
+};
+constexpr int64_t kIrregular = std::numeric_limits<int64_t>::min();
+
+// fixed: windows at fixed offsets (border 'mask' or 'zeros'), so every block is regular once the slabs
+// carry col_dilation * (KW / 2) zero columns on each side.
 template <typename T>
-inline T dot(const T* a, const T* b, int64_t n) {
-  T acc = 0;
-#pragma omp simd reduction(+ : acc)
-  for (int64_t c = 0; c < n; ++c) acc += a[c] * b[c];
-  return acc;
+Tables make_tables(const torch::Tensor& r_idx, const torch::Tensor& r_ok, const torch::Tensor& r_off,
+                   const torch::Tensor& c_idx, const torch::Tensor& c_ok, const torch::Tensor& c_off,
+                   const Geometry& g, bool fixed, int64_t col_dilation) {
+  Tables tb{r_idx.data_ptr<int64_t>(), r_off.data_ptr<int64_t>(), c_idx.data_ptr<int64_t>(),
+            c_off.data_ptr<int64_t>(),  r_ok.data_ptr<bool>(),     c_ok.data_ptr<bool>(), {}, {}};
+  const int64_t L = kLanes<T>, nb = (g.W + L - 1) / L;
+  tb.base.assign(nb * g.KW, kIrregular);
+  for (int64_t jb = 0; jb < nb; ++jb) {
+    const int64_t j0 = jb * L, n = std::min(L, g.W - j0);
+    for (int64_t b = 0; b < g.KW; ++b) {
+      if (fixed) {
+        tb.base[jb * g.KW + b] = j0 + (b - g.KW / 2) * col_dilation;
+        continue;
+      }
+      const int64_t first = tb.c_idx[j0 * g.KW + b], off = tb.c_off[j0 * g.KW + b];
+      bool ok = true;
+      for (int64_t l = 0; l < n && ok; ++l) {
+        const int64_t j = j0 + l;
+        ok = tb.c_ok[j * g.KW + b] && tb.c_idx[j * g.KW + b] == first + l && tb.c_off[j * g.KW + b] == off;
+      }
+      if (ok) tb.base[jb * g.KW + b] = first;
+    }
+  }
+  return tb;
+}
+
+// For border='mask': 0 for lanes whose key is inside the image, -inf outside (added to the scores).
+template <typename T>
+vec<T> lane_mask(const Tables& tb, const Geometry& g, int64_t jb, int64_t b, int64_t n) {
+  vec<T> m = {};
+  for (int64_t l = 0; l < n; ++l)
+    if (!tb.c_ok[(jb * kLanes<T> + l) * g.KW + b]) m[l] = -std::numeric_limits<T>::infinity();
+  return m;
+}
+
+// Copy rows [r0, r1) of head h of image b from heads-last x (B, H, W, NH, C) into slab[row][c][Wp].
+template <typename T>
+void to_slab(const T* x, int64_t C, const Geometry& g, int64_t b, int64_t h, int64_t r0, int64_t r1, T* slab) {
+  for (int64_t r = r0; r < r1; ++r) {
+    T* dst = slab + (r - r0) * C * g.Wp;
+    for (int64_t j = 0; j < g.W; ++j) {
+      const T* src = x + (((b * g.H + r) * g.W + j) * g.NH + h) * C;
+      for (int64_t c = 0; c < C; ++c) dst[c * g.Wp + g.PL + j] = src[c];
+    }
+  }
+}
+
+// Per-task work split: (b, h, chunk of rows), enough tasks to keep every thread busy.
+struct Split {
+  int64_t chunk, nchunks;
+};
+Split split_rows(const Geometry& g) {
+  const int64_t want = std::max<int64_t>(1, (8 * at::get_num_threads() + g.B * g.NH - 1) / (g.B * g.NH));
+  const int64_t nchunks = std::min(g.H, want);
+  const int64_t chunk = (g.H + nchunks - 1) / nchunks;
+  return {chunk, (g.H + chunk - 1) / chunk};
+}
+
+// Key rows used by query rows [i0, i1).
+std::pair<int64_t, int64_t> key_rows(const Tables& tb, const Geometry& g, int64_t i0, int64_t i1) {
+  int64_t lo = g.H, hi = -1;
+  for (int64_t i = i0; i < i1; ++i)
+    for (int64_t a = 0; a < g.KH; ++a) {
+      lo = std::min(lo, tb.r_idx[i * g.KH + a]);
+      hi = std::max(hi, tb.r_idx[i * g.KH + a]);
+    }
+  return {lo, hi + 1};
 }
 
 template <typename T>
-inline void axpy(T alpha, const T* x, T* y, int64_t n) {
-#pragma omp simd
-  for (int64_t c = 0; c < n; ++c) y[c] += alpha * x[c];
+inline const T* rel_at(const T* rel, const Geometry& g, int64_t oa, int64_t ob, int64_t h) {
+  return rel + ((oa * g.TW + ob) * g.NH + h) * g.D;
+}
+
+// Scores of one block of L queries (row i, columns j0..j0+n) for every slot: S[t] (lanes).
+template <typename T>
+void block_scores(const T* Qt, const T* Kslab, int64_t kr0, const T* rel, const T* bias, const Tables& tb,
+                  const Geometry& g, int64_t h, int64_t i, int64_t jb, int64_t n, T scale, bool zeros,
+                  vec<T>* S) {
+  constexpr int64_t L = kLanes<T>;
+  const int64_t j0 = jb * L;
+  const T ninf = -std::numeric_limits<T>::infinity();
+  for (int64_t a = 0; a < g.KH; ++a) {
+    const int64_t ra = tb.r_idx[i * g.KH + a], oa = tb.r_off[i * g.KH + a];
+    const bool va = tb.r_ok[i * g.KH + a];
+    const T* Krow = Kslab + (ra - kr0) * g.D * g.Wp;
+    for (int64_t b = 0; b < g.KW; ++b) {
+      const int64_t t = a * g.KW + b, base = tb.base[jb * g.KW + b];
+      if (!va && !zeros) {
+        S[t] = splat<T>(ninf);
+        continue;
+      }
+      if (base != kIrregular) {  // contiguous keys, one rel/bias offset
+        vec<T> acc = {};
+        if (va)
+          for (int64_t c = 0; c < g.D; ++c) acc += loadu(Qt + c * g.Wp + j0) * loadu(Krow + c * g.Wp + base);
+        acc *= scale;
+        const int64_t ob = tb.c_off[j0 * g.KW + b];
+        if (rel) {
+          const T* rv = rel_at(rel, g, oa, ob, h);
+          for (int64_t c = 0; c < g.D; ++c) acc += loadu(Qt + c * g.Wp + j0) * rv[c];
+        }
+        if (bias) acc += bias[(h * g.TH + oa) * g.TW + ob];
+        if (!zeros) acc += lane_mask<T>(tb, g, jb, b, n);
+        S[t] = acc;
+        continue;
+      }
+      vec<T> s = {};
+      for (int64_t l = 0; l < n; ++l) {  // border lanes, one at a time
+        const int64_t j = j0 + l, cb = tb.c_idx[j * g.KW + b], ob = tb.c_off[j * g.KW + b];
+        const bool inside = va && tb.c_ok[j * g.KW + b];
+        if (!inside && !zeros) {
+          s[l] = ninf;
+          continue;
+        }
+        T acc = 0;
+        if (inside)
+          for (int64_t c = 0; c < g.D; ++c) acc += Qt[c * g.Wp + j] * Krow[c * g.Wp + cb];
+        acc *= scale;
+        if (rel) {
+          const T* rv = rel_at(rel, g, oa, ob, h);
+          for (int64_t c = 0; c < g.D; ++c) acc += Qt[c * g.Wp + j] * rv[c];
+        }
+        if (bias) acc += bias[(h * g.TH + oa) * g.TW + ob];
+        s[l] = acc;
+      }
+      S[t] = s;  // lanes >= n stay 0: finite, never stored
+    }
+  }
 }
 
 template <typename T>
-void forward_impl(const T* q, const T* k, const T* v, const T* rel, const T* bias,
-                  const int64_t* r_idx, const bool* r_ok, const int64_t* r_off,
-                  const int64_t* c_idx, const bool* c_ok, const int64_t* c_off,
-                  T scale, bool zeros, const Geometry& g, T* out, T* probs) {
-  const int64_t C = g.NH * g.D, CV = g.NH * g.DV;
-  at::parallel_for(0, g.B * g.H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> s(g.K);
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t b = row / g.H, i = row % g.H;
-      for (int64_t j = 0; j < g.W; ++j) {
-        const int64_t pix = (b * g.H + i) * g.W + j;
-        const T* qp = q + pix * C;
-        T* pp = probs + pix * g.NH * g.K;
-        T* op = out + pix * CV;
-        for (int64_t c = 0; c < CV; ++c) op[c] = 0;
-        for (int64_t h = 0; h < g.NH; ++h) {
-          const T* qh = qp + h * g.D;
-          T mx = -std::numeric_limits<T>::infinity();
-          for (int64_t a = 0; a < g.KH; ++a) {
-            const int64_t ra = r_idx[i * g.KH + a], oa = r_off[i * g.KH + a];
-            const bool va = r_ok[i * g.KH + a];
-            for (int64_t bb = 0; bb < g.KW; ++bb) {
-              const int64_t t = a * g.KW + bb;
-              const bool inside = va && c_ok[j * g.KW + bb];
-              if (!inside && !zeros) {
-                s[t] = -std::numeric_limits<T>::infinity();
-                continue;
-              }
-              const int64_t cb = c_idx[j * g.KW + bb], ob = c_off[j * g.KW + bb];
-              T acc = inside ? scale * dot(qh, k + ((b * g.H + ra) * g.W + cb) * C + h * g.D, g.D) : T(0);
-              if (rel) acc += dot(qh, rel + ((oa * g.TW + ob) * g.NH + h) * g.D, g.D);
-              if (bias) acc += bias[(h * g.TH + oa) * g.TW + ob];
-              s[t] = acc;
-              mx = acc > mx ? acc : mx;
-            }
-          }
-          T sum = 0;
-          for (int64_t t = 0; t < g.K; ++t) {
-            const T e = std::isinf(s[t]) ? T(0) : std::exp(s[t] - mx);
-            s[t] = e;
-            sum += e;
-          }
-          T* oh = op + h * g.DV;
-          for (int64_t a = 0; a < g.KH; ++a) {
-            const int64_t ra = r_idx[i * g.KH + a];
-            const bool va = r_ok[i * g.KH + a];
-            for (int64_t bb = 0; bb < g.KW; ++bb) {
-              const int64_t t = a * g.KW + bb;
-              const T p = s[t] / sum;
-              pp[h * g.K + t] = p;
-              if (p == T(0) || !(va && c_ok[j * g.KW + bb])) continue;  // outside values are zero
-              const int64_t cb = c_idx[j * g.KW + bb];
-              axpy(p, v + ((b * g.H + ra) * g.W + cb) * CV + h * g.DV, oh, g.DV);
-            }
-          }
+void softmax_slots(vec<T>* S, int64_t K) {
+  vec<T> m = S[0];
+  for (int64_t t = 1; t < K; ++t) m = S[t] > m ? S[t] : m;
+  vec<T> sum = {};
+  for (int64_t t = 0; t < K; ++t) {
+    S[t] = vexp<T>(S[t] - m);
+    sum += S[t];
+  }
+  const vec<T> inv = T(1) / sum;
+  for (int64_t t = 0; t < K; ++t) S[t] *= inv;
+}
+
+template <typename T>
+inline void store_lanes(T* dst, vec<T> v, int64_t n) {
+  if (n == kLanes<T>) {
+    storeu(dst, v);
+  } else {
+    for (int64_t l = 0; l < n; ++l) dst[l] = v[l];
+  }
+}
+
+template <typename T>
+inline vec<T> load_lanes(const T* src, int64_t n) {
+  if (n == kLanes<T>) return loadu(src);
+  vec<T> v = {};
+  for (int64_t l = 0; l < n; ++l) v[l] = src[l];
+  return v;
+}
+
+// acc[c] (lanes) += sum over slots of w[t] * value of slot t: the weighted sum of values or keys.
+template <typename T>
+void block_gather(const vec<T>* w, const T* slab, int64_t kr0, int64_t C, const Tables& tb, const Geometry& g,
+                  int64_t i, int64_t jb, int64_t n, vec<T>* acc) {
+  constexpr int64_t L = kLanes<T>;
+  const int64_t j0 = jb * L;
+  for (int64_t a = 0; a < g.KH; ++a) {
+    if (!tb.r_ok[i * g.KH + a]) continue;  // outside rows hold zero (or masked) keys and values
+    const T* row = slab + (tb.r_idx[i * g.KH + a] - kr0) * C * g.Wp;
+    for (int64_t b = 0; b < g.KW; ++b) {
+      const int64_t t = a * g.KW + b, base = tb.base[jb * g.KW + b];
+      const vec<T> wt = w[t];
+      if (base != kIrregular) {
+        for (int64_t c = 0; c < C; ++c) acc[c] += wt * loadu(row + c * g.Wp + base);
+        continue;
+      }
+      for (int64_t l = 0; l < n; ++l) {
+        const int64_t j = j0 + l;
+        if (!tb.c_ok[j * g.KW + b]) continue;
+        const int64_t cb = tb.c_idx[j * g.KW + b];
+        for (int64_t c = 0; c < C; ++c) acc[c][l] += wt[l] * row[c * g.Wp + cb];
+      }
+    }
+  }
+}
+
+// Write acc[c] (lanes = columns j0..j0+n) of head h, row i into heads-last y.
+template <typename T>
+void store_block(const vec<T>* acc, int64_t C, const Geometry& g, int64_t b, int64_t h, int64_t i, int64_t j0,
+                 int64_t n, T* y) {
+  for (int64_t l = 0; l < n; ++l) {
+    T* dst = y + (((b * g.H + i) * g.W + j0 + l) * g.NH + h) * C;
+    for (int64_t c = 0; c < C; ++c) dst[c] = acc[c][l];
+  }
+}
+
+template <typename T>
+void forward_impl(const T* q, const T* k, const T* v, const T* rel, const T* bias, const Tables& tb, T scale,
+                  bool zeros, const Geometry& g, T* out, T* probs) {
+  constexpr int64_t L = kLanes<T>;
+  const Split sp = split_rows(g);
+  const int64_t nb = (g.W + L - 1) / L;
+  at::parallel_for(0, g.B * g.NH * sp.nchunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> Kslab, Vslab, Qt(g.D * g.Wp, T(0));
+    std::vector<vec<T>> S(g.K), O(g.DV);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / (g.NH * sp.nchunks), h = (task / sp.nchunks) % g.NH;
+      const int64_t i0 = (task % sp.nchunks) * sp.chunk, i1 = std::min(g.H, i0 + sp.chunk);
+      const auto [kr0, kr1] = key_rows(tb, g, i0, i1);
+      Kslab.assign((kr1 - kr0) * g.D * g.Wp, T(0));
+      Vslab.assign((kr1 - kr0) * g.DV * g.Wp, T(0));
+      to_slab(k, g.D, g, b, h, kr0, kr1, Kslab.data());
+      to_slab(v, g.DV, g, b, h, kr0, kr1, Vslab.data());
+      for (int64_t i = i0; i < i1; ++i) {
+        to_slab(q, g.D, g, b, h, i, i + 1, Qt.data());
+        for (int64_t jb = 0; jb < nb; ++jb) {
+          const int64_t j0 = jb * L, n = std::min(L, g.W - j0);
+          block_scores(Qt.data() + g.PL, Kslab.data() + g.PL, kr0, rel, bias, tb, g, h, i, jb, n, scale, zeros, S.data());
+          softmax_slots<T>(S.data(), g.K);
+          T* pp = probs + ((b * g.NH + h) * g.H + i) * g.K * g.W + j0;
+          for (int64_t t = 0; t < g.K; ++t) store_lanes(pp + t * g.W, S[t], n);
+          std::fill(O.begin(), O.end(), vec<T>{});
+          block_gather(S.data(), Vslab.data() + g.PL, kr0, g.DV, tb, g, i, jb, n, O.data());
+          store_block(O.data(), g.DV, g, b, h, i, j0, n, out);
         }
       }
     }
   });
 }
 
-// Pass 1, per query: dS = P * (dP - sum P dP), dq, and the rel/bias gradients (per-thread sums).
+// Pass 1, per query block: dS = P (dP - sum P dP), dq, and the rel/bias gradients (per-thread sums).
 template <typename T>
 void backward_queries(const T* dout, const T* q, const T* k, const T* v, const T* rel, const T* probs,
-                      const int64_t* r_idx, const bool* r_ok, const int64_t* r_off,
-                      const int64_t* c_idx, const bool* c_ok, const int64_t* c_off,
-                      T scale, const Geometry& g, T* dq, T* ds, T* drel, T* dbias, bool want_rel,
-                      bool want_bias) {
-  const int64_t C = g.NH * g.D, CV = g.NH * g.DV;
-  const int64_t nrel = g.TH * g.TW * g.NH * g.D, nbias = g.NH * g.TH * g.TW;
-  const int nthreads = at::get_num_threads();
-  std::vector<std::vector<T>> rel_parts(want_rel ? nthreads : 0), bias_parts(want_bias ? nthreads : 0);
-  for (auto& part : rel_parts) part.assign(nrel, T(0));
-  for (auto& part : bias_parts) part.assign(nbias, T(0));
-  at::parallel_for(0, g.B * g.H, 1, [&](int64_t begin, int64_t end) {
-    const int tid = at::get_thread_num();
-    T* my_rel = want_rel ? rel_parts[tid].data() : nullptr;
-    T* my_bias = want_bias ? bias_parts[tid].data() : nullptr;
-    std::vector<T> dp(g.K);
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t b = row / g.H, i = row % g.H;
-      for (int64_t j = 0; j < g.W; ++j) {
-        const int64_t pix = (b * g.H + i) * g.W + j;
-        for (int64_t h = 0; h < g.NH; ++h) {
-          const T* doh = dout + pix * CV + h * g.DV;
-          const T* ph = probs + (pix * g.NH + h) * g.K;
-          T* dsh = ds + (pix * g.NH + h) * g.K;
-          T total = 0;
+                      const Tables& tb, T scale, const Geometry& g, T* dq, T* ds, T* drel, T* dbias) {
+  constexpr int64_t L = kLanes<T>;
+  const Split sp = split_rows(g);
+  const int64_t nb = (g.W + L - 1) / L;
+  const int64_t nrel = drel ? g.TH * g.TW * g.NH * g.D : 0, nbias = dbias ? g.NH * g.TH * g.TW : 0;
+  std::vector<std::vector<T>> rel_parts(at::get_num_threads(), std::vector<T>(nrel, T(0)));
+  std::vector<std::vector<T>> bias_parts(at::get_num_threads(), std::vector<T>(nbias, T(0)));
+  at::parallel_for(0, g.B * g.NH * sp.nchunks, 1, [&](int64_t begin, int64_t end) {
+    T* my_rel = nrel ? rel_parts[at::get_thread_num()].data() : nullptr;
+    T* my_bias = nbias ? bias_parts[at::get_thread_num()].data() : nullptr;
+    std::vector<T> Kslab, Vslab, Qt(g.D * g.Wp, T(0)), dOt(g.DV * g.Wp, T(0));
+    std::vector<vec<T>> P(g.K), dP(g.K), dQ(g.D);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / (g.NH * sp.nchunks), h = (task / sp.nchunks) % g.NH;
+      const int64_t i0 = (task % sp.nchunks) * sp.chunk, i1 = std::min(g.H, i0 + sp.chunk);
+      const auto [kr0, kr1] = key_rows(tb, g, i0, i1);
+      Kslab.assign((kr1 - kr0) * g.D * g.Wp, T(0));
+      Vslab.assign((kr1 - kr0) * g.DV * g.Wp, T(0));
+      to_slab(k, g.D, g, b, h, kr0, kr1, Kslab.data());
+      to_slab(v, g.DV, g, b, h, kr0, kr1, Vslab.data());
+      for (int64_t i = i0; i < i1; ++i) {
+        to_slab(q, g.D, g, b, h, i, i + 1, Qt.data());
+        to_slab(dout, g.DV, g, b, h, i, i + 1, dOt.data());
+        const T* Q0 = Qt.data() + g.PL;  // column j of the row at [c * Wp + j]
+        const T* dO0 = dOt.data() + g.PL;
+        for (int64_t jb = 0; jb < nb; ++jb) {
+          const int64_t j0 = jb * L, n = std::min(L, g.W - j0);
+          const T* pp = probs + ((b * g.NH + h) * g.H + i) * g.K * g.W + j0;
+          for (int64_t t = 0; t < g.K; ++t) P[t] = load_lanes(pp + t * g.W, n);
+          // dP[t] = dout . v_t: the same gather as the forward's values, with dout as the "weights".
           for (int64_t a = 0; a < g.KH; ++a) {
-            const int64_t ra = r_idx[i * g.KH + a];
-            const bool va = r_ok[i * g.KH + a];
+            const bool va = tb.r_ok[i * g.KH + a];
+            const T* Vrow = Vslab.data() + g.PL + (tb.r_idx[i * g.KH + a] - kr0) * g.DV * g.Wp;
             for (int64_t bb = 0; bb < g.KW; ++bb) {
-              const int64_t t = a * g.KW + bb;
-              const bool inside = va && c_ok[j * g.KW + bb];
-              const int64_t cb = c_idx[j * g.KW + bb];
-              dp[t] = (inside && ph[t] != T(0)) ? dot(doh, v + ((b * g.H + ra) * g.W + cb) * CV + h * g.DV, g.DV) : T(0);
-              total += ph[t] * dp[t];
-            }
-          }
-          const T* qh = q + pix * C + h * g.D;
-          T* dqh = dq + pix * C + h * g.D;
-          for (int64_t c = 0; c < g.D; ++c) dqh[c] = 0;
-          for (int64_t a = 0; a < g.KH; ++a) {
-            const int64_t ra = r_idx[i * g.KH + a], oa = r_off[i * g.KH + a];
-            const bool va = r_ok[i * g.KH + a];
-            for (int64_t bb = 0; bb < g.KW; ++bb) {
-              const int64_t t = a * g.KW + bb;
-              const T d = ph[t] * (dp[t] - total);
-              dsh[t] = d;
-              if (d == T(0)) continue;
-              const int64_t cb = c_idx[j * g.KW + bb], ob = c_off[j * g.KW + bb];
-              if (va && c_ok[j * g.KW + bb]) axpy(scale * d, k + ((b * g.H + ra) * g.W + cb) * C + h * g.D, dqh, g.D);
-              if (rel) {
-                axpy(d, rel + ((oa * g.TW + ob) * g.NH + h) * g.D, dqh, g.D);
-                if (my_rel) axpy(d, qh, my_rel + ((oa * g.TW + ob) * g.NH + h) * g.D, g.D);
+              const int64_t t = a * g.KW + bb, base = tb.base[jb * g.KW + bb];
+              vec<T> acc = {};
+              if (va && base != kIrregular) {
+                for (int64_t c = 0; c < g.DV; ++c) acc += loadu(dO0 + c * g.Wp + j0) * loadu(Vrow + c * g.Wp + base);
+              } else if (va) {
+                for (int64_t l = 0; l < n; ++l) {
+                  const int64_t j = j0 + l;
+                  if (!tb.c_ok[j * g.KW + bb]) continue;
+                  const int64_t cb = tb.c_idx[j * g.KW + bb];
+                  T s = 0;
+                  for (int64_t c = 0; c < g.DV; ++c) s += dO0[c * g.Wp + j] * Vrow[c * g.Wp + cb];
+                  acc[l] = s;
+                }
               }
-              if (my_bias) my_bias[(h * g.TH + oa) * g.TW + ob] += d;
+              dP[t] = acc;
             }
           }
+          vec<T> total = {};
+          for (int64_t t = 0; t < g.K; ++t) total += P[t] * dP[t];
+          T* dsp = ds + ((b * g.NH + h) * g.H + i) * g.K * g.W + j0;
+          for (int64_t t = 0; t < g.K; ++t) {
+            dP[t] = P[t] * (dP[t] - total);  // now dS
+            store_lanes(dsp + t * g.W, dP[t], n);
+          }
+          // dq = scale * sum dS k_t + sum dS rel_t
+          std::fill(dQ.begin(), dQ.end(), vec<T>{});
+          block_gather(dP.data(), Kslab.data() + g.PL, kr0, g.D, tb, g, i, jb, n, dQ.data());
+          for (int64_t c = 0; c < g.D; ++c) dQ[c] *= scale;
+          if (rel || my_bias) {
+            for (int64_t a = 0; a < g.KH; ++a) {
+              const int64_t oa = tb.r_off[i * g.KH + a];
+              for (int64_t bb = 0; bb < g.KW; ++bb) {
+                const int64_t t = a * g.KW + bb;
+                for (int64_t l = 0; l < n; ++l) {
+                  const T d = dP[t][l];
+                  if (d == T(0)) continue;
+                  const int64_t j = j0 + l, ob = tb.c_off[j * g.KW + bb];
+                  if (rel) {
+                    const T* rv = rel_at(rel, g, oa, ob, h);
+                    for (int64_t c = 0; c < g.D; ++c) dQ[c][l] += d * rv[c];
+                    if (my_rel) {
+                      T* gr = my_rel + ((oa * g.TW + ob) * g.NH + h) * g.D;
+                      for (int64_t c = 0; c < g.D; ++c) gr[c] += d * Q0[c * g.Wp + j];
+                    }
+                  }
+                  if (my_bias) my_bias[(h * g.TH + oa) * g.TW + ob] += d;
+                }
+              }
+            }
+          }
+          store_block(dQ.data(), g.D, g, b, h, i, j0, n, dq);
         }
       }
     }
@@ -162,46 +436,98 @@ void backward_queries(const T* dout, const T* q, const T* k, const T* v, const T
     for (int64_t x = 0; x < nbias; ++x) dbias[x] += part[x];
 }
 
-// Pass 2, per key: dk = scale * sum dS q and dv = sum P dout over the queries whose window holds it.
+// Pass 2, per key row: dk = scale sum dS q and dv = sum P dout over the queries whose window holds it.
 template <typename T>
-void backward_keys(const T* dout, const T* q, const T* probs, const T* ds, const int64_t* r_inv,
-                   int64_t mr, const int64_t* c_inv, int64_t mc, T scale, const Geometry& g, T* dk,
-                   T* dv) {
-  const int64_t C = g.NH * g.D, CV = g.NH * g.DV;
-  at::parallel_for(0, g.B * g.H, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t b = row / g.H, ra = row % g.H;
-      for (int64_t cb = 0; cb < g.W; ++cb) {
-        const int64_t key = (b * g.H + ra) * g.W + cb;
-        T* dkp = dk + key * C;
-        T* dvp = dv + key * CV;
-        for (int64_t c = 0; c < C; ++c) dkp[c] = 0;
-        for (int64_t c = 0; c < CV; ++c) dvp[c] = 0;
-        for (int64_t x = 0; x < mr; ++x) {
-          const int64_t i = r_inv[(ra * mr + x) * 2], a = r_inv[(ra * mr + x) * 2 + 1];
-          if (i < 0) break;
-          for (int64_t y = 0; y < mc; ++y) {
-            const int64_t j = c_inv[(cb * mc + y) * 2], bb = c_inv[(cb * mc + y) * 2 + 1];
-            if (j < 0) break;
-            const int64_t pix = (b * g.H + i) * g.W + j, t = a * g.KW + bb;
-            for (int64_t h = 0; h < g.NH; ++h) {
-              const T d = ds[(pix * g.NH + h) * g.K + t], p = probs[(pix * g.NH + h) * g.K + t];
-              if (d != T(0)) axpy(scale * d, q + pix * C + h * g.D, dkp + h * g.D, g.D);
-              if (p != T(0)) axpy(p, dout + pix * CV + h * g.DV, dvp + h * g.DV, g.DV);
+void backward_keys(const T* dout, const T* q, const T* probs, const T* ds, const Tables& tb, const int64_t* r_inv,
+                   int64_t mr, T scale, const Geometry& g, T* dk, T* dv) {
+  constexpr int64_t L = kLanes<T>;
+  const Split sp = split_rows(g);
+  const int64_t nb = (g.W + L - 1) / L;
+  at::parallel_for(0, g.B * g.NH * sp.nchunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> Qslab, dOslab, dKt(g.D * g.Wp), dVt(g.DV * g.Wp);
+    std::vector<vec<T>> tmp(std::max(g.D, g.DV));
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / (g.NH * sp.nchunks), h = (task / sp.nchunks) % g.NH;
+      const int64_t k0 = (task % sp.nchunks) * sp.chunk, k1 = std::min(g.H, k0 + sp.chunk);
+      int64_t qr0 = g.H, qr1 = -1;  // query rows that reach these key rows
+      for (int64_t kr = k0; kr < k1; ++kr)
+        for (int64_t x = 0; x < mr && r_inv[(kr * mr + x) * 2] >= 0; ++x) {
+          qr0 = std::min(qr0, r_inv[(kr * mr + x) * 2]);
+          qr1 = std::max(qr1, r_inv[(kr * mr + x) * 2]);
+        }
+      ++qr1;
+      if (qr1 > qr0) {
+        Qslab.assign((qr1 - qr0) * g.D * g.Wp, T(0));
+        dOslab.assign((qr1 - qr0) * g.DV * g.Wp, T(0));
+        to_slab(q, g.D, g, b, h, qr0, qr1, Qslab.data());
+        to_slab(dout, g.DV, g, b, h, qr0, qr1, dOslab.data());
+      }
+      const int64_t Ws = g.Wp;
+      T* dK0 = dKt.data() + g.PL;  // column j (negative: padding) at [c * Ws + j]
+      T* dV0 = dVt.data() + g.PL;
+      for (int64_t kr = k0; kr < k1; ++kr) {
+        std::fill(dKt.begin(), dKt.end(), T(0));
+        std::fill(dVt.begin(), dVt.end(), T(0));
+        for (int64_t x = 0; x < mr && r_inv[(kr * mr + x) * 2] >= 0; ++x) {
+          const int64_t i = r_inv[(kr * mr + x) * 2], a = r_inv[(kr * mr + x) * 2 + 1];
+          const T* Qrow = Qslab.data() + g.PL + (i - qr0) * g.D * g.Wp;
+          const T* dOrow = dOslab.data() + g.PL + (i - qr0) * g.DV * g.Wp;
+          const T* pp = probs + ((b * g.NH + h) * g.H + i) * g.K * g.W;
+          const T* dsp = ds + ((b * g.NH + h) * g.H + i) * g.K * g.W;
+          for (int64_t jb = 0; jb < nb; ++jb) {
+            const int64_t j0 = jb * L, n = std::min(L, g.W - j0);
+            for (int64_t bb = 0; bb < g.KW; ++bb) {
+              const int64_t t = a * g.KW + bb, base = tb.base[jb * g.KW + bb];
+              const vec<T> d = load_lanes(dsp + t * g.W + j0, n) * scale, p = load_lanes(pp + t * g.W + j0, n);
+              if (base != kIrregular) {  // lanes >= n carry zero weights, so full-width updates are harmless
+                for (int64_t c = 0; c < g.D; ++c) {
+                  T* dst = dK0 + c * Ws + base;
+                  storeu(dst, loadu(dst) + d * loadu(Qrow + c * g.Wp + j0));
+                }
+                for (int64_t c = 0; c < g.DV; ++c) {
+                  T* dst = dV0 + c * Ws + base;
+                  storeu(dst, loadu(dst) + p * loadu(dOrow + c * g.Wp + j0));
+                }
+                continue;
+              }
+              for (int64_t l = 0; l < n; ++l) {
+                const int64_t j = j0 + l;
+                if (!tb.c_ok[j * g.KW + bb] || tb.c_idx[j * g.KW + bb] < 0) continue;
+                const int64_t cb = tb.c_idx[j * g.KW + bb];
+                for (int64_t c = 0; c < g.D; ++c) dK0[c * Ws + cb] += d[l] * Qrow[c * g.Wp + j];
+                for (int64_t c = 0; c < g.DV; ++c) dV0[c * Ws + cb] += p[l] * dOrow[c * g.Wp + j];
+              }
             }
           }
+        }
+        for (int64_t j = 0; j < g.W; ++j) {
+          T* dkp = dk + (((b * g.H + kr) * g.W + j) * g.NH + h) * g.D;
+          T* dvp = dv + (((b * g.H + kr) * g.W + j) * g.NH + h) * g.DV;
+          for (int64_t c = 0; c < g.D; ++c) dkp[c] = dK0[c * Ws + j];
+          for (int64_t c = 0; c < g.DV; ++c) dvp[c] = dV0[c * Ws + j];
         }
       }
     }
   });
 }
 
+template <typename T>
 Geometry geometry(const torch::Tensor& q, const torch::Tensor& v, const torch::Tensor& r_idx,
-                  const torch::Tensor& c_idx) {
+                  const torch::Tensor& c_idx, bool fixed, int64_t col_dilation) {
   Geometry g;
-  g.B = q.size(0); g.H = q.size(1); g.W = q.size(2); g.NH = q.size(3); g.D = q.size(4);
-  g.DV = v.size(4); g.KH = r_idx.size(1); g.KW = c_idx.size(1); g.K = g.KH * g.KW;
-  g.TH = 2 * g.KH - 1; g.TW = 2 * g.KW - 1;
+  g.B = q.size(0);
+  g.H = q.size(1);
+  g.W = q.size(2);
+  g.NH = q.size(3);
+  g.D = q.size(4);
+  g.DV = v.size(4);
+  g.KH = r_idx.size(1);
+  g.KW = c_idx.size(1);
+  g.K = g.KH * g.KW;
+  g.TH = 2 * g.KH - 1;
+  g.TW = 2 * g.KW - 1;
+  g.PL = fixed ? col_dilation * (g.KW / 2) : 0;
+  g.Wp = g.PL + g.W + g.PL + kLanes<T>;  // a full vector load from any window column stays in the row
   return g;
 }
 
@@ -215,15 +541,16 @@ const T* optional_ptr(const torch::Tensor& t) {
 std::vector<torch::Tensor> na2d_forward(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor rel,
                                         torch::Tensor bias, torch::Tensor r_idx, torch::Tensor r_ok,
                                         torch::Tensor r_off, torch::Tensor c_idx, torch::Tensor c_ok,
-                                        torch::Tensor c_off, double scale, bool zeros) {
-  const Geometry g = geometry(q, v, r_idx, c_idx);
-  auto out = torch::empty({g.B, g.H, g.W, g.NH, g.DV}, v.options());
-  auto probs = torch::empty({g.B, g.H, g.W, g.NH, g.K}, q.options());
+                                        torch::Tensor c_off, double scale, bool zeros, bool fixed,
+                                        int64_t col_dilation) {
+  torch::Tensor out, probs;
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "na2d_forward", [&] {
+    const Geometry g = geometry<scalar_t>(q, v, r_idx, c_idx, fixed, col_dilation);
+    const Tables tb = make_tables<scalar_t>(r_idx, r_ok, r_off, c_idx, c_ok, c_off, g, fixed, col_dilation);
+    out = torch::empty({g.B, g.H, g.W, g.NH, g.DV}, v.options());
+    probs = torch::empty({g.B, g.NH, g.H, g.K, g.W}, q.options());
     forward_impl<scalar_t>(q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
-                           optional_ptr<scalar_t>(rel), optional_ptr<scalar_t>(bias),
-                           r_idx.data_ptr<int64_t>(), r_ok.data_ptr<bool>(), r_off.data_ptr<int64_t>(),
-                           c_idx.data_ptr<int64_t>(), c_ok.data_ptr<bool>(), c_off.data_ptr<int64_t>(),
+                           optional_ptr<scalar_t>(rel), optional_ptr<scalar_t>(bias), tb,
                            static_cast<scalar_t>(scale), zeros, g, out.data_ptr<scalar_t>(),
                            probs.data_ptr<scalar_t>());
   });
@@ -234,27 +561,27 @@ std::vector<torch::Tensor> na2d_backward(torch::Tensor dout, torch::Tensor q, to
                                          torch::Tensor rel, torch::Tensor bias, torch::Tensor probs,
                                          torch::Tensor r_idx, torch::Tensor r_ok, torch::Tensor r_off,
                                          torch::Tensor c_idx, torch::Tensor c_ok, torch::Tensor c_off,
-                                         torch::Tensor r_inv, torch::Tensor c_inv, double scale,
-                                         bool want_rel, bool want_bias) {
-  const Geometry g = geometry(q, v, r_idx, c_idx);
+                                         torch::Tensor r_inv, torch::Tensor c_inv, double scale, bool want_rel,
+                                         bool want_bias, bool fixed, int64_t col_dilation) {
   auto dq = torch::empty_like(q), dk = torch::empty_like(k), dv = torch::empty_like(v);
   auto ds = torch::empty_like(probs);
-  auto drel = torch::zeros({want_rel ? g.TH : 0, g.TW, g.NH, g.D}, q.options());
-  auto dbias = torch::zeros({want_bias ? g.NH : 0, g.TH, g.TW}, q.options());
+  torch::Tensor drel, dbias;
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "na2d_backward", [&] {
+    const Geometry g = geometry<scalar_t>(q, v, r_idx, c_idx, fixed, col_dilation);
+    const Tables tb = make_tables<scalar_t>(r_idx, r_ok, r_off, c_idx, c_ok, c_off, g, fixed, col_dilation);
+    drel = torch::zeros({want_rel ? g.TH : 0, g.TW, g.NH, g.D}, q.options());
+    dbias = torch::zeros({want_bias ? g.NH : 0, g.TH, g.TW}, q.options());
     const auto s = static_cast<scalar_t>(scale);
     backward_queries<scalar_t>(dout.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
-                               v.data_ptr<scalar_t>(), optional_ptr<scalar_t>(rel), probs.data_ptr<scalar_t>(),
-                               r_idx.data_ptr<int64_t>(), r_ok.data_ptr<bool>(), r_off.data_ptr<int64_t>(),
-                               c_idx.data_ptr<int64_t>(), c_ok.data_ptr<bool>(), c_off.data_ptr<int64_t>(), s, g,
-                               dq.data_ptr<scalar_t>(), ds.data_ptr<scalar_t>(),
+                               v.data_ptr<scalar_t>(), optional_ptr<scalar_t>(rel), probs.data_ptr<scalar_t>(), tb,
+                               s, g, dq.data_ptr<scalar_t>(), ds.data_ptr<scalar_t>(),
                                want_rel ? drel.data_ptr<scalar_t>() : nullptr,
-                               want_bias ? dbias.data_ptr<scalar_t>() : nullptr, want_rel, want_bias);
+                               want_bias ? dbias.data_ptr<scalar_t>() : nullptr);
     backward_keys<scalar_t>(dout.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), probs.data_ptr<scalar_t>(),
-                            ds.data_ptr<scalar_t>(), r_inv.data_ptr<int64_t>(), r_inv.size(1),
-                            c_inv.data_ptr<int64_t>(), c_inv.size(1), s, g, dk.data_ptr<scalar_t>(),
-                            dv.data_ptr<scalar_t>());
+                            ds.data_ptr<scalar_t>(), tb, r_inv.data_ptr<int64_t>(), r_inv.size(1), s, g,
+                            dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>());
   });
+  (void)c_inv;  // columns are scattered within a row: the forward tables suffice
   return {dq, dk, dv, drel, dbias};
 }
 
