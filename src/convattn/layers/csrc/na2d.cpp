@@ -133,24 +133,28 @@ Tables make_tables(const torch::Tensor& r_idx, const torch::Tensor& r_ok, const 
   return tb;
 }
 
-// For border='mask': 0 for lanes whose key is inside the image, -inf outside (added to the scores).
+// For border='mask', per column block and slot: 0 for lanes whose key is inside the image, -inf outside.
 template <typename T>
-vec<T> lane_mask(const Tables& tb, const Geometry& g, int64_t jb, int64_t b, int64_t n) {
-  vec<T> m = {};
-  for (int64_t l = 0; l < n; ++l)
-    if (!tb.c_ok[(jb * kLanes<T> + l) * g.KW + b]) m[l] = -std::numeric_limits<T>::infinity();
-  return m;
+std::vector<vec<T>> lane_masks(const Tables& tb, const Geometry& g) {
+  const int64_t L = kLanes<T>, nb = (g.W + L - 1) / L;
+  std::vector<vec<T>> masks(nb * g.KW, vec<T>{});
+  for (int64_t jb = 0; jb < nb; ++jb)
+    for (int64_t b = 0; b < g.KW; ++b)
+      for (int64_t l = 0; l < std::min(L, g.W - jb * L); ++l)
+        if (!tb.c_ok[(jb * L + l) * g.KW + b]) masks[jb * g.KW + b][l] = -std::numeric_limits<T>::infinity();
+  return masks;
 }
 
 // Copy rows [r0, r1) of head h of image b from heads-last x (B, H, W, NH, C) into slab[row][c][Wp].
 template <typename T>
 void to_slab(const T* x, int64_t C, const Geometry& g, int64_t b, int64_t h, int64_t r0, int64_t r1, T* slab) {
+  const int64_t stride = g.NH * C;  // between neighbouring pixels
   for (int64_t r = r0; r < r1; ++r) {
-    T* dst = slab + (r - r0) * C * g.Wp;
-    for (int64_t j = 0; j < g.W; ++j) {
-      const T* src = x + (((b * g.H + r) * g.W + j) * g.NH + h) * C;
-      for (int64_t c = 0; c < C; ++c) dst[c * g.Wp + g.PL + j] = src[c];
-    }
+    const T* src = x + ((b * g.H + r) * g.W * g.NH + h) * C;
+    T* dst = slab + (r - r0) * C * g.Wp + g.PL;
+    // Channel-major walk: contiguous stores, and the strided loads stay in the row's few cache lines.
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t j = 0; j < g.W; ++j) dst[c * g.Wp + j] = src[j * stride + c];
   }
 }
 
@@ -181,14 +185,81 @@ inline const T* rel_at(const T* rel, const Geometry& g, int64_t oa, int64_t ob, 
   return rel + ((oa * g.TW + ob) * g.NH + h) * g.D;
 }
 
+// Slots of one block of queries: the slab row pointer of each slot's keys/values at lane 0, or null where
+// the block reads nothing contiguous (row outside the image, or a border block of border='shift').
+template <typename T>
+void slot_pointers(const T* slab, int64_t kr0, int64_t C, const Tables& tb, const Geometry& g, int64_t i,
+                   int64_t jb, const T** ptr) {
+  for (int64_t a = 0; a < g.KH; ++a) {
+    const bool va = tb.r_ok[i * g.KH + a];
+    const T* row = slab + (tb.r_idx[i * g.KH + a] - kr0) * C * g.Wp;
+    for (int64_t b = 0; b < g.KW; ++b) {
+      const int64_t base = tb.base[jb * g.KW + b];
+      ptr[a * g.KW + b] = (va && base != kIrregular) ? row + base : nullptr;
+    }
+  }
+}
+
+constexpr int64_t kChunk = 8;  // channels held in registers at once
+
+// S[t] += sum over channels of x[c] (lanes) * slot t's row[c], for every slot with a pointer.
+template <typename T>
+void dot_slots(const T* x, const T* const* ptr, int64_t K, int64_t C, int64_t Wp, vec<T>* S) {
+  int64_t c0 = 0;
+  for (; c0 + kChunk <= C; c0 += kChunk) {
+    vec<T> xv[kChunk];
+#pragma GCC unroll 8
+    for (int64_t u = 0; u < kChunk; ++u) xv[u] = loadu(x + (c0 + u) * Wp);
+    for (int64_t t = 0; t < K; ++t) {
+      const T* p = ptr[t];
+      if (!p) continue;
+      vec<T> acc = S[t];
+#pragma GCC unroll 8
+      for (int64_t u = 0; u < kChunk; ++u) acc += xv[u] * loadu(p + (c0 + u) * Wp);
+      S[t] = acc;
+    }
+  }
+  for (; c0 < C; ++c0) {
+    const vec<T> xv = loadu(x + c0 * Wp);
+    for (int64_t t = 0; t < K; ++t)
+      if (ptr[t]) S[t] += xv * loadu(ptr[t] + c0 * Wp);
+  }
+}
+
+// out[c] (lanes) += sum over slots of w[t] * slot t's row[c], for every slot with a pointer.
+template <typename T>
+void weigh_slots(const vec<T>* w, const T* const* ptr, int64_t K, int64_t C, int64_t Wp, vec<T>* out) {
+  int64_t c0 = 0;
+  for (; c0 + kChunk <= C; c0 += kChunk) {
+    vec<T> acc[kChunk];
+#pragma GCC unroll 8
+    for (int64_t u = 0; u < kChunk; ++u) acc[u] = out[c0 + u];
+    for (int64_t t = 0; t < K; ++t) {
+      const T* p = ptr[t];
+      if (!p) continue;
+      const vec<T> wt = w[t];
+#pragma GCC unroll 8
+      for (int64_t u = 0; u < kChunk; ++u) acc[u] += wt * loadu(p + (c0 + u) * Wp);
+    }
+#pragma GCC unroll 8
+    for (int64_t u = 0; u < kChunk; ++u) out[c0 + u] = acc[u];
+  }
+  for (; c0 < C; ++c0)
+    for (int64_t t = 0; t < K; ++t)
+      if (ptr[t]) out[c0] += w[t] * loadu(ptr[t] + c0 * Wp);
+}
+
 // Scores of one block of L queries (row i, columns j0..j0+n) for every slot: S[t] (lanes).
 template <typename T>
 void block_scores(const T* Qt, const T* Kslab, int64_t kr0, const T* rel, const T* bias, const Tables& tb,
-                  const Geometry& g, int64_t h, int64_t i, int64_t jb, int64_t n, T scale, bool zeros,
-                  vec<T>* S) {
+                  const std::vector<vec<T>>& masks, const Geometry& g, int64_t h, int64_t i, int64_t jb, int64_t n,
+                  T scale, bool zeros, const T** ptr, vec<T>* S) {
   constexpr int64_t L = kLanes<T>;
   const int64_t j0 = jb * L;
   const T ninf = -std::numeric_limits<T>::infinity();
+  slot_pointers(Kslab, kr0, g.D, tb, g, i, jb, ptr);
+  std::fill(S, S + g.K, vec<T>{});
+  dot_slots(Qt + j0, ptr, g.K, g.D, g.Wp, S);
   for (int64_t a = 0; a < g.KH; ++a) {
     const int64_t ra = tb.r_idx[i * g.KH + a], oa = tb.r_off[i * g.KH + a];
     const bool va = tb.r_ok[i * g.KH + a];
@@ -199,18 +270,15 @@ void block_scores(const T* Qt, const T* Kslab, int64_t kr0, const T* rel, const 
         S[t] = splat<T>(ninf);
         continue;
       }
-      if (base != kIrregular) {  // contiguous keys, one rel/bias offset
-        vec<T> acc = {};
-        if (va)
-          for (int64_t c = 0; c < g.D; ++c) acc += loadu(Qt + c * g.Wp + j0) * loadu(Krow + c * g.Wp + base);
-        acc *= scale;
+      if (base != kIrregular) {  // contiguous keys, one rel/bias offset: the dot product is in S[t]
+        vec<T> acc = S[t] * scale;
         const int64_t ob = tb.c_off[j0 * g.KW + b];
         if (rel) {
           const T* rv = rel_at(rel, g, oa, ob, h);
           for (int64_t c = 0; c < g.D; ++c) acc += loadu(Qt + c * g.Wp + j0) * rv[c];
         }
         if (bias) acc += bias[(h * g.TH + oa) * g.TW + ob];
-        if (!zeros) acc += lane_mask<T>(tb, g, jb, b, n);
+        if (!zeros) acc += masks[jb * g.KW + b];
         S[t] = acc;
         continue;
       }
@@ -271,24 +339,22 @@ inline vec<T> load_lanes(const T* src, int64_t n) {
 // acc[c] (lanes) += sum over slots of w[t] * value of slot t: the weighted sum of values or keys.
 template <typename T>
 void block_gather(const vec<T>* w, const T* slab, int64_t kr0, int64_t C, const Tables& tb, const Geometry& g,
-                  int64_t i, int64_t jb, int64_t n, vec<T>* acc) {
+                  int64_t i, int64_t jb, int64_t n, const T** ptr, vec<T>* acc) {
   constexpr int64_t L = kLanes<T>;
   const int64_t j0 = jb * L;
+  slot_pointers(slab, kr0, C, tb, g, i, jb, ptr);
+  weigh_slots(w, ptr, g.K, C, g.Wp, acc);
   for (int64_t a = 0; a < g.KH; ++a) {
     if (!tb.r_ok[i * g.KH + a]) continue;  // outside rows hold zero (or masked) keys and values
     const T* row = slab + (tb.r_idx[i * g.KH + a] - kr0) * C * g.Wp;
     for (int64_t b = 0; b < g.KW; ++b) {
-      const int64_t t = a * g.KW + b, base = tb.base[jb * g.KW + b];
-      const vec<T> wt = w[t];
-      if (base != kIrregular) {
-        for (int64_t c = 0; c < C; ++c) acc[c] += wt * loadu(row + c * g.Wp + base);
-        continue;
-      }
+      const int64_t t = a * g.KW + b;
+      if (tb.base[jb * g.KW + b] != kIrregular) continue;  // done above
       for (int64_t l = 0; l < n; ++l) {
         const int64_t j = j0 + l;
         if (!tb.c_ok[j * g.KW + b]) continue;
         const int64_t cb = tb.c_idx[j * g.KW + b];
-        for (int64_t c = 0; c < C; ++c) acc[c][l] += wt[l] * row[c * g.Wp + cb];
+        for (int64_t c = 0; c < C; ++c) acc[c][l] += w[t][l] * row[c * g.Wp + cb];
       }
     }
   }
@@ -310,9 +376,11 @@ void forward_impl(const T* q, const T* k, const T* v, const T* rel, const T* bia
   constexpr int64_t L = kLanes<T>;
   const Split sp = split_rows(g);
   const int64_t nb = (g.W + L - 1) / L;
+  const std::vector<vec<T>> masks = lane_masks<T>(tb, g);
   at::parallel_for(0, g.B * g.NH * sp.nchunks, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> Kslab, Vslab, Qt(g.D * g.Wp, T(0));
     std::vector<vec<T>> S(g.K), O(g.DV);
+    std::vector<const T*> ptr(g.K);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / (g.NH * sp.nchunks), h = (task / sp.nchunks) % g.NH;
       const int64_t i0 = (task % sp.nchunks) * sp.chunk, i1 = std::min(g.H, i0 + sp.chunk);
@@ -325,12 +393,13 @@ void forward_impl(const T* q, const T* k, const T* v, const T* rel, const T* bia
         to_slab(q, g.D, g, b, h, i, i + 1, Qt.data());
         for (int64_t jb = 0; jb < nb; ++jb) {
           const int64_t j0 = jb * L, n = std::min(L, g.W - j0);
-          block_scores(Qt.data() + g.PL, Kslab.data() + g.PL, kr0, rel, bias, tb, g, h, i, jb, n, scale, zeros, S.data());
+          block_scores(Qt.data() + g.PL, Kslab.data() + g.PL, kr0, rel, bias, tb, masks, g, h, i, jb, n, scale,
+                       zeros, ptr.data(), S.data());
           softmax_slots<T>(S.data(), g.K);
           T* pp = probs + ((b * g.NH + h) * g.H + i) * g.K * g.W + j0;
           for (int64_t t = 0; t < g.K; ++t) store_lanes(pp + t * g.W, S[t], n);
           std::fill(O.begin(), O.end(), vec<T>{});
-          block_gather(S.data(), Vslab.data() + g.PL, kr0, g.DV, tb, g, i, jb, n, O.data());
+          block_gather(S.data(), Vslab.data() + g.PL, kr0, g.DV, tb, g, i, jb, n, ptr.data(), O.data());
           store_block(O.data(), g.DV, g, b, h, i, j0, n, out);
         }
       }
@@ -353,6 +422,7 @@ void backward_queries(const T* dout, const T* q, const T* k, const T* v, const T
     T* my_bias = nbias ? bias_parts[at::get_thread_num()].data() : nullptr;
     std::vector<T> Kslab, Vslab, Qt(g.D * g.Wp, T(0)), dOt(g.DV * g.Wp, T(0));
     std::vector<vec<T>> P(g.K), dP(g.K), dQ(g.D);
+    std::vector<const T*> ptr(g.K);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / (g.NH * sp.nchunks), h = (task / sp.nchunks) % g.NH;
       const int64_t i0 = (task % sp.nchunks) * sp.chunk, i1 = std::min(g.H, i0 + sp.chunk);
@@ -370,26 +440,23 @@ void backward_queries(const T* dout, const T* q, const T* k, const T* v, const T
           const int64_t j0 = jb * L, n = std::min(L, g.W - j0);
           const T* pp = probs + ((b * g.NH + h) * g.H + i) * g.K * g.W + j0;
           for (int64_t t = 0; t < g.K; ++t) P[t] = load_lanes(pp + t * g.W, n);
-          // dP[t] = dout . v_t: the same gather as the forward's values, with dout as the "weights".
+          // dP[t] = dout . v_t: regular slots blocked, border lanes one at a time.
+          std::fill(dP.begin(), dP.end(), vec<T>{});
+          slot_pointers(Vslab.data() + g.PL, kr0, g.DV, tb, g, i, jb, ptr.data());
+          dot_slots(dO0 + j0, ptr.data(), g.K, g.DV, g.Wp, dP.data());
           for (int64_t a = 0; a < g.KH; ++a) {
-            const bool va = tb.r_ok[i * g.KH + a];
+            if (!tb.r_ok[i * g.KH + a]) continue;
             const T* Vrow = Vslab.data() + g.PL + (tb.r_idx[i * g.KH + a] - kr0) * g.DV * g.Wp;
             for (int64_t bb = 0; bb < g.KW; ++bb) {
-              const int64_t t = a * g.KW + bb, base = tb.base[jb * g.KW + bb];
-              vec<T> acc = {};
-              if (va && base != kIrregular) {
-                for (int64_t c = 0; c < g.DV; ++c) acc += loadu(dO0 + c * g.Wp + j0) * loadu(Vrow + c * g.Wp + base);
-              } else if (va) {
-                for (int64_t l = 0; l < n; ++l) {
-                  const int64_t j = j0 + l;
-                  if (!tb.c_ok[j * g.KW + bb]) continue;
-                  const int64_t cb = tb.c_idx[j * g.KW + bb];
-                  T s = 0;
-                  for (int64_t c = 0; c < g.DV; ++c) s += dO0[c * g.Wp + j] * Vrow[c * g.Wp + cb];
-                  acc[l] = s;
-                }
+              if (tb.base[jb * g.KW + bb] != kIrregular) continue;
+              for (int64_t l = 0; l < n; ++l) {
+                const int64_t j = j0 + l;
+                if (!tb.c_ok[j * g.KW + bb]) continue;
+                const int64_t cb = tb.c_idx[j * g.KW + bb];
+                T s = 0;
+                for (int64_t c = 0; c < g.DV; ++c) s += dO0[c * g.Wp + j] * Vrow[c * g.Wp + cb];
+                dP[a * g.KW + bb][l] = s;
               }
-              dP[t] = acc;
             }
           }
           vec<T> total = {};
@@ -401,7 +468,7 @@ void backward_queries(const T* dout, const T* q, const T* k, const T* v, const T
           }
           // dq = scale * sum dS k_t + sum dS rel_t
           std::fill(dQ.begin(), dQ.end(), vec<T>{});
-          block_gather(dP.data(), Kslab.data() + g.PL, kr0, g.D, tb, g, i, jb, n, dQ.data());
+          block_gather(dP.data(), Kslab.data() + g.PL, kr0, g.D, tb, g, i, jb, n, ptr.data(), dQ.data());
           for (int64_t c = 0; c < g.D; ++c) dQ[c] *= scale;
           if (rel || my_bias) {
             for (int64_t a = 0; a < g.KH; ++a) {
