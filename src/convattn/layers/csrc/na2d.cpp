@@ -202,6 +202,25 @@ void slot_pointers(const T* slab, int64_t kr0, int64_t C, const Tables& tb, cons
 
 constexpr int64_t kChunk = 8;  // channels held in registers at once
 
+// Probabilities and their gradients live in (B, heads, H, K, Wp) with the columns at PL and zero padding
+// on both sides, so shifted vector loads in the backward read zeros past the image.
+template <typename T>
+inline T* prob_row(T* base, const Geometry& g, int64_t b, int64_t h, int64_t i, int64_t t) {
+  return base + (((b * g.NH + h) * g.H + i) * g.K + t) * g.Wp + g.PL;
+}
+template <typename T>
+inline const T* prob_row(const T* base, const Geometry& g, int64_t b, int64_t h, int64_t i, int64_t t) {
+  return base + (((b * g.NH + h) * g.H + i) * g.K + t) * g.Wp + g.PL;
+}
+template <typename T>
+void zero_pads(T* base, const Geometry& g, int64_t b, int64_t h, int64_t i) {
+  for (int64_t t = 0; t < g.K; ++t) {
+    T* row = prob_row(base, g, b, h, i, t);
+    std::fill(row - g.PL, row, T(0));
+    std::fill(row + g.W, row + g.Wp - g.PL, T(0));
+  }
+}
+
 // S[t] += sum over channels of x[c] (lanes) * slot t's row[c], for every slot with a pointer.
 template <typename T>
 void dot_slots(const T* x, const T* const* ptr, int64_t K, int64_t C, int64_t Wp, vec<T>* S) {
@@ -396,12 +415,12 @@ void forward_impl(const T* q, const T* k, const T* v, const T* rel, const T* bia
           block_scores(Qt.data() + g.PL, Kslab.data() + g.PL, kr0, rel, bias, tb, masks, g, h, i, jb, n, scale,
                        zeros, ptr.data(), S.data());
           softmax_slots<T>(S.data(), g.K);
-          T* pp = probs + ((b * g.NH + h) * g.H + i) * g.K * g.W + j0;
-          for (int64_t t = 0; t < g.K; ++t) store_lanes(pp + t * g.W, S[t], n);
+          for (int64_t t = 0; t < g.K; ++t) store_lanes(prob_row(probs, g, b, h, i, t) + j0, S[t], n);
           std::fill(O.begin(), O.end(), vec<T>{});
           block_gather(S.data(), Vslab.data() + g.PL, kr0, g.DV, tb, g, i, jb, n, ptr.data(), O.data());
           store_block(O.data(), g.DV, g, b, h, i, j0, n, out);
         }
+        zero_pads(probs, g, b, h, i);
       }
     }
   });
@@ -438,8 +457,7 @@ void backward_queries(const T* dout, const T* q, const T* k, const T* v, const T
         const T* dO0 = dOt.data() + g.PL;
         for (int64_t jb = 0; jb < nb; ++jb) {
           const int64_t j0 = jb * L, n = std::min(L, g.W - j0);
-          const T* pp = probs + ((b * g.NH + h) * g.H + i) * g.K * g.W + j0;
-          for (int64_t t = 0; t < g.K; ++t) P[t] = load_lanes(pp + t * g.W, n);
+          for (int64_t t = 0; t < g.K; ++t) P[t] = load_lanes(prob_row(probs, g, b, h, i, t) + j0, n);
           // dP[t] = dout . v_t: regular slots blocked, border lanes one at a time.
           std::fill(dP.begin(), dP.end(), vec<T>{});
           slot_pointers(Vslab.data() + g.PL, kr0, g.DV, tb, g, i, jb, ptr.data());
@@ -461,10 +479,9 @@ void backward_queries(const T* dout, const T* q, const T* k, const T* v, const T
           }
           vec<T> total = {};
           for (int64_t t = 0; t < g.K; ++t) total += P[t] * dP[t];
-          T* dsp = ds + ((b * g.NH + h) * g.H + i) * g.K * g.W + j0;
           for (int64_t t = 0; t < g.K; ++t) {
             dP[t] = P[t] * (dP[t] - total);  // now dS
-            store_lanes(dsp + t * g.W, dP[t], n);
+            store_lanes(prob_row(ds, g, b, h, i, t) + j0, dP[t], n);
           }
           // dq = scale * sum dS k_t + sum dS rel_t
           std::fill(dQ.begin(), dQ.end(), vec<T>{});
@@ -494,6 +511,7 @@ void backward_queries(const T* dout, const T* q, const T* k, const T* v, const T
           }
           store_block(dQ.data(), g.D, g, b, h, i, j0, n, dq);
         }
+        zero_pads(ds, g, b, h, i);
       }
     }
   });
@@ -503,10 +521,41 @@ void backward_queries(const T* dout, const T* q, const T* k, const T* v, const T
     for (int64_t x = 0; x < nbias; ++x) dbias[x] += part[x];
 }
 
+// acc[c] (lanes = key columns kc0..) += sum over pairs (query row, slot row) and slot columns of
+// w(slot)[kc - off] * x(query row)[c][kc - off], off = the slot's column shift: the gather form of the
+// key/value gradients for windows at fixed offsets.
+template <typename T>
+void gather_fixed(const T* w0, const T* x0, int64_t xstride, int64_t C, const int64_t* pairs, int64_t npairs,
+                  int64_t qr0, const Geometry& g, int64_t b, int64_t h, int64_t kc0, int64_t col_dilation, T scale,
+                  vec<T>* acc) {
+  const int64_t r = g.KW / 2;
+  int64_t c0 = 0;
+  for (; c0 < C; c0 += kChunk) {
+    const int64_t cn = std::min(kChunk, C - c0);
+    vec<T> a[kChunk] = {};
+    for (int64_t x = 0; x < npairs; ++x) {
+      const int64_t i = pairs[2 * x], sa = pairs[2 * x + 1];
+      const T* wrow = prob_row(w0, g, b, h, i, sa * g.KW);
+      const T* xrow = x0 + (i - qr0) * xstride;
+      for (int64_t bb = 0; bb < g.KW; ++bb) {
+        const int64_t at = kc0 - (bb - r) * col_dilation;
+        const vec<T> wv = loadu(wrow + bb * g.Wp + at) * scale;
+        if (cn == kChunk) {
+#pragma GCC unroll 8
+          for (int64_t u = 0; u < kChunk; ++u) a[u] += wv * loadu(xrow + (c0 + u) * g.Wp + at);
+        } else {
+          for (int64_t u = 0; u < cn; ++u) a[u] += wv * loadu(xrow + (c0 + u) * g.Wp + at);
+        }
+      }
+    }
+    for (int64_t u = 0; u < cn; ++u) acc[c0 + u] = a[u];
+  }
+}
+
 // Pass 2, per key row: dk = scale sum dS q and dv = sum P dout over the queries whose window holds it.
 template <typename T>
 void backward_keys(const T* dout, const T* q, const T* probs, const T* ds, const Tables& tb, const int64_t* r_inv,
-                   int64_t mr, T scale, const Geometry& g, T* dk, T* dv) {
+                   int64_t mr, T scale, const Geometry& g, bool fixed, int64_t col_dilation, T* dk, T* dv) {
   constexpr int64_t L = kLanes<T>;
   const Split sp = split_rows(g);
   const int64_t nb = (g.W + L - 1) / L;
@@ -532,6 +581,23 @@ void backward_keys(const T* dout, const T* q, const T* probs, const T* ds, const
       const int64_t Ws = g.Wp;
       T* dK0 = dKt.data() + g.PL;  // column j (negative: padding) at [c * Ws + j]
       T* dV0 = dVt.data() + g.PL;
+      if (fixed) {  // gather form: each key block sums its contributions in registers
+        for (int64_t kr = k0; kr < k1; ++kr) {
+          int64_t npairs = 0;
+          while (npairs < mr && r_inv[(kr * mr + npairs) * 2] >= 0) ++npairs;
+          const int64_t* pairs = r_inv + kr * mr * 2;
+          for (int64_t kb = 0; kb < nb; ++kb) {
+            const int64_t kc0 = kb * L, n = std::min(L, g.W - kc0);
+            gather_fixed(ds, Qslab.data() + g.PL, g.D * g.Wp, g.D, pairs, npairs, qr0, g, b, h, kc0, col_dilation,
+                         scale, tmp.data());
+            store_block(tmp.data(), g.D, g, b, h, kr, kc0, n, dk);
+            gather_fixed(probs, dOslab.data() + g.PL, g.DV * g.Wp, g.DV, pairs, npairs, qr0, g, b, h, kc0,
+                         col_dilation, T(1), tmp.data());
+            store_block(tmp.data(), g.DV, g, b, h, kr, kc0, n, dv);
+          }
+        }
+        continue;
+      }
       for (int64_t kr = k0; kr < k1; ++kr) {
         std::fill(dKt.begin(), dKt.end(), T(0));
         std::fill(dVt.begin(), dVt.end(), T(0));
@@ -539,13 +605,13 @@ void backward_keys(const T* dout, const T* q, const T* probs, const T* ds, const
           const int64_t i = r_inv[(kr * mr + x) * 2], a = r_inv[(kr * mr + x) * 2 + 1];
           const T* Qrow = Qslab.data() + g.PL + (i - qr0) * g.D * g.Wp;
           const T* dOrow = dOslab.data() + g.PL + (i - qr0) * g.DV * g.Wp;
-          const T* pp = probs + ((b * g.NH + h) * g.H + i) * g.K * g.W;
-          const T* dsp = ds + ((b * g.NH + h) * g.H + i) * g.K * g.W;
+          const T* pp = prob_row(probs, g, b, h, i, 0);  // slot t at pp + t * Wp
+          const T* dsp = prob_row(ds, g, b, h, i, 0);
           for (int64_t jb = 0; jb < nb; ++jb) {
             const int64_t j0 = jb * L, n = std::min(L, g.W - j0);
             for (int64_t bb = 0; bb < g.KW; ++bb) {
               const int64_t t = a * g.KW + bb, base = tb.base[jb * g.KW + bb];
-              const vec<T> d = load_lanes(dsp + t * g.W + j0, n) * scale, p = load_lanes(pp + t * g.W + j0, n);
+              const vec<T> d = load_lanes(dsp + t * g.Wp + j0, n) * scale, p = load_lanes(pp + t * g.Wp + j0, n);
               if (base != kIrregular) {  // lanes >= n carry zero weights, so full-width updates are harmless
                 for (int64_t c = 0; c < g.D; ++c) {
                   T* dst = dK0 + c * Ws + base;
@@ -615,7 +681,7 @@ std::vector<torch::Tensor> na2d_forward(torch::Tensor q, torch::Tensor k, torch:
     const Geometry g = geometry<scalar_t>(q, v, r_idx, c_idx, fixed, col_dilation);
     const Tables tb = make_tables<scalar_t>(r_idx, r_ok, r_off, c_idx, c_ok, c_off, g, fixed, col_dilation);
     out = torch::empty({g.B, g.H, g.W, g.NH, g.DV}, v.options());
-    probs = torch::empty({g.B, g.NH, g.H, g.K, g.W}, q.options());
+    probs = torch::empty({g.B, g.NH, g.H, g.K, g.Wp}, q.options());
     forward_impl<scalar_t>(q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
                            optional_ptr<scalar_t>(rel), optional_ptr<scalar_t>(bias), tb,
                            static_cast<scalar_t>(scale), zeros, g, out.data_ptr<scalar_t>(),
@@ -645,8 +711,8 @@ std::vector<torch::Tensor> na2d_backward(torch::Tensor dout, torch::Tensor q, to
                                want_rel ? drel.data_ptr<scalar_t>() : nullptr,
                                want_bias ? dbias.data_ptr<scalar_t>() : nullptr);
     backward_keys<scalar_t>(dout.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), probs.data_ptr<scalar_t>(),
-                            ds.data_ptr<scalar_t>(), tb, r_inv.data_ptr<int64_t>(), r_inv.size(1), s, g,
-                            dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>());
+                            ds.data_ptr<scalar_t>(), tb, r_inv.data_ptr<int64_t>(), r_inv.size(1), s, g, fixed,
+                            col_dilation, dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>());
   });
   (void)c_inv;  // columns are scattered within a row: the forward tables suffice
   return {dq, dk, dv, drel, dbias};
