@@ -1,0 +1,77 @@
+"""Dynamic depth-wise convolutions (Han et al. 2022, DWNet): kernels predicted from the input.
+
+Homogeneous: one k×k kernel per image and channel, from global average pooling.
+Inhomogeneous: one k×k kernel per pixel and channel group, from the pixel's own feature (the "centre
+feature"), shared by the channels of a group; as in local attention, the weights change with position.
+Both are pure functions of (input, kernels); the modules that predict the kernels are in `mixers.py`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from convattn.layers._checks import check_tensor
+
+__all__ = ["image_dwconv2d", "pixel_dwconv2d"]
+
+
+def _odd(kh: int, kw: int) -> None:
+    if kh % 2 == 0 or kw % 2 == 0:
+        raise ValueError(f"kernel size must be odd (centred windows), got kernel_size={(kh, kw)}")
+
+
+def image_dwconv2d(x: Tensor, kernels: Tensor, bias: Tensor | None = None, *, dilation: int = 1) -> Tensor:
+    """Depth-wise conv with a kernel per image: x (B, C, H, W), kernels (B, C, k_h, k_w) -> (B, C, H, W).
+
+    Runs as one grouped convolution over the batch folded into channels, 'same' zero padding.
+    """
+    check_tensor("x", x, 4)
+    check_tensor("kernels", kernels, 4)
+    B, C, H, W = x.shape
+    if kernels.shape[:2] != (B, C):
+        raise ValueError(f"kernels must be (B, C, k_h, k_w) with (B, C)={(B, C)}, got {tuple(kernels.shape)}")
+    kh, kw = kernels.shape[-2:]
+    _odd(kh, kw)
+    out = F.conv2d(
+        x.reshape(1, B * C, H, W),  # (1, B·C, H, W)
+        kernels.reshape(B * C, 1, kh, kw),
+        padding=(dilation * (kh // 2), dilation * (kw // 2)),
+        dilation=dilation,
+        groups=B * C,
+    ).reshape(B, C, H, W)
+    return out if bias is None else out + bias[None, :, None, None]
+
+
+def pixel_dwconv2d(x: Tensor, kernels: Tensor, *, dilation: int = 1) -> Tensor:
+    """Depth-wise conv with a kernel per pixel and channel group (zero padding).
+
+    Args:
+        x: (B, C, H, W).
+        kernels: (B, G, k_h·k_w, H, W) with G dividing C; channel c uses group c // (C / G).
+        dilation: spacing of the taps.
+
+    Returns:
+        (B, C, H, W): out[b, c, p] = Σ_t kernels[b, g(c), t, p] · x[b, c, p + offset_t].
+    """
+    check_tensor("x", x, 4)
+    check_tensor("kernels", kernels, 5)
+    B, C, H, W = x.shape
+    G, K = kernels.shape[1], kernels.shape[2]
+    if kernels.shape[0] != B or tuple(kernels.shape[3:]) != (H, W) or C % G:
+        raise ValueError(
+            f"kernels must be (B, G, k·k, H, W) with G dividing C={C} and (B, H, W)={(B, H, W)}, "
+            f"got {tuple(kernels.shape)}"
+        )
+    k = round(K**0.5)
+    if k * k != K:
+        raise ValueError(f"kernels must hold k·k taps of a square window, got {K}")
+    _odd(k, k)
+    r = (k // 2) * dilation
+    padded = F.pad(x, (r, r, r, r)).reshape(B, G, C // G, H + 2 * r, W + 2 * r)  # (B, G, C/G, H+2r, W+2r)
+    out = torch.zeros(B, G, C // G, H, W, dtype=x.dtype, device=x.device)
+    for t in range(K):
+        a, b = (t // k) * dilation, (t % k) * dilation
+        out = out + kernels[:, :, t, None] * padded[..., a : a + H, b : b + W]  # views: no k² copies
+    return out.reshape(B, C, H, W)

@@ -1,0 +1,377 @@
+"""Spatial mixers behind one interface: (B, C, H, W) -> (B, C_out, H', W'), built by name.
+
+`create_mixer(name, dim, **options)` builds any of them; every builder takes `out_dim` (default dim)
+and `stride` (1 or more: the output is ceil(H / stride) × ceil(W / stride), by the conv's own stride or
+by average pooling after attention, as SASA does). `list_mixers()` names them all.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from convattn.layers._checks import check_heads_divide, check_positive_int, check_tensor
+from convattn.layers.dynamic import image_dwconv2d, pixel_dwconv2d
+from convattn.layers.mhsa2d import MultiHeadSelfAttention2d
+from convattn.layers.neighborhood import BORDERS, neighborhood_attention2d
+from convattn.layers.window import window_attention2d
+
+__all__ = [
+    "SASA",
+    "DynamicDWConv",
+    "LocalMLP",
+    "SASAStem",
+    "WindowAttention",
+    "create_mixer",
+    "list_mixers",
+    "register_mixer",
+]
+
+_MIXERS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_mixer(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator: make a builder `fn(dim, **options) -> nn.Module` available as `name`."""
+
+    def add(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _MIXERS:
+            raise ValueError(f"mixer {name!r} is registered twice")
+        _MIXERS[name] = fn
+        return fn
+
+    return add
+
+
+def list_mixers() -> list[str]:
+    """Names accepted by `create_mixer`, sorted."""
+    return sorted(_MIXERS)
+
+
+def create_mixer(name: str, dim: int, **options: object) -> nn.Module:
+    """Build the mixer `name` for `dim` input channels; `options` go to its constructor."""
+    if name not in _MIXERS:
+        raise ValueError(f"unknown mixer {name!r}; choose one of {', '.join(list_mixers())}")
+    return _MIXERS[name](dim, **options)
+
+
+def _odd_kernel(kernel_size: int) -> int:
+    check_positive_int("kernel_size", kernel_size)
+    if kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be odd (the window is centred), got kernel_size={kernel_size}")
+    return kernel_size
+
+
+def _same_dims(name: str, dim: int, out_dim: int | None) -> int:
+    if out_dim is not None and out_dim != dim:
+        raise ValueError(
+            f"{name} keeps the channels: out_dim must equal dim, got dim={dim}, out_dim={out_dim}"
+        )
+    return dim
+
+
+def _pool(x: Tensor, stride: int) -> Tensor:
+    """SASA's spatial down-sampling: stride×stride average pooling, ceil(H / stride) outputs."""
+    return x if stride == 1 else F.avg_pool2d(x, stride, stride, ceil_mode=True)
+
+
+def _to_heads(x: Tensor, heads: int) -> Tensor:
+    """(B, h·d, H, W) -> (B, H, W, h, d)."""
+    B, C, H, W = x.shape
+    return x.reshape(B, heads, C // heads, H, W).permute(0, 3, 4, 1, 2)
+
+
+def _from_heads(x: Tensor) -> Tensor:
+    """(B, H, W, h, d) -> (B, h·d, H, W)."""
+    B, H, W, h, d = x.shape
+    return x.permute(0, 3, 4, 1, 2).reshape(B, h * d, H, W)
+
+
+@register_mixer("conv")
+def _conv(
+    dim: int, *, out_dim: int | None = None, kernel_size: int = 3, stride: int = 1, bias: bool = False
+) -> nn.Module:
+    """Dense k×k convolution, 'same' padding."""
+    k = _odd_kernel(kernel_size)
+    return nn.Conv2d(
+        dim, out_dim or dim, k, stride=check_positive_int("stride", stride), padding=k // 2, bias=bias
+    )
+
+
+@register_mixer("dwconv")
+def _dwconv(
+    dim: int, *, out_dim: int | None = None, kernel_size: int = 7, stride: int = 1, bias: bool = True
+) -> nn.Module:
+    """Depth-wise k×k convolution (out_dim a multiple of dim), 'same' padding."""
+    k = _odd_kernel(kernel_size)
+    out = out_dim or dim
+    if out % dim:
+        raise ValueError(f"a depth-wise conv needs out_dim a multiple of dim, got dim={dim}, out_dim={out}")
+    return nn.Conv2d(
+        dim, out, k, stride=check_positive_int("stride", stride), padding=k // 2, groups=dim, bias=bias
+    )
+
+
+class DynamicDWConv(nn.Module):
+    """Dynamic depth-wise convolution of DWNet (Han et al. 2022, §4; reference code `DynamicDWConv`).
+
+    homogeneous: kernels per image, GAP -> 1×1 conv (C -> C/r, no bias) -> BN -> ReLU -> 1×1 conv
+    (C/r -> C·k²). inhomogeneous: the same predictor on every pixel's own feature gives per-pixel
+    kernels for `groups` channel groups (C/r -> groups·k²), shared by the channels of a group.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        kernel_size: int = 7,
+        mode: str = "homogeneous",
+        reduction: int = 4,
+        groups: int | None = None,
+        stride: int = 1,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        self.k = _odd_kernel(kernel_size)
+        if mode not in ("homogeneous", "inhomogeneous"):
+            raise ValueError(f"mode must be 'homogeneous' or 'inhomogeneous', got mode={mode!r}")
+        self.mode, self.stride = mode, check_positive_int("stride", stride)
+        hidden = max(1, dim // check_positive_int("reduction", reduction))
+        self.groups = check_positive_int("groups", groups or max(1, dim // 16))
+        if dim % self.groups:
+            raise ValueError(f"groups must divide dim, got dim={dim}, groups={self.groups}")
+        outputs = dim * self.k**2 if mode == "homogeneous" else self.groups * self.k**2
+        self.reduce = nn.Conv2d(dim, hidden, 1, bias=False)
+        self.norm = nn.BatchNorm2d(hidden)
+        self.expand = nn.Conv2d(hidden, outputs, 1)
+        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_tensor("x", x, 4)
+        B, C, H, W = x.shape
+        if self.mode == "homogeneous":
+            z = self.expand(F.relu(self.norm(self.reduce(x.mean((2, 3), keepdim=True)))))  # (B, C·k², 1, 1)
+            out = image_dwconv2d(x, z.reshape(B, C, self.k, self.k), self.bias)
+        else:
+            z = self.expand(F.relu(self.norm(self.reduce(x))))  # (B, G·k², H, W)
+            out = pixel_dwconv2d(x, z.reshape(B, self.groups, self.k**2, H, W))
+            if self.bias is not None:
+                out = out + self.bias[None, :, None, None]
+        return _pool(out, self.stride)
+
+
+@register_mixer("dynamic_dwconv")
+def _dynamic(dim: int, *, out_dim: int | None = None, **options: object) -> nn.Module:
+    return DynamicDWConv(_same_dims("dynamic_dwconv", dim, out_dim), **options)  # type: ignore[arg-type]
+
+
+class LocalMLP(nn.Module):
+    """Static per-offset weights in a k×k window, shared by the channels of each head (DWNet's Local MLP).
+
+    Sparse like local attention, shared across a head's channels like attention, but static: a depth-wise
+    convolution whose num_heads kernels are each reused by C / num_heads channels.
+    """
+
+    def __init__(
+        self, dim: int, *, kernel_size: int = 7, num_heads: int = 8, stride: int = 1, bias: bool = True
+    ) -> None:
+        super().__init__()
+        self.k = _odd_kernel(kernel_size)
+        self.heads = num_heads
+        check_heads_divide(dim, num_heads)
+        self.stride = check_positive_int("stride", stride)
+        self.weight = nn.Parameter(torch.randn(num_heads, self.k, self.k) / self.k)
+        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_tensor("x", x, 4)
+        C = x.shape[1]
+        kernel = self.weight.repeat_interleave(C // self.heads, dim=0)[:, None]  # (C, 1, k, k)
+        out = F.conv2d(x, kernel, self.bias, padding=self.k // 2, groups=C)
+        return _pool(out, self.stride)
+
+
+@register_mixer("local_mlp")
+def _local_mlp(dim: int, *, out_dim: int | None = None, **options: object) -> nn.Module:
+    return LocalMLP(_same_dims("local_mlp", dim, out_dim), **options)  # type: ignore[arg-type]
+
+
+class SASA(nn.Module):
+    """Stand-alone self-attention (Ramachandran et al. 2019, eq. 2-3): k×k neighbourhood attention.
+
+    q, k, v are 1×1 projections (no bias); heads split the channels and q·k sums over a head's
+    channels. The relative embedding of offset (δ_r, δ_c) is [row(δ_r), col(δ_c)], each out_dim/2 wide,
+    split into heads like the keys; it adds q·r to the score. Stride s > 1 average-pools the output.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        out_dim: int | None = None,
+        kernel_size: int = 7,
+        num_heads: int = 8,
+        stride: int = 1,
+        border: str = "mask",
+        dilation: int = 1,
+    ) -> None:
+        super().__init__()
+        out = out_dim or dim
+        self.k = _odd_kernel(kernel_size)
+        self.heads, self.d = num_heads, check_heads_divide(out, num_heads)
+        if out % 2:
+            raise ValueError(
+                f"SASA splits out_dim between row and column embeddings: it must be even, got {out}"
+            )
+        if border not in BORDERS:
+            raise ValueError(f"border must be one of {BORDERS}, got border={border!r}")
+        self.border, self.stride = border, check_positive_int("stride", stride)
+        self.dilation = check_positive_int("dilation", dilation)
+        self.q = nn.Conv2d(dim, out, 1, bias=False)
+        self.kv = nn.Conv2d(dim, 2 * out, 1, bias=False)
+        # 'mask'/'zeros' windows see offsets -r..r; 'shift' windows up to ±(k-1).
+        n = 2 * self.k - 1 if border == "shift" else self.k
+        self.rel_row = nn.Parameter(torch.randn(n, out // 2) / math.sqrt(out))
+        self.rel_col = nn.Parameter(torch.randn(n, out - out // 2) / math.sqrt(out))
+
+    def rel_table(self) -> Tensor:
+        """(2k-1, 2k-1, heads, d) table of [row(δ_r), col(δ_c)], zero at offsets the border never uses."""
+        k, n = self.k, self.rel_row.shape[0]
+        pad = (2 * k - 1 - n) // 2
+        rows = F.pad(self.rel_row, (0, 0, pad, pad))  # (2k-1, out/2)
+        cols = F.pad(self.rel_col, (0, 0, pad, pad))
+        table = torch.cat(
+            [rows[:, None].expand(-1, 2 * k - 1, -1), cols[None, :].expand(2 * k - 1, -1, -1)], dim=-1
+        )  # (2k-1, 2k-1, out)
+        return table.reshape(2 * k - 1, 2 * k - 1, self.heads, self.d)
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_tensor("x", x, 4)
+        k, v = self.kv(x).chunk(2, dim=1)
+        out = neighborhood_attention2d(
+            _to_heads(self.q(x), self.heads),
+            _to_heads(k, self.heads),
+            _to_heads(v, self.heads),
+            self.k,
+            dilation=self.dilation,
+            rel=self.rel_table(),
+            border=self.border,
+        )
+        return _pool(_from_heads(out), self.stride)
+
+
+@register_mixer("sasa")
+def _sasa(dim: int, **options: object) -> nn.Module:
+    return SASA(dim, **options)  # type: ignore[arg-type]
+
+
+class SASAStem(nn.Module):
+    """SASA's spatially-aware stem: attention in w×w blocks whose values depend on position.
+
+    The value of a pixel at (a, b) inside its block is (Σ_m p(a, b, m) W_V^m) x with
+    p(a, b, m) = softmax_m((row(a) + col(b))·ν^m) over m value matrices (Ramachandran et al. §3.3).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        out_dim: int | None = None,
+        window: int = 4,
+        num_heads: int = 1,
+        mixtures: int = 4,
+        stride: int = 1,
+    ) -> None:
+        super().__init__()
+        out = out_dim or dim
+        self.w = check_positive_int("window", window)
+        self.heads, self.d = num_heads, check_heads_divide(out, num_heads)
+        self.m = check_positive_int("mixtures", mixtures)
+        self.stride = check_positive_int("stride", stride)
+        self.q = nn.Conv2d(dim, out, 1, bias=False)
+        self.k = nn.Conv2d(dim, out, 1, bias=False)
+        self.values = nn.Conv2d(dim, self.m * out, 1, bias=False)  # the m matrices W_V^m
+        self.row = nn.Parameter(torch.randn(self.w, out) * 0.02)
+        self.col = nn.Parameter(torch.randn(self.w, out) * 0.02)
+        self.nu = nn.Parameter(torch.randn(self.m, out) * 0.02)
+
+    def mixture(self, height: int, width: int) -> Tensor:
+        """p(a, b, m) of every pixel: (m, H, W), from its position inside its block."""
+        a = torch.arange(height, device=self.row.device) % self.w
+        b = torch.arange(width, device=self.row.device) % self.w
+        emb = self.row[a][:, None] + self.col[b][None, :]  # (H, W, out)
+        return torch.softmax(emb @ self.nu.T, dim=-1).permute(2, 0, 1)  # (m, H, W)
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_tensor("x", x, 4)
+        B, _, H, W = x.shape
+        per_matrix = self.values(x).reshape(B, self.m, -1, H, W)  # (B, m, out, H, W)
+        v = (per_matrix * self.mixture(H, W)[None, :, None]).sum(1)  # (B, out, H, W)
+        out = window_attention2d(
+            _to_heads(self.q(x), self.heads),
+            _to_heads(self.k(x), self.heads),
+            _to_heads(v, self.heads),
+            self.w,
+        )
+        return _pool(_from_heads(out), self.stride)
+
+
+@register_mixer("sasa_stem")
+def _sasa_stem(dim: int, **options: object) -> nn.Module:
+    return SASAStem(dim, **options)  # type: ignore[arg-type]
+
+
+class WindowAttention(nn.Module):
+    """Swin window attention with relative position bias; `shift=window // 2` for the shifted blocks."""
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        out_dim: int | None = None,
+        window: int = 7,
+        num_heads: int = 4,
+        shift: int = 0,
+        stride: int = 1,
+        qkv_bias: bool = True,
+    ) -> None:
+        super().__init__()
+        self.w = check_positive_int("window", window)
+        if not 0 <= shift < window:
+            raise ValueError(f"shift must satisfy 0 <= shift < window, got shift={shift}, window={window}")
+        self.heads, self.d = num_heads, check_heads_divide(dim, num_heads)
+        self.shift, self.stride = shift, check_positive_int("stride", stride)
+        self.qkv = nn.Conv2d(dim, 3 * dim, 1, bias=qkv_bias)
+        self.proj = nn.Conv2d(dim, out_dim or dim, 1)
+        self.bias_table = nn.Parameter(torch.randn(num_heads, 2 * window - 1, 2 * window - 1) * 0.02)
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_tensor("x", x, 4)
+        q, k, v = (_to_heads(t, self.heads) for t in self.qkv(x).chunk(3, dim=1))
+        out = window_attention2d(q, k, v, self.w, shift=self.shift, bias=self.bias_table)
+        return _pool(self.proj(_from_heads(out)), self.stride)
+
+
+@register_mixer("window")
+def _window(dim: int, **options: object) -> nn.Module:
+    return WindowAttention(dim, **options)  # type: ignore[arg-type]
+
+
+class _GlobalMHSA(nn.Module):
+    """`MultiHeadSelfAttention2d` with SASA-style stride (average pooling after attention)."""
+
+    def __init__(self, dim: int, *, out_dim: int | None = None, stride: int = 1, **options: object) -> None:
+        super().__init__()
+        self.attn = MultiHeadSelfAttention2d(dim, out_dim, **options)  # type: ignore[arg-type]
+        self.stride = check_positive_int("stride", stride)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _pool(self.attn(x), self.stride)
+
+
+@register_mixer("mhsa")
+def _mhsa(dim: int, **options: object) -> nn.Module:
+    return _GlobalMHSA(dim, **options)

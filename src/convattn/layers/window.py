@@ -1,0 +1,148 @@
+"""Swin window attention (Liu et al. 2021), for any H and W.
+
+Pixels are grouped into non-overlapping w_h×w_w windows; each pixel attends to the pixels of its own
+window, with a learned relative position bias per head indexed by the (2w_h-1)×(2w_w-1) offsets.
+Shifted windows (the alternate Swin blocks) roll the map by -shift first, so windows straddle the
+previous ones, and a mask keeps pixels that were not neighbours in the image from attending to each
+other; the output is rolled back.
+
+Unlike the reference implementation, the map need not be divisible by the window: it is padded to a
+multiple, and padded pixels are masked out as keys (so they never dilute the softmax) and cropped
+from the output. The bias table is indexed by offset, so it is the same at every resolution.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from convattn.layers._checks import check_positive_int, check_tensor
+
+__all__ = ["window_attention2d", "window_keep_mask"]
+
+
+def _regions(n: int, w: int, shift: int) -> Tensor:
+    """Region label of each padded position on one axis after rolling by -shift (Swin's mask)."""
+    labels = torch.zeros(n, dtype=torch.long)
+    if shift:
+        labels[n - w : n - shift] = 1
+        labels[n - shift :] = 2
+    return labels
+
+
+def window_keep_mask(
+    height: int,
+    width: int,
+    window: tuple[int, int],
+    shift: tuple[int, int],
+    device: torch.device | None = None,
+) -> Tensor:
+    """(nW, w_h·w_w, w_h·w_w) True where a query may attend a key, in the rolled, padded frame.
+
+    Keys are kept when they are real pixels (not padding) and, for shifted windows, come from the same
+    region of the image as the query.
+    """
+    w_h, w_w = window
+    Hp, Wp = -(-height // w_h) * w_h, -(-width // w_w) * w_w
+    real = torch.zeros(Hp, Wp, dtype=torch.bool)
+    real[:height, :width] = True
+    real = torch.roll(real, shifts=(-shift[0], -shift[1]), dims=(0, 1))  # (Hp, Wp)
+    region = _regions(Hp, w_h, shift[0])[:, None] * 3 + _regions(Wp, w_w, shift[1])[None, :]  # (Hp, Wp)
+
+    def windows(x: Tensor) -> Tensor:  # (Hp, Wp) -> (nW, w_h·w_w)
+        x = x.reshape(Hp // w_h, w_h, Wp // w_w, w_w).permute(0, 2, 1, 3)  # (nH, nW, w_h, w_w)
+        return x.reshape(-1, w_h * w_w)
+
+    reg, ok = windows(region), windows(real)
+    keep = (reg[:, :, None] == reg[:, None, :]) & ok[:, None, :]  # (nW, Q, K)
+    # A padded query may find no real key in its region: let it see itself (its output is cropped),
+    # so no softmax row is empty and no NaN reaches the backward.
+    keep |= torch.eye(w_h * w_w, dtype=torch.bool)
+    return keep.to(device)
+
+
+def _partition(x: Tensor, w_h: int, w_w: int) -> Tensor:
+    """(B, Hp, Wp, heads, d) -> (B·nW, heads, w_h·w_w, d)."""
+    B, Hp, Wp, h, d = x.shape
+    x = x.reshape(B, Hp // w_h, w_h, Wp // w_w, w_w, h, d)  # (B, nH, w_h, nW, w_w, h, d)
+    x = x.permute(0, 1, 3, 5, 2, 4, 6)  # (B, nH, nW, h, w_h, w_w, d)
+    return x.reshape(-1, h, w_h * w_w, d)
+
+
+def _merge(x: Tensor, B: int, Hp: int, Wp: int, w_h: int, w_w: int) -> Tensor:
+    """(B·nW, heads, w_h·w_w, d) -> (B, Hp, Wp, heads, d)."""
+    h, d = x.shape[1], x.shape[-1]
+    x = x.reshape(B, Hp // w_h, Wp // w_w, h, w_h, w_w, d)  # (B, nH, nW, h, w_h, w_w, d)
+    x = x.permute(0, 1, 4, 2, 5, 3, 6)  # (B, nH, w_h, nW, w_w, h, d)
+    return x.reshape(B, Hp, Wp, h, d)
+
+
+def _bias_matrix(bias: Tensor, w_h: int, w_w: int) -> Tensor:
+    """(heads, 2w_h-1, 2w_w-1) table -> (heads, w_h·w_w, w_h·w_w) bias of key - query offsets."""
+    r = torch.arange(w_h, device=bias.device).repeat_interleave(w_w)  # (Q,) row in window
+    c = torch.arange(w_w, device=bias.device).repeat(w_h)  # (Q,) column
+    dr = r[None, :] - r[:, None] + (w_h - 1)  # (Q, K)
+    dc = c[None, :] - c[:, None] + (w_w - 1)
+    return bias[:, dr, dc]  # (heads, Q, K)
+
+
+def window_attention2d(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    window: int | tuple[int, int],
+    *,
+    shift: int | tuple[int, int] = 0,
+    bias: Tensor | None = None,
+    scale: float | None = None,
+) -> Tensor:
+    """Window attention on heads-last tensors (B, H, W, heads, d) -> (B, H, W, heads, d_v).
+
+    Args:
+        q, k: (B, H, W, heads, d). v: (B, H, W, heads, d_v).
+        window: w or (w_h, w_w).
+        shift: s or (s_h, s_w), 0 <= s < w: shifted windows (Swin's odd blocks use w // 2).
+        bias: optional (heads, 2w_h-1, 2w_w-1) relative position bias table.
+        scale: multiplies q·k (default d^-0.5).
+    """
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        check_tensor(name, x, 5)
+    if q.shape != k.shape or q.shape[:4] != v.shape[:4]:
+        raise ValueError(
+            f"q, k must be (B, H, W, heads, d) and v (B, H, W, heads, d_v), got {tuple(q.shape)=}, "
+            f"{tuple(k.shape)=}, {tuple(v.shape)=}"
+        )
+    w_h, w_w = (window, window) if isinstance(window, int) else window
+    check_positive_int("window", w_h)
+    check_positive_int("window", w_w)
+    s_h, s_w = (shift, shift) if isinstance(shift, int) else shift
+    if not (0 <= s_h < w_h and 0 <= s_w < w_w):
+        raise ValueError(
+            f"shift must satisfy 0 <= shift < window, got shift={(s_h, s_w)}, window={(w_h, w_w)}"
+        )
+    heads = q.shape[3]
+    if bias is not None and tuple(bias.shape) != (heads, 2 * w_h - 1, 2 * w_w - 1):
+        raise ValueError(
+            f"bias must be (heads, 2w_h-1, 2w_w-1)={(heads, 2 * w_h - 1, 2 * w_w - 1)}, got {tuple(bias.shape)}"
+        )
+    B, H, W = q.shape[:3]
+    Hp, Wp = -(-H // w_h) * w_h, -(-W // w_w) * w_w
+
+    def prepare(x: Tensor) -> Tensor:
+        x = F.pad(x, (0, 0, 0, 0, 0, Wp - W, 0, Hp - H))  # (B, Hp, Wp, heads, ·)
+        if s_h or s_w:
+            x = torch.roll(x, shifts=(-s_h, -s_w), dims=(1, 2))
+        return _partition(x, w_h, w_w)  # (B·nW, heads, w², ·)
+
+    keep = window_keep_mask(H, W, (w_h, w_w), (s_h, s_w), q.device)  # (nW, Q, K)
+    mask = torch.zeros(keep.shape, dtype=q.dtype, device=q.device).masked_fill(~keep, float("-inf"))
+    mask = mask[:, None]  # (nW, 1, Q, K)
+    if bias is not None:
+        mask = mask + _bias_matrix(bias, w_h, w_w).to(q.dtype)[None]  # (nW, heads, Q, K)
+    mask = mask.repeat(B, 1, 1, 1)  # (B·nW, heads|1, Q, K)
+    out = F.scaled_dot_product_attention(prepare(q), prepare(k), prepare(v), attn_mask=mask, scale=scale)
+    out = _merge(out, B, Hp, Wp, w_h, w_w)  # (B, Hp, Wp, heads, d_v)
+    if s_h or s_w:
+        out = torch.roll(out, shifts=(s_h, s_w), dims=(1, 2))
+    return out[:, :H, :W]
