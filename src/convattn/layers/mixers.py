@@ -374,4 +374,4 @@ class _GlobalMHSA(nn.Module):
 
 @register_mixer("mhsa")
 def _mhsa(dim: int, **options: object) -> nn.Module:
-    return _GlobalMHSA(dim, **options)
+    return _GlobalMHSA(dim, **options)  # type: ignore[arg-type]
