@@ -124,7 +124,8 @@ def window_attention2d(
     heads = q.shape[3]
     if bias is not None and tuple(bias.shape) != (heads, 2 * w_h - 1, 2 * w_w - 1):
         raise ValueError(
-            f"bias must be (heads, 2w_h-1, 2w_w-1)={(heads, 2 * w_h - 1, 2 * w_w - 1)}, got {tuple(bias.shape)}"
+            f"bias must be (heads, 2w_h-1, 2w_w-1)={(heads, 2 * w_h - 1, 2 * w_w - 1)}, "
+            f"got bias.shape={tuple(bias.shape)}"
         )
     B, H, W = q.shape[:3]
     Hp, Wp = -(-H // w_h) * w_h, -(-W // w_w) * w_w
