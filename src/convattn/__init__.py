@@ -11,13 +11,26 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("attention", "convert", "demos", "layers", "metrics", "models", "plotting", "study", "viz")
+_SUBMODULES = (
+    "attention",
+    "convert",
+    "demos",
+    "functional",
+    "layers",
+    "metrics",
+    "models",
+    "plotting",
+    "study",
+    "viz",
+)
 _NAMES = {
     "MultiHeadSelfAttention2d": "convattn.layers.mhsa2d",
     "ConvAsAttention": "convattn.convert",
     "AttentionAsConv": "convattn.convert",
     "conv_to_attention": "convattn.convert",
     "attention_to_conv": "convattn.convert",
+    "create_mixer": "convattn.layers.mixers",
+    "list_mixers": "convattn.layers.mixers",
 }
 
 __all__ = ["__version__", *_NAMES]

@@ -20,12 +20,15 @@ from convattn.layers.pos_embed import sinusoidal_2d
 __all__ = [
     "additive_attention",
     "dot_product_attention",
+    "image_dwconv2d",
     "masked_softmax",
     "mhsa2d",
     "multi_head_attention",
     "nadaraya_watson",
     "neighborhood_attention2d",
+    "pixel_dwconv2d",
     "sinusoidal_1d",
+    "window_attention2d",
 ]
 
 
@@ -288,3 +291,72 @@ def neighborhood_attention2d(
                     p = torch.softmax(torch.stack(scores), dim=0)
                     out[b, i, j, h] = (p[:, None] * torch.stack(vals)).sum(0)
     return out
+
+
+def window_attention2d(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    window: tuple[int, int],
+    shift: tuple[int, int] = (0, 0),
+    bias: Tensor | None = None,
+) -> Tensor:
+    """Swin window attention from its definition.
+
+    Pixel i belongs to window floor((i - shift) / w) on each axis (the pixels a shifted roll would
+    wrap form their own window), and attends the pixels of its window.
+    """
+    B, H, W, heads, d = q.shape
+    out = torch.zeros(B, H, W, heads, v.shape[-1], dtype=v.dtype)
+    win = lambda i, axis: (i - shift[axis]) // window[axis]  # noqa: E731
+    for b in range(B):
+        for i in range(H):
+            for j in range(W):
+                keys = [
+                    (a, c)
+                    for a in range(H)
+                    for c in range(W)
+                    if win(a, 0) == win(i, 0) and win(c, 1) == win(j, 1)
+                ]
+                for h in range(heads):
+                    scores = []
+                    for a, c in keys:
+                        s = (q[b, i, j, h] * k[b, a, c, h]).sum() / math.sqrt(d)
+                        if bias is not None:
+                            s = s + bias[h, a - i + window[0] - 1, c - j + window[1] - 1]
+                        scores.append(s)
+                    p = torch.softmax(torch.stack(scores), dim=0)
+                    out[b, i, j, h] = sum(
+                        (p[n] * v[b, a, c, h] for n, (a, c) in enumerate(keys)),
+                        torch.zeros(v.shape[-1], dtype=v.dtype),
+                    )
+    return out
+
+
+def pixel_dwconv2d(x: Tensor, kernels: Tensor, dilation: int = 1) -> Tensor:
+    """out[b, c, i, j] = Σ_taps kernels[b, g(c), tap, i, j] · x[b, c, i + δ_r, j + δ_c], zero outside."""
+    B, C, H, W = x.shape
+    G, K = kernels.shape[1], kernels.shape[2]
+    k = round(K**0.5)
+    r = k // 2
+    out = torch.zeros_like(x)
+    for b in range(B):
+        for c in range(C):
+            g = c // (C // G)
+            for i in range(H):
+                for j in range(W):
+                    acc = torch.zeros((), dtype=x.dtype)
+                    for t in range(K):
+                        a, bb = i + (t // k - r) * dilation, j + (t % k - r) * dilation
+                        if 0 <= a < H and 0 <= bb < W:
+                            acc = acc + kernels[b, g, t, i, j] * x[b, c, a, bb]
+                    out[b, c, i, j] = acc
+    return out
+
+
+def image_dwconv2d(x: Tensor, kernels: Tensor, bias: Tensor | None = None, dilation: int = 1) -> Tensor:
+    """A per-image kernel: a per-pixel kernel, the same at every pixel, one group per channel."""
+    B, C, H, W = x.shape
+    per_pixel = kernels.reshape(B, C, -1, 1, 1).expand(B, C, kernels.shape[-2] * kernels.shape[-1], H, W)
+    out = pixel_dwconv2d(x, per_pixel, dilation)
+    return out if bias is None else out + bias[None, :, None, None]

@@ -1,0 +1,163 @@
+"""Every spatial mixer: one interface, parity with loop references, and bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from convattn.layers import reference as ref
+from convattn.layers.dynamic import image_dwconv2d, pixel_dwconv2d
+from convattn.layers.mixers import SASA, create_mixer, list_mixers
+from convattn.layers.window import window_attention2d
+
+f64 = torch.float64
+OPTIONS = {
+    "local_mlp": {"num_heads": 4},
+    "sasa": {"num_heads": 4},
+    "window": {"num_heads": 4},
+    "mhsa": {"num_heads": 4},
+}
+
+
+def test_the_registry_holds_every_mixer_of_the_literature():
+    assert set(list_mixers()) == {
+        "conv",
+        "dwconv",
+        "dynamic_dwconv",
+        "local_mlp",
+        "sasa",
+        "sasa_stem",
+        "window",
+        "mhsa",
+    }
+
+
+@pytest.mark.parametrize("name", list_mixers())
+@pytest.mark.parametrize("size", [(1, 1), (3, 5), (9, 7)])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_every_mixer_maps_any_map_and_trains(name, size, stride):
+    mixer = create_mixer(name, 16, stride=stride, **OPTIONS.get(name, {}))
+    x = torch.randn(2, 16, *size, requires_grad=True)
+    y = mixer(x)
+    H, W = size
+    assert y.shape == (2, 16, -(-H // stride), -(-W // stride))
+    assert torch.isfinite(y).all()
+    y.square().mean().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    assert not [n for n, p in mixer.named_parameters() if p.grad is None]
+
+
+@pytest.mark.parametrize("name", ["conv", "sasa", "window", "mhsa", "sasa_stem"])
+def test_mixers_that_change_width(name):
+    y = create_mixer(name, 16, out_dim=8, **OPTIONS.get(name, {}))(torch.randn(1, 16, 6, 6))
+    assert y.shape == (1, 8, 6, 6)
+
+
+@pytest.mark.parametrize(
+    ("size", "window", "shift"),
+    [
+        ((5, 7), (3, 3), (0, 0)),
+        ((5, 7), (3, 3), (1, 1)),
+        ((4, 4), (4, 4), (2, 2)),
+        ((3, 5), (7, 7), (3, 3)),
+        ((6, 5), (2, 3), (1, 2)),
+    ],
+)
+def test_window_attention_matches_reference(size, window, shift):
+    heads = 2
+    q, k = (torch.randn(1, *size, heads, 3, dtype=f64, requires_grad=True) for _ in range(2))
+    v = torch.randn(1, *size, heads, 4, dtype=f64, requires_grad=True)
+    bias = torch.randn(heads, 2 * window[0] - 1, 2 * window[1] - 1, dtype=f64, requires_grad=True)
+    out = window_attention2d(q, k, v, window, shift=shift, bias=bias)
+    expected = ref.window_attention2d(q, k, v, window, shift, bias)
+    torch.testing.assert_close(out, expected, atol=1e-12, rtol=0)
+    g = torch.randn_like(out)
+    for a, b in zip(
+        torch.autograd.grad(out, [q, k, v, bias], g),
+        torch.autograd.grad(expected, [q, k, v, bias], g),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, atol=1e-11, rtol=0)
+
+
+@pytest.mark.parametrize("dilation", [1, 2])
+def test_dynamic_convs_match_reference(dilation):
+    x = torch.randn(2, 4, 5, 6, dtype=f64, requires_grad=True)
+    per_pixel = torch.randn(2, 2, 9, 5, 6, dtype=f64, requires_grad=True)
+    out = pixel_dwconv2d(x, per_pixel, dilation=dilation)
+    expected = ref.pixel_dwconv2d(x, per_pixel, dilation)
+    torch.testing.assert_close(out, expected, atol=1e-12, rtol=0)
+    g = torch.randn_like(out)
+    for a, b in zip(
+        torch.autograd.grad(out, [x, per_pixel], g),
+        torch.autograd.grad(expected, [x, per_pixel], g),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, atol=1e-11, rtol=0)
+    per_image = torch.randn(2, 4, 3, 3, dtype=f64)
+    bias = torch.randn(4, dtype=f64)
+    torch.testing.assert_close(
+        image_dwconv2d(x, per_image, bias, dilation=dilation),
+        ref.image_dwconv2d(x, per_image, bias, dilation),
+        atol=1e-12,
+        rtol=0,
+    )
+
+
+def test_dynamic_dwconv_kernels_change_with_the_input_and_local_mlp_kernels_do_not():
+    torch.manual_seed(0)
+    for mode in ("homogeneous", "inhomogeneous"):
+        layer = create_mixer("dynamic_dwconv", 16, mode=mode, kernel_size=3).double().eval()
+        x = torch.randn(1, 16, 6, 6, dtype=f64)
+        # Linear in x for fixed kernels: doubling x would double the output of a static conv.
+        assert not torch.allclose(
+            layer(2 * x) - layer.bias[None, :, None, None], 2 * (layer(x) - layer.bias[None, :, None, None])
+        )
+    mlp = create_mixer("local_mlp", 16, num_heads=4, kernel_size=3).double()
+    x = torch.randn(1, 16, 6, 6, dtype=f64)
+    kernels = mlp.weight.repeat_interleave(4, 0).reshape(1, 16, 9, 1, 1).expand(1, 16, 9, 6, 6)
+    torch.testing.assert_close(
+        mlp(x), ref.pixel_dwconv2d(x, kernels) + mlp.bias[None, :, None, None], atol=1e-12, rtol=0
+    )
+
+
+def test_sasa_relative_table_is_row_then_column_split_into_heads():
+    layer = SASA(8, kernel_size=3, num_heads=2)
+    table = layer.rel_table()  # (5, 5, 2, 4)
+    full = table.reshape(5, 5, 8)
+    torch.testing.assert_close(full[1 + 1, 1 + 0, :4], layer.rel_row[1 + 1 - 1])  # δ_r = +1 -> row entry
+    torch.testing.assert_close(full[1 + 1, 1 + 2, 4:], layer.rel_col[2])  # δ_c = +1
+    assert full[0, :, :4].abs().sum() == 0  # δ_r = -2 is never used by a 3x3 "mask" window
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "words"),
+    [
+        ("conv", {"kernel_size": 4}, "kernel_size=4"),
+        ("sasa", {"kernel_size": 0}, "kernel_size=0"),
+        ("sasa", {"num_heads": 3}, "dim=16, num_heads=3"),
+        ("window", {"num_heads": 5}, "num_heads=5"),
+        ("window", {"window": 4, "shift": 4}, "shift=4"),
+        ("dwconv", {"out_dim": 24}, "out_dim=24"),
+        ("dynamic_dwconv", {"mode": "static"}, "mode='static'"),
+        ("sasa", {"border": "wrap"}, "border='wrap'"),
+        ("sasa", {"dilation": 0}, "dilation=0"),
+        ("local_mlp", {"stride": 0}, "stride=0"),
+        ("nope", {}, "unknown mixer 'nope'"),
+    ],
+)
+def test_bad_options_are_named(name, options, words):
+    with pytest.raises(ValueError, match=words):
+        create_mixer(name, 16, **options)
+
+
+def test_public_names():
+    import convattn
+    import convattn.functional as cf
+
+    assert convattn.list_mixers() == list_mixers()
+    assert (
+        callable(convattn.create_mixer)
+        and callable(cf.neighborhood_attention2d)
+        and callable(cf.window_attention2d)
+    )
