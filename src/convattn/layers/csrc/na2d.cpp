@@ -180,6 +180,23 @@ std::pair<int64_t, int64_t> key_rows(const Tables& tb, const Geometry& g, int64_
   return {lo, hi + 1};
 }
 
+// One task's (image, head, chunk of query rows) and the transposed key and value rows its windows read.
+struct Task {
+  int64_t b, h, i0, i1, kr0;
+};
+template <typename T>
+Task load_key_slabs(const T* k, const T* v, const Tables& tb, const Geometry& g, const Split& sp, int64_t task,
+                    std::vector<T>& Kslab, std::vector<T>& Vslab) {
+  const int64_t b = task / (g.NH * sp.nchunks), h = (task / sp.nchunks) % g.NH;
+  const int64_t i0 = (task % sp.nchunks) * sp.chunk, i1 = std::min(g.H, i0 + sp.chunk);
+  const auto [kr0, kr1] = key_rows(tb, g, i0, i1);
+  Kslab.assign((kr1 - kr0) * g.D * g.Wp, T(0));
+  Vslab.assign((kr1 - kr0) * g.DV * g.Wp, T(0));
+  to_slab(k, g.D, g, b, h, kr0, kr1, Kslab.data());
+  to_slab(v, g.DV, g, b, h, kr0, kr1, Vslab.data());
+  return {b, h, i0, i1, kr0};
+}
+
 template <typename T>
 inline const T* rel_at(const T* rel, const Geometry& g, int64_t oa, int64_t ob, int64_t h) {
   return rel + ((oa * g.TW + ob) * g.NH + h) * g.D;
@@ -401,13 +418,7 @@ void forward_impl(const T* q, const T* k, const T* v, const T* rel, const T* bia
     std::vector<vec<T>> S(g.K), O(g.DV);
     std::vector<const T*> ptr(g.K);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / (g.NH * sp.nchunks), h = (task / sp.nchunks) % g.NH;
-      const int64_t i0 = (task % sp.nchunks) * sp.chunk, i1 = std::min(g.H, i0 + sp.chunk);
-      const auto [kr0, kr1] = key_rows(tb, g, i0, i1);
-      Kslab.assign((kr1 - kr0) * g.D * g.Wp, T(0));
-      Vslab.assign((kr1 - kr0) * g.DV * g.Wp, T(0));
-      to_slab(k, g.D, g, b, h, kr0, kr1, Kslab.data());
-      to_slab(v, g.DV, g, b, h, kr0, kr1, Vslab.data());
+      const auto [b, h, i0, i1, kr0] = load_key_slabs(k, v, tb, g, sp, task, Kslab, Vslab);
       for (int64_t i = i0; i < i1; ++i) {
         to_slab(q, g.D, g, b, h, i, i + 1, Qt.data());
         for (int64_t jb = 0; jb < nb; ++jb) {
@@ -443,13 +454,7 @@ void backward_queries(const T* dout, const T* q, const T* k, const T* v, const T
     std::vector<vec<T>> P(g.K), dP(g.K), dQ(g.D);
     std::vector<const T*> ptr(g.K);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / (g.NH * sp.nchunks), h = (task / sp.nchunks) % g.NH;
-      const int64_t i0 = (task % sp.nchunks) * sp.chunk, i1 = std::min(g.H, i0 + sp.chunk);
-      const auto [kr0, kr1] = key_rows(tb, g, i0, i1);
-      Kslab.assign((kr1 - kr0) * g.D * g.Wp, T(0));
-      Vslab.assign((kr1 - kr0) * g.DV * g.Wp, T(0));
-      to_slab(k, g.D, g, b, h, kr0, kr1, Kslab.data());
-      to_slab(v, g.DV, g, b, h, kr0, kr1, Vslab.data());
+      const auto [b, h, i0, i1, kr0] = load_key_slabs(k, v, tb, g, sp, task, Kslab, Vslab);
       for (int64_t i = i0; i < i1; ++i) {
         to_slab(q, g.D, g, b, h, i, i + 1, Qt.data());
         to_slab(dout, g.DV, g, b, h, i, i + 1, dOt.data());
