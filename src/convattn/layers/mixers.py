@@ -149,17 +149,25 @@ class DynamicDWConv(nn.Module):
         self.expand = nn.Conv2d(hidden, outputs, 1)
         self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
 
-    def forward(self, x: Tensor) -> Tensor:
-        check_tensor("x", x, 4)
+    def kernels(self, x: Tensor) -> Tensor:
+        """Predicted kernels: (B, C, k, k) per image, or (B, groups, k², H, W) per pixel."""
         B, C, H, W = x.shape
         if self.mode == "homogeneous":
             z = self.expand(F.relu(self.norm(self.reduce(x.mean((2, 3), keepdim=True)))))  # (B, C·k², 1, 1)
-            out = image_dwconv2d(x, z.reshape(B, C, self.k, self.k), self.bias)
-        else:
-            z = self.expand(F.relu(self.norm(self.reduce(x))))  # (B, G·k², H, W)
-            out = pixel_dwconv2d(x, z.reshape(B, self.groups, self.k**2, H, W))
-            if self.bias is not None:
-                out = out + self.bias[None, :, None, None]
+            return z.reshape(B, C, self.k, self.k)
+        z = self.expand(F.relu(self.norm(self.reduce(x))))  # (B, G·k², H, W)
+        return z.reshape(B, self.groups, self.k**2, H, W)
+
+    def aggregate(self, xw: Tensor, xv: Tensor) -> Tensor:
+        """The spatial aggregation alone: kernels predicted from xw, applied to xv (no bias, no stride)."""
+        kernels = self.kernels(xw)
+        return image_dwconv2d(xv, kernels) if self.mode == "homogeneous" else pixel_dwconv2d(xv, kernels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_tensor("x", x, 4)
+        out = self.aggregate(x, x)
+        if self.bias is not None:
+            out = out + self.bias[None, :, None, None]
         return _pool(out, self.stride)
 
 
@@ -186,11 +194,17 @@ class LocalMLP(nn.Module):
         self.weight = nn.Parameter(torch.randn(num_heads, self.k, self.k) / self.k)
         self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
 
+    def aggregate(self, xw: Tensor, xv: Tensor) -> Tensor:
+        """The spatial aggregation alone (static: xw is not used)."""
+        C = xv.shape[1]
+        kernel = self.weight.repeat_interleave(C // self.heads, dim=0)[:, None]  # (C, 1, k, k)
+        return F.conv2d(xv, kernel, padding=self.k // 2, groups=C)
+
     def forward(self, x: Tensor) -> Tensor:
         check_tensor("x", x, 4)
-        C = x.shape[1]
-        kernel = self.weight.repeat_interleave(C // self.heads, dim=0)[:, None]  # (C, 1, k, k)
-        out = F.conv2d(x, kernel, self.bias, padding=self.k // 2, groups=C)
+        out = self.aggregate(x, x)
+        if self.bias is not None:
+            out = out + self.bias[None, :, None, None]
         return _pool(out, self.stride)
 
 
@@ -248,19 +262,23 @@ class SASA(nn.Module):
         )  # (2k-1, 2k-1, out)
         return table.reshape(2 * k - 1, 2 * k - 1, self.heads, self.d)
 
-    def forward(self, x: Tensor) -> Tensor:
-        check_tensor("x", x, 4)
-        k, v = self.kv(x).chunk(2, dim=1)
+    def aggregate(self, xw: Tensor, xv: Tensor) -> Tensor:
+        """Attention weights from xw's queries and keys, applied to xv as the values."""
+        keys = self.kv(xw)[:, : self.q.out_channels]
         out = neighborhood_attention2d(
-            _to_heads(self.q(x), self.heads),
-            _to_heads(k, self.heads),
-            _to_heads(v, self.heads),
+            _to_heads(self.q(xw), self.heads),
+            _to_heads(keys, self.heads),
+            _to_heads(xv, self.heads),
             self.k,
             dilation=self.dilation,
             rel=self.rel_table(),
             border=self.border,
         )
-        return _pool(_from_heads(out), self.stride)
+        return _from_heads(out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_tensor("x", x, 4)
+        return _pool(self.aggregate(x, self.kv(x)[:, self.q.out_channels :]), self.stride)
 
 
 @register_mixer("sasa")
@@ -305,18 +323,17 @@ class SASAStem(nn.Module):
         emb = self.row[a][:, None] + self.col[b][None, :]  # (H, W, out)
         return torch.softmax(emb @ self.nu.T, dim=-1).permute(2, 0, 1)  # (m, H, W)
 
+    def aggregate(self, xw: Tensor, xv: Tensor) -> Tensor:
+        """Block attention weights from xw, applied to xv as the values."""
+        q, k = _to_heads(self.q(xw), self.heads), _to_heads(self.k(xw), self.heads)
+        return _from_heads(window_attention2d(q, k, _to_heads(xv, self.heads), self.w))
+
     def forward(self, x: Tensor) -> Tensor:
         check_tensor("x", x, 4)
         B, _, H, W = x.shape
         per_matrix = self.values(x).reshape(B, self.m, -1, H, W)  # (B, m, out, H, W)
         v = (per_matrix * self.mixture(H, W)[None, :, None]).sum(1)  # (B, out, H, W)
-        out = window_attention2d(
-            _to_heads(self.q(x), self.heads),
-            _to_heads(self.k(x), self.heads),
-            _to_heads(v, self.heads),
-            self.w,
-        )
-        return _pool(_from_heads(out), self.stride)
+        return _pool(self.aggregate(x, v), self.stride)
 
 
 @register_mixer("sasa_stem")
@@ -348,11 +365,18 @@ class WindowAttention(nn.Module):
         self.proj = nn.Conv2d(dim, out_dim or dim, 1)
         self.bias_table = nn.Parameter(torch.randn(num_heads, 2 * window - 1, 2 * window - 1) * 0.02)
 
+    def aggregate(self, xw: Tensor, xv: Tensor) -> Tensor:
+        """Window attention weights from xw, applied to xv as the values (no projections)."""
+        q, k, _ = (_to_heads(t, self.heads) for t in self.qkv(xw).chunk(3, dim=1))
+        out = window_attention2d(
+            q, k, _to_heads(xv, self.heads), self.w, shift=self.shift, bias=self.bias_table
+        )
+        return _from_heads(out)
+
     def forward(self, x: Tensor) -> Tensor:
         check_tensor("x", x, 4)
-        q, k, v = (_to_heads(t, self.heads) for t in self.qkv(x).chunk(3, dim=1))
-        out = window_attention2d(q, k, v, self.w, shift=self.shift, bias=self.bias_table)
-        return _pool(self.proj(_from_heads(out)), self.stride)
+        v = self.qkv(x)[:, 2 * self.proj.in_channels :]
+        return _pool(self.proj(self.aggregate(x, v)), self.stride)
 
 
 @register_mixer("window")
@@ -367,6 +391,16 @@ class _GlobalMHSA(nn.Module):
         super().__init__()
         self.attn = MultiHeadSelfAttention2d(dim, out_dim, **options)  # type: ignore[arg-type]
         self.stride = check_positive_int("stride", stride)
+
+    def aggregate(self, xw: Tensor, xv: Tensor) -> Tensor:
+        """Attention weights from xw (every query, explicitly: for small maps), applied to xv per head."""
+        B, C, H, W = xv.shape
+        heads = self.attn.num_heads
+        probs = torch.stack(
+            [self.attn.attention_probs(xw, (i, j)).flatten(2) for i in range(H) for j in range(W)], dim=2
+        )  # (B, heads, T queries, T keys)
+        v = xv.reshape(B, heads, C // heads, H * W)  # (B, heads, C/heads, T)
+        return torch.einsum("bhqk,bhck->bhcq", probs, v).reshape(B, C, H, W)
 
     def forward(self, x: Tensor) -> Tensor:
         return _pool(self.attn(x), self.stride)
