@@ -264,11 +264,13 @@ class SASA(nn.Module):
 
     def aggregate(self, xw: Tensor, xv: Tensor) -> Tensor:
         """Attention weights from xw's queries and keys, applied to xv as the values."""
-        keys = self.kv(xw)[:, : self.q.out_channels]
+        return self._attend(self.q(xw), self.kv(xw)[:, : self.q.out_channels], xv)
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         out = neighborhood_attention2d(
-            _to_heads(self.q(xw), self.heads),
-            _to_heads(keys, self.heads),
-            _to_heads(xv, self.heads),
+            _to_heads(q, self.heads),
+            _to_heads(k, self.heads),
+            _to_heads(v, self.heads),
             self.k,
             dilation=self.dilation,
             rel=self.rel_table(),
@@ -278,7 +280,8 @@ class SASA(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         check_tensor("x", x, 4)
-        return _pool(self.aggregate(x, self.kv(x)[:, self.q.out_channels :]), self.stride)
+        k, v = self.kv(x).chunk(2, dim=1)
+        return _pool(self._attend(self.q(x), k, v), self.stride)
 
 
 @register_mixer("sasa")
@@ -367,16 +370,16 @@ class WindowAttention(nn.Module):
 
     def aggregate(self, xw: Tensor, xv: Tensor) -> Tensor:
         """Window attention weights from xw, applied to xv as the values (no projections)."""
-        q, k, _ = (_to_heads(t, self.heads) for t in self.qkv(xw).chunk(3, dim=1))
-        out = window_attention2d(
-            q, k, _to_heads(xv, self.heads), self.w, shift=self.shift, bias=self.bias_table
-        )
-        return _from_heads(out)
+        q, k, _ = self.qkv(xw).chunk(3, dim=1)
+        return self._attend(q, k, xv)
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        q, k, v = (_to_heads(t, self.heads) for t in (q, k, v))
+        return _from_heads(window_attention2d(q, k, v, self.w, shift=self.shift, bias=self.bias_table))
 
     def forward(self, x: Tensor) -> Tensor:
         check_tensor("x", x, 4)
-        v = self.qkv(x)[:, 2 * self.proj.in_channels :]
-        return _pool(self.proj(self.aggregate(x, v)), self.stride)
+        return _pool(self.proj(self._attend(*self.qkv(x).chunk(3, dim=1))), self.stride)
 
 
 @register_mixer("window")
