@@ -109,3 +109,12 @@ def test_convert_one_conv_from_flags():
     assert "k=2x3 s=2x2 p=1x1" in result.stdout and "identical" in result.stdout
     bad = _run("convert", "--kernel-size", "3", "--stride", "2", "--padding", "same")
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "strided" in bad.stderr
+
+
+def test_properties_table(tmp_path):
+    result = _run("properties", "dwconv", "sasa", "--csv", str(tmp_path / "p.csv"))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[2].split()[:5] == ["dwconv", "local", "3x3", "no", "yes"]
+    assert lines[3].split()[:4] == ["sasa", "local", "3x3", "no"]
+    assert len((tmp_path / "p.csv").read_text().splitlines()) == 3

@@ -164,6 +164,37 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _cmd_properties(args: argparse.Namespace) -> int:
+    _set_threads(args.threads)
+    import csv
+
+    from convattn.properties import property_table
+
+    rows = [p.row() for p in property_table(args.mixers or None, size=args.size)]
+    yes = {True: "yes", False: "no"}
+    header = (
+        f"{'mixer':<22}{'support':<13}{'ch. mixing':>11}{'shared: pos':>12}{'shared: ch':>11}{'dynamic':>9}"
+    )
+    header += f"{'params k=3/5/7':>22}{'MACs 16²/32²':>22}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        params = f"{r['params_k3']}/{r['params_k5']}/{r['params_k7']}"
+        macs = f"{r['macs_16x16']}/{r['macs_32x32']}"
+        print(
+            f"{r['mixer']:<22}{r['support']:<13}{yes[r['channel_mixing']]:>11}{yes[r['shared_across_positions']]:>12}"
+            f"{yes[r['shared_across_channels']]:>11}{yes[r['dynamic']]:>9}{params:>22}{macs:>22}"
+        )
+    print(f"measured with autograd on {args.size}x{args.size} float64 maps, 16 channels in heads/groups of 4")
+    if args.csv:
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.csv, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     import json
 
@@ -232,6 +263,18 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--centres", type=Path, help="PNG of its head centres")
     convert.add_argument("--csv", type=Path, help="also write the table as CSV")
     convert.set_defaults(func=_cmd_convert)
+
+    props = sub.add_parser(
+        "properties",
+        parents=[common],
+        help="measure the DWNet property table of every spatial mixer",
+        description="Spatial support, channel mixing, weight sharing and dynamic weights of each mixer, "
+        "measured with autograd on the operator itself, with parameter and multiply-add counts.",
+    )
+    props.add_argument("mixers", nargs="*", help="mixers to measure (default: all)")
+    props.add_argument("--size", type=int, default=11, help="side of the probe map (default 11)")
+    props.add_argument("--csv", type=Path, help="also write the table as CSV")
+    props.set_defaults(func=_cmd_properties)
 
     info = sub.add_parser("info", help="print versions, threads and device as JSON")
     info.set_defaults(func=_cmd_info)

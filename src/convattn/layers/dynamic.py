@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from convattn.layers._checks import check_tensor
+from convattn.layers._macs import record
 
 __all__ = ["image_dwconv2d", "pixel_dwconv2d"]
 
@@ -68,6 +69,7 @@ def pixel_dwconv2d(x: Tensor, kernels: Tensor, *, dilation: int = 1) -> Tensor:
     if k * k != K:
         raise ValueError(f"kernels must hold k·k taps of a square window, got {K}")
     _odd(k, k)
+    record(B * C * H * W * K)
     r = (k // 2) * dilation
     padded = F.pad(x, (r, r, r, r)).reshape(B, G, C // G, H + 2 * r, W + 2 * r)  # (B, G, C/G, H+2r, W+2r)
     out = torch.zeros(B, G, C // G, H, W, dtype=x.dtype, device=x.device)

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from convattn.layers._checks import check_positive_int, check_tensor
+from convattn.layers._macs import record
 from convattn.layers._native import load_kernel
 
 __all__ = [
@@ -312,6 +313,9 @@ def neighborhood_attention2d(
     """
     ks, dil = _check_inputs(q, k, v, kernel_size, dilation, rel, bias, border)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    B, H, W, heads, d = q.shape
+    slots = ks[0] * ks[1]
+    record(B * H * W * heads * slots * (d + v.shape[-1] + (d if rel is not None else 0)))
     if backend not in ("auto", "kernel", "torch"):
         raise ValueError(f"backend must be 'auto', 'kernel' or 'torch', got backend={backend!r}")
     use_kernel = backend == "kernel" or (backend == "auto" and q.device.type == "cpu")
