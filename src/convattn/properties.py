@@ -72,8 +72,9 @@ def _build(name: str, dim: int, **extra: Any) -> nn.Module:
 
 
 def _aggregate(mixer: nn.Module, xw: Tensor, xv: Tensor) -> Tensor:
-    if hasattr(mixer, "aggregate"):
-        return cast(Tensor, mixer.aggregate(xw, xv))
+    aggregate = getattr(mixer, "aggregate", None)
+    if callable(aggregate):
+        return cast(Tensor, aggregate(xw, xv))
     return cast(Tensor, mixer(xv))
 
 
