@@ -118,3 +118,20 @@ def test_properties_table(tmp_path):
     assert lines[2].split()[:5] == ["dwconv", "local", "3x3", "no", "yes"]
     assert lines[3].split()[:4] == ["sasa", "local", "3x3", "no"]
     assert len((tmp_path / "p.csv").read_text().splitlines()) == 3
+
+
+def test_bench_quick_writes_a_sane_csv(tmp_path):
+    import csv
+
+    out = tmp_path / "bench.csv"
+    result = _run("bench", "--quick", "--out", str(out), "--threads", "1")
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(out.open()))
+    ops = {r["op"] for r in rows}
+    assert {"dwconv7_channels_last", "sasa", "window", "na2d_k7", "unfold_local_k7", "sdpa_global"} <= ops
+    for r in rows:
+        assert float(r["fwd_ms"]) > 0 and float(r["fwdbwd_ms"]) >= float(r["fwd_ms"]) * 0.5
+        assert int(r["macs"]) > 0 and float(r["matmul_gflops"]) > 0 and r["threads"] == "1"
+        assert r["torch"].startswith("2.") and r["cpu"]
+    base = next(r for r in rows if r["op"] == "dwconv7_channels_last")
+    assert float(base["fwd_ratio_to_dwconv"]) == 1.0

@@ -195,6 +195,17 @@ def _cmd_properties(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    _set_threads(args.threads)
+    from convattn.bench import BenchConfig, run_bench
+
+    out = args.out or Path("runs") / "bench.csv"
+    cfg = BenchConfig.quick(out) if args.quick else BenchConfig(out=out)
+    run_bench(cfg)
+    print(f"wrote {out}")
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     import json
 
@@ -275,6 +286,18 @@ def build_parser() -> argparse.ArgumentParser:
     props.add_argument("--size", type=int, default=11, help="side of the probe map (default 11)")
     props.add_argument("--csv", type=Path, help="also write the table as CSV")
     props.set_defaults(func=_cmd_properties)
+
+    bench = sub.add_parser(
+        "bench",
+        parents=[common],
+        help="time every mixer beside its peers and write a CSV",
+        description="Forward and forward+backward medians (operators alternating), peak memory, MACs and "
+        "GFLOP/s of every mixer, neighbourhood attention, unfold local attention and global SDPA, with "
+        "ratios to a 7x7 depth-wise conv in channels_last measured in the same run.",
+    )
+    bench.add_argument("--out", type=Path, help="CSV to write (default runs/bench.csv)")
+    bench.add_argument("--quick", action="store_true", help="small shapes, a few repeats (under a minute)")
+    bench.set_defaults(func=_cmd_bench)
 
     info = sub.add_parser("info", help="print versions, threads and device as JSON")
     info.set_defaults(func=_cmd_info)

@@ -10,6 +10,17 @@ from typing import Any
 __all__ = ["environment"]
 
 
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment() -> dict[str, Any]:
     """Versions of Python, torch and numpy, torch's thread count, the machine and the device."""
     import numpy as np
@@ -26,6 +37,6 @@ def environment() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
         "platform": platform.platform(terse=True),
-        "processor": platform.processor() or platform.machine(),
+        "cpu_model": _cpu_model(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }

@@ -1,0 +1,227 @@
+"""Operator benchmark: every mixer and its peers, timed side by side in one process.
+
+For each operator: forward and forward+backward medians with their spread (interquartile range) over
+repeated runs, the operators alternating so that machine noise spreads evenly; peak extra resident
+memory of a training step; multiply-adds (attention included) and the achieved GFLOP/s beside the
+machine's matmul GFLOP/s (the roofline). Ratios are to the depth-wise 7×7 convolution in channels_last
+measured in the same run. Benchmarks are not tests: results go to CSV with the torch version, thread
+count and CPU.
+"""
+
+from __future__ import annotations
+
+import csv
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from convattn.environment import environment
+from convattn.flops import count_macs
+from convattn.layers.mixers import create_mixer
+from convattn.layers.neighborhood import neighborhood_attention2d
+
+__all__ = ["BenchConfig", "run_bench", "unfold_local_attention"]
+
+BASELINE = "dwconv7_channels_last"
+
+
+def unfold_local_attention(q: Tensor, k: Tensor, v: Tensor, kernel_size: int) -> Tensor:
+    """Local attention as the popular SASA port computes it: k² copies of keys and values via unfold.
+
+    q, k, v: (B, heads, d, H, W) -> (B, heads, d, H, W); keys outside the image are zeros that take part.
+    """
+    B, h, d, H, W = q.shape
+    r = kernel_size // 2
+    unf = lambda x: F.unfold(x.reshape(B, h * d, H, W), kernel_size, padding=r)  # noqa: E731 (B, h·d·k², T)
+    k_unf = unf(k).reshape(B, h, d, kernel_size**2, H * W)  # (B, h, d, k², T)
+    v_unf = unf(v).reshape(B, h, d, kernel_size**2, H * W)
+    scores = (q.reshape(B, h, d, 1, H * W) * k_unf).sum(2) * d**-0.5  # (B, h, k², T)
+    probs = scores.softmax(dim=2)
+    return (probs[:, :, None] * v_unf).sum(3).reshape(B, h, d, H, W)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to measure: batch, channels (as heads × head width), map sizes and repetitions."""
+
+    batch: int = 8
+    heads: int = 4
+    head_dim: int = 16
+    sizes: tuple[int, ...] = (32, 56)
+    repeats: int = 15
+    warmup: int = 3
+    mixers: tuple[str, ...] = ("conv", "dwconv", "dynamic_dwconv", "local_mlp", "sasa", "window", "mhsa")
+    out: Path | None = None
+
+    @classmethod
+    def quick(cls, out: Path | None = None) -> BenchConfig:
+        return cls(batch=2, sizes=(16,), repeats=5, warmup=1, out=out)
+
+
+def _peak_mib(fn: Callable[[], Any]) -> float:
+    """Peak extra resident memory of fn() in MiB (Linux: the VmHWM mark is reset first), NaN elsewhere."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = _status_kib("VmRSS:")
+        fn()
+        return (_status_kib("VmHWM:") - before) / 1024
+    except OSError:
+        fn()
+        return float("nan")
+
+
+def _status_kib(key: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key))
+
+
+def matmul_gflops(n: int = 1024, repeats: int = 10) -> float:
+    """Achieved GFLOP/s of an n×n float32 matmul on this machine: the roofline for the table."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(2):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def _ops(cfg: BenchConfig, size: int) -> dict[str, tuple[Callable[[bool], Any], Callable[[], int]]]:
+    """name -> (step(train), macs()): one forward (and backward when train) of each operator."""
+    B, h, d = cfg.batch, cfg.heads, cfg.head_dim
+    C = h * d
+    ops: dict[str, tuple[Callable[[bool], Any], Callable[[], int]]] = {}
+
+    def add_module(name: str, module: nn.Module, x: Tensor) -> None:
+        def step(train: bool) -> None:
+            if train:
+                module(x).sum().backward()
+            else:
+                with torch.no_grad():
+                    module(x)
+
+        ops[name] = (step, lambda: count_macs(module, x.detach()))
+
+    x_cl = torch.randn(B, C, size, size).to(memory_format=torch.channels_last).requires_grad_()
+    dw = nn.Conv2d(C, C, 7, padding=3, groups=C, bias=False)
+    dw.weight.data = dw.weight.data.to(memory_format=torch.channels_last)
+    add_module(BASELINE, dw, x_cl)
+    x = torch.randn(B, C, size, size, requires_grad=True)
+    for name in cfg.mixers:
+        options: dict[str, Any] = {"num_heads": h} if name in ("local_mlp", "sasa", "window", "mhsa") else {}
+        add_module(name, create_mixer(name, C, **options), x)
+    q, k, v = (torch.randn(B, size, size, h, d, requires_grad=True) for _ in range(3))
+    for ks in (3, 7):
+
+        def na(train: bool, ks: int = ks) -> None:
+            if train:
+                neighborhood_attention2d(q, k, v, ks).sum().backward()
+            else:
+                with torch.no_grad():
+                    neighborhood_attention2d(q, k, v, ks)
+
+        def na_macs(ks: int = ks) -> int:
+            return count_macs(neighborhood_attention2d, q, k, v, ks)
+
+        ops[f"na2d_k{ks}"] = (na, na_macs)
+    qu, ku, vu = (torch.randn(B, h, d, size, size, requires_grad=True) for _ in range(3))
+
+    def unfold(train: bool) -> None:
+        if train:
+            unfold_local_attention(qu, ku, vu, 7).sum().backward()
+        else:
+            with torch.no_grad():
+                unfold_local_attention(qu, ku, vu, 7)
+
+    ops["unfold_local_k7"] = (unfold, lambda: B * size * size * h * 49 * 2 * d)
+    qs, ks_, vs = (torch.randn(B, h, size * size, d, requires_grad=True) for _ in range(3))
+
+    def sdpa(train: bool) -> None:
+        if train:
+            F.scaled_dot_product_attention(qs, ks_, vs).sum().backward()
+        else:
+            with torch.no_grad():
+                F.scaled_dot_product_attention(qs, ks_, vs)
+
+    ops["sdpa_global"] = (sdpa, lambda: count_macs(F.scaled_dot_product_attention, qs, ks_, vs))
+    return ops
+
+
+def _time(step: Callable[[bool], Any], train: bool) -> float:
+    t = time.perf_counter()
+    step(train)
+    return time.perf_counter() - t
+
+
+def _spread(times: list[float]) -> float:
+    q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
+    return q[2] - q[0]
+
+
+def run_bench(cfg: BenchConfig | None = None, *, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Measure every operator at every size; write the CSV (if `cfg.out`) and return the rows."""
+    cfg = cfg or BenchConfig()
+    env = environment()
+    roof = matmul_gflops()
+    rows: list[dict[str, Any]] = []
+    for size in cfg.sizes:
+        ops = _ops(cfg, size)
+        for step, _ in ops.values():
+            for _ in range(cfg.warmup):
+                step(False)
+                step(True)
+        fwd: dict[str, list[float]] = {n: [] for n in ops}
+        fb: dict[str, list[float]] = {n: [] for n in ops}
+        for _ in range(cfg.repeats):  # operators alternate inside every repetition
+            for name, (step, _) in ops.items():
+                fwd[name].append(_time(step, False))
+                fb[name].append(_time(step, True))
+        base_f, base_fb = statistics.median(fwd[BASELINE]), statistics.median(fb[BASELINE])
+        for name, (step, macs_of) in ops.items():
+            macs = macs_of()
+            f_med, fb_med = statistics.median(fwd[name]), statistics.median(fb[name])
+            rows.append(
+                {
+                    "op": name,
+                    "batch": cfg.batch,
+                    "channels": cfg.heads * cfg.head_dim,
+                    "size": size,
+                    "fwd_ms": f_med * 1e3,
+                    "fwd_iqr_ms": _spread(fwd[name]) * 1e3,
+                    "fwdbwd_ms": fb_med * 1e3,
+                    "fwdbwd_iqr_ms": _spread(fb[name]) * 1e3,
+                    "fwd_ratio_to_dwconv": f_med / base_f,
+                    "fwdbwd_ratio_to_dwconv": fb_med / base_fb,
+                    "peak_train_mib": _peak_mib(lambda: step(True)),  # noqa: B023 (called at once)
+                    "macs": macs,
+                    "fwd_gflops": 2 * macs / f_med / 1e9,
+                    "matmul_gflops": roof,
+                    "repeats": cfg.repeats,
+                    "threads": env["torch_threads"],
+                    "torch": env["torch"],
+                    "cpu": env["cpu_model"],
+                }
+            )
+            r = rows[-1]
+            log(
+                f"{size:>4} {name:<24} fwd {r['fwd_ms']:8.2f} ms ({r['fwd_ratio_to_dwconv']:6.1f}x)  "
+                f"fwd+bwd {r['fwdbwd_ms']:8.2f} ms ({r['fwdbwd_ratio_to_dwconv']:6.1f}x)  "
+                f"peak {r['peak_train_mib']:7.1f} MiB  {r['fwd_gflops']:6.1f} GFLOP/s (matmul {roof:.0f})"
+            )
+    if cfg.out is not None:
+        cfg.out.parent.mkdir(parents=True, exist_ok=True)
+        with open(cfg.out, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    return rows
