@@ -65,6 +65,22 @@ class BenchConfig:
         return cls(batch=2, sizes=(16,), repeats=5, warmup=1, out=out)
 
 
+def _release_freed_memory() -> None:
+    """Make glibc hand large freed blocks back at once, so resident memory tracks live tensors.
+
+    By default glibc raises its mmap threshold after the first large free and keeps later blocks in
+    the heap, which would hide every peak after the first. No-op where glibc is absent.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD: blocks of 1 MiB and more are mmapped
+        libc.mallopt(-1, 1 << 20)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 def _peak_mib(fn: Callable[[], Any]) -> float:
     """Peak extra resident memory of fn() in MiB (Linux: the VmHWM mark is reset first), NaN elsewhere."""
     try:
@@ -157,6 +173,19 @@ def _ops(cfg: BenchConfig, size: int) -> dict[str, tuple[Callable[[bool], Any], 
     return ops
 
 
+def _na2d_minimum_mib(cfg: BenchConfig, size: int, name: str) -> float:
+    """For local attention: the memory a training step cannot avoid, in MiB (NaN for other operators).
+
+    q, k, v, the output and their four gradients, plus the probabilities and their gradient.
+    """
+    kernel = {"na2d_k3": 3, "na2d_k7": 7, "unfold_local_k7": 7}.get(name)
+    if kernel is None:
+        return float("nan")
+    pixels = cfg.batch * size * size
+    floats = 8 * pixels * cfg.heads * cfg.head_dim + 2 * pixels * cfg.heads * kernel**2
+    return floats * 4 / 2**20
+
+
 def _time(step: Callable[[bool], Any], train: bool) -> float:
     t = time.perf_counter()
     step(train)
@@ -171,6 +200,7 @@ def _spread(times: list[float]) -> float:
 def run_bench(cfg: BenchConfig | None = None, *, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Measure every operator at every size; write the CSV (if `cfg.out`) and return the rows."""
     cfg = cfg or BenchConfig()
+    _release_freed_memory()
     env = environment()
     roof = matmul_gflops()
     rows: list[dict[str, Any]] = []
@@ -203,6 +233,7 @@ def run_bench(cfg: BenchConfig | None = None, *, log: Callable[[str], None] = pr
                     "fwd_ratio_to_dwconv": f_med / base_f,
                     "fwdbwd_ratio_to_dwconv": fb_med / base_fb,
                     "peak_train_mib": _peak_mib(lambda: step(True)),  # noqa: B023 (called at once)
+                    "na2d_minimum_mib": _na2d_minimum_mib(cfg, size, name),
                     "macs": macs,
                     "fwd_gflops": 2 * macs / f_med / 1e9,
                     "matmul_gflops": roof,
