@@ -26,7 +26,8 @@ def _odd(kh: int, kw: int) -> None:
 def image_dwconv2d(x: Tensor, kernels: Tensor, bias: Tensor | None = None, *, dilation: int = 1) -> Tensor:
     """Depth-wise conv with a kernel per image: x (B, C, H, W), kernels (B, C, k_h, k_w) -> (B, C, H, W).
 
-    Runs as one grouped convolution over the batch folded into channels, 'same' zero padding.
+    Runs as one grouped convolution over the batch folded into channels (channels_last), 'same' zero
+    padding.
     """
     check_tensor("x", x, 4)
     check_tensor("kernels", kernels, 4)
@@ -35,9 +36,10 @@ def image_dwconv2d(x: Tensor, kernels: Tensor, bias: Tensor | None = None, *, di
         raise ValueError(f"kernels must be (B, C, k_h, k_w) with (B, C)={(B, C)}, got {tuple(kernels.shape)}")
     kh, kw = kernels.shape[-2:]
     _odd(kh, kw)
+    cl = torch.channels_last  # the depth-wise kernels are 2-4x faster (backward) in this layout
     out = F.conv2d(
-        x.reshape(1, B * C, H, W),  # (1, B·C, H, W)
-        kernels.reshape(B * C, 1, kh, kw),
+        x.reshape(1, B * C, H, W).contiguous(memory_format=cl),  # (1, B·C, H, W)
+        kernels.reshape(B * C, 1, kh, kw).contiguous(memory_format=cl),
         padding=(dilation * (kh // 2), dilation * (kw // 2)),
         dilation=dilation,
         groups=B * C,
