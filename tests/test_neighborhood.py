@@ -115,3 +115,24 @@ def test_bad_tensors_are_named():
         neighborhood_attention2d(q, q[:, :3], q, 3)
     with pytest.raises(TypeError, match="share a dtype"):
         neighborhood_attention2d(q, q.double(), q, 3)
+
+
+@pytest.mark.parametrize("border", ["mask", "shift"])
+@pytest.mark.parametrize(
+    ("size", "kernel", "dilation"),
+    [((5, 6), (3, 3), (1, 1)), ((7, 5), (3, 5), (2, 1)), ((4, 4), (7, 7), (1, 1))],
+)
+def test_flex_attention_path_matches_forward(border, size, kernel, dilation):
+    """The accelerator path (flex_attention with a block mask) agrees with the PyTorch path (CPU forward)."""
+    q, k, v, rel, bias = (t.detach().float() for t in _inputs(size, kernel))
+    args = {"dilation": dilation, "rel": rel, "bias": bias, "border": border}
+    flex = neighborhood_attention2d(q, k, v, kernel, backend="flex", **args)
+    torch.testing.assert_close(
+        flex, neighborhood_attention2d(q, k, v, kernel, backend="torch", **args), atol=1e-5, rtol=1e-5
+    )
+
+
+def test_flex_attention_path_refuses_zero_padding():
+    q = torch.randn(1, 4, 4, 2, 3)
+    with pytest.raises(ValueError, match="zeros"):
+        neighborhood_attention2d(q, q, q, 3, border="zeros", backend="flex")

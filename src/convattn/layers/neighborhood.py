@@ -21,9 +21,10 @@ slot), built here once; the C++ kernel and the PyTorch path both run from them.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any, cast
 
 import torch
@@ -168,6 +169,81 @@ def _tables(
     return (rows.index, rows.valid, rows.offset), (cols.index, cols.valid, cols.offset)
 
 
+@cache
+def _compiled_flex() -> Callable[..., Any]:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def _membership(w: AxisWindows, n: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """(n, n) per axis: key in the query's window; its slot; its rel/bias offset index (0 outside)."""
+    inside = torch.zeros(n, n, dtype=torch.bool)
+    slot = torch.zeros(n, n, dtype=torch.long)
+    offset = torch.zeros(n, n, dtype=torch.long)
+    for i, t in w.valid.nonzero().tolist():
+        key = int(w.index[i, t])
+        inside[i, key], slot[i, key], offset[i, key] = True, t, w.offset[i, t]
+    return inside.to(device), slot.to(device), offset.to(device)
+
+
+def neighborhood_attention2d_flex(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    kernel_size: tuple[int, int],
+    dilation: tuple[int, int],
+    border: str,
+    scale: float,
+    rel: Tensor | None = None,
+    bias: Tensor | None = None,
+) -> Tensor:
+    """The fused path for accelerators: `flex_attention` over the flattened pixels with a block mask.
+
+    The window is a `mask_mod` (a product of per-axis memberships), the bias a `score_mod`; the rel
+    term q·rel[offset] is computed once per (query, slot) and added by the `score_mod`. Border 'zeros'
+    has keys that are not pixels, so it stays on the PyTorch path.
+    """
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    if border == "zeros":
+        raise ValueError("border='zeros' has no flex_attention form; use the PyTorch path")
+    B, H, W, heads, d = q.shape
+    rows = axis_windows(H, kernel_size[0], dilation[0], border)
+    cols = axis_windows(W, kernel_size[1], dilation[1], border)
+    in_r, slot_r, off_r = _membership(rows, H, q.device)
+    in_c, slot_c, off_c = _membership(cols, W, q.device)
+    kw = kernel_size[1]
+
+    def mask_mod(b: Tensor, h: Tensor, qi: Tensor, ki: Tensor) -> Tensor:
+        return in_r[qi // W, ki // W] & in_c[qi % W, ki % W]
+
+    rel_scores = None
+    if rel is not None:  # (B, heads, T, K): q · rel at every window slot
+        r_off, c_off = rows.offset.to(q.device), cols.offset.to(q.device)
+        table = rel[r_off[:, :, None, None], c_off[None, None, :, :]]  # (H, k_h, W, k_w, heads, d)
+        table = table.permute(0, 2, 1, 3, 4, 5).reshape(H, W, -1, heads, d)  # (H, W, K, heads, d)
+        rel_scores = torch.einsum("bijhd,ijkhd->bhijk", q, table).reshape(B, heads, H * W, -1)
+
+    def score_mod(score: Tensor, b: Tensor, h: Tensor, qi: Tensor, ki: Tensor) -> Tensor:
+        qr, qc, kr, kc = qi // W, qi % W, ki // W, ki % W
+        if rel_scores is not None:
+            score = score + rel_scores[b, h, qi, slot_r[qr, kr] * kw + slot_c[qc, kc]]
+        if bias is not None:
+            score = score + bias[h, off_r[qr, kr], off_c[qc, kc]]
+        return score
+
+    T = H * W
+    block_mask = create_block_mask(mask_mod, None, None, T, T, device=q.device.type)
+    flat = lambda x: x.reshape(B, T, heads, -1).transpose(1, 2)  # noqa: E731  (B, heads, T, ·)
+    # Compiled on accelerators (the fused kernel); eager elsewhere, where it serves as a check.
+    attend: Callable[..., Any] = _compiled_flex() if q.device.type == "cuda" else flex_attention
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*flex_attention.*", category=UserWarning)
+        out = attend(flat(q), flat(k), flat(v), score_mod=score_mod, block_mask=block_mask, scale=scale)
+    return cast(Tensor, out).transpose(1, 2).reshape(B, H, W, heads, -1)
+
+
 def _pair(name: str, value: int | tuple[int, int]) -> tuple[int, int]:
     pair = (value, value) if isinstance(value, int) else tuple(value)
     if len(pair) != 2:
@@ -306,7 +382,8 @@ def neighborhood_attention2d(
         bias: optional (heads, 2k_h-1, 2k_w-1) relative position bias (Swin / NATTEN).
         border: 'mask', 'zeros' or 'shift' (see the module docstring).
         scale: multiplies q·k (default d^-0.5); rel and bias terms are not scaled.
-        backend: 'auto' (the C++ kernel on CPU when it builds, else PyTorch), 'kernel' or 'torch'.
+        backend: 'auto' (CPU: the C++ kernel when it builds, else PyTorch; CUDA: flex_attention,
+            or PyTorch for border 'zeros'), 'kernel', 'torch' or 'flex'.
 
     Returns:
         (B, H, W, heads, d_v).
@@ -316,8 +393,10 @@ def neighborhood_attention2d(
     B, H, W, heads, d = q.shape
     slots = ks[0] * ks[1]
     record(B * H * W * heads * slots * (d + v.shape[-1] + (d if rel is not None else 0)))
-    if backend not in ("auto", "kernel", "torch"):
-        raise ValueError(f"backend must be 'auto', 'kernel' or 'torch', got backend={backend!r}")
+    if backend not in ("auto", "kernel", "torch", "flex"):
+        raise ValueError(f"backend must be 'auto', 'kernel', 'torch' or 'flex', got backend={backend!r}")
+    if backend == "flex" or (backend == "auto" and q.device.type == "cuda" and border != "zeros"):
+        return neighborhood_attention2d_flex(q, k, v, ks, dil, border, scale, rel, bias)
     use_kernel = backend == "kernel" or (backend == "auto" and q.device.type == "cpu")
     if use_kernel and q.device.type == "cpu" and load_kernel("na2d") is not None:
         empty = q.new_empty(0)
