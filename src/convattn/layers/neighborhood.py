@@ -237,7 +237,7 @@ def neighborhood_attention2d_flex(
     block_mask = create_block_mask(mask_mod, None, None, T, T, device=q.device.type)
     flat = lambda x: x.reshape(B, T, heads, -1).transpose(1, 2)  # noqa: E731  (B, heads, T, ·)
     # Compiled on accelerators (the fused kernel); eager elsewhere, where it serves as a check.
-    attend: Callable[..., Any] = _compiled_flex() if q.device.type == "cuda" else flex_attention
+    attend = _compiled_flex() if q.device.type == "cuda" else cast(Callable[..., Any], flex_attention)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*flex_attention.*", category=UserWarning)
         out = attend(flat(q), flat(k), flat(v), score_mod=score_mod, block_mask=block_mask, scale=scale)
