@@ -136,3 +136,52 @@ def test_flex_attention_path_refuses_zero_padding():
     q = torch.randn(1, 4, 4, 2, 3)
     with pytest.raises(ValueError, match="zeros"):
         neighborhood_attention2d(q, q, q, 3, border="zeros", backend="flex")
+
+
+_MEMORY = """
+import ctypes, sys, torch
+torch.set_num_threads(1)
+ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # large blocks are mmapped: freed memory leaves the RSS
+from convattn.bench import unfold_local_attention
+from convattn.layers.neighborhood import neighborhood_attention2d
+
+def status(key):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key))
+
+B, S, h, d, k = 4, 32, 4, 16, 7
+if sys.argv[1] == "na2d":
+    q, kk, v = (torch.randn(B, S, S, h, d, requires_grad=True) for _ in range(3))
+    step = lambda: neighborhood_attention2d(q, kk, v, k).sum().backward()
+else:
+    q, kk, v = (torch.randn(B, h, d, S, S, requires_grad=True) for _ in range(3))
+    step = lambda: unfold_local_attention(q, kk, v, k).sum().backward()
+step()
+for t in (q, kk, v):
+    t.grad = None
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+before = status("VmRSS:")
+step()
+print(status("VmHWM:") - before)
+"""
+
+
+@needs_kernel
+def test_training_memory_is_near_the_analytic_minimum_and_far_below_unfold():
+    """Peak extra memory of a training step (B=4, 32x32, 4 heads x 16, k=7), in fresh processes."""
+    import subprocess
+    import sys
+
+    def peak_kib(impl):
+        run = subprocess.run(
+            [sys.executable, "-c", _MEMORY, impl], capture_output=True, text=True, check=True
+        )
+        return int(run.stdout.strip().splitlines()[-1])
+
+    pixels, channels, slots = 4 * 32 * 32, 64, 4 * 49
+    # Beyond the inputs: the output, four gradients, the probabilities and their gradient (float32).
+    minimum_kib = (5 * pixels * channels + 2 * pixels * slots) * 4 / 1024
+    na2d, unfold = peak_kib("na2d"), peak_kib("unfold")
+    assert na2d <= 3 * minimum_kib
+    assert na2d < 0.25 * unfold
