@@ -440,7 +440,8 @@ void forward_impl(const T* q, const T* k, const T* v, const T* rel, const T* bia
 // Pass 1, per query block: dS = P (dP - sum P dP), dq, and the rel/bias gradients (per-thread sums).
 template <typename T>
 void backward_queries(const T* dout, const T* q, const T* k, const T* v, const T* rel, const T* probs,
-                      const Tables& tb, T scale, const Geometry& g, T* dq, T* ds, T* drel, T* dbias) {
+                      const Tables& tb, T scale, const Geometry& g, bool fixed, T* dq, T* ds, T* drel,
+                      T* dbias) {
   constexpr int64_t L = kLanes<T>;
   const Split sp = split_rows(g);
   const int64_t nb = (g.W + L - 1) / L;
@@ -453,6 +454,9 @@ void backward_queries(const T* dout, const T* q, const T* k, const T* v, const T
     std::vector<T> Kslab, Vslab, Qt(g.D * g.Wp, T(0)), dOt(g.DV * g.Wp, T(0));
     std::vector<vec<T>> P(g.K), dP(g.K), dQ(g.D);
     std::vector<const T*> ptr(g.K);
+    // Fixed windows: every slot has one rel/bias offset, so their gradients are summed lane-wise over
+    // the task and reduced across lanes once at its end.
+    std::vector<vec<T>> rel_acc(fixed && my_rel ? g.K * g.D : 0), bias_acc(fixed && my_bias ? g.K : 0);
     for (int64_t task = begin; task < end; ++task) {
       const auto [b, h, i0, i1, kr0] = load_key_slabs(k, v, tb, g, sp, task, Kslab, Vslab);
       for (int64_t i = i0; i < i1; ++i) {
@@ -492,7 +496,19 @@ void backward_queries(const T* dout, const T* q, const T* k, const T* v, const T
           std::fill(dQ.begin(), dQ.end(), vec<T>{});
           block_gather(dP.data(), Kslab.data() + g.PL, kr0, g.D, tb, g, i, jb, n, ptr.data(), dQ.data());
           for (int64_t c = 0; c < g.D; ++c) dQ[c] *= scale;
-          if (rel || my_bias) {
+          if (fixed && (rel || my_bias)) {
+            for (int64_t t = 0; t < g.K; ++t) {
+              const int64_t oa = t / g.KW + g.KH / 2, ob = t % g.KW + g.KW / 2;
+              const vec<T> d = dP[t];
+              if (rel) {
+                const T* rv = rel_at(rel, g, oa, ob, h);
+                for (int64_t c = 0; c < g.D; ++c) dQ[c] += d * rv[c];
+                if (my_rel)
+                  for (int64_t c = 0; c < g.D; ++c) rel_acc[t * g.D + c] += d * loadu(Q0 + c * g.Wp + j0);
+              }
+              if (my_bias) bias_acc[t] += d;
+            }
+          } else if (rel || my_bias) {
             for (int64_t a = 0; a < g.KH; ++a) {
               const int64_t oa = tb.r_off[i * g.KH + a];
               for (int64_t bb = 0; bb < g.KW; ++bb) {
@@ -517,6 +533,20 @@ void backward_queries(const T* dout, const T* q, const T* k, const T* v, const T
           store_block(dQ.data(), g.D, g, b, h, i, j0, n, dq);
         }
         zero_pads(ds, g, b, h, i);
+      }
+      for (int64_t t = 0; t < g.K && (!rel_acc.empty() || !bias_acc.empty()); ++t) {  // reduce lanes
+        const int64_t oa = t / g.KW + g.KH / 2, ob = t % g.KW + g.KW / 2;
+        if (!rel_acc.empty()) {
+          T* gr = my_rel + ((oa * g.TW + ob) * g.NH + h) * g.D;
+          for (int64_t c = 0; c < g.D; ++c) {
+            for (int64_t l = 0; l < L; ++l) gr[c] += rel_acc[t * g.D + c][l];
+            rel_acc[t * g.D + c] = vec<T>{};
+          }
+        }
+        if (!bias_acc.empty()) {
+          for (int64_t l = 0; l < L; ++l) my_bias[(h * g.TH + oa) * g.TW + ob] += bias_acc[t][l];
+          bias_acc[t] = vec<T>{};
+        }
       }
     }
   });
@@ -712,7 +742,7 @@ std::vector<torch::Tensor> na2d_backward(torch::Tensor dout, torch::Tensor q, to
     const auto s = static_cast<scalar_t>(scale);
     backward_queries<scalar_t>(dout.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
                                v.data_ptr<scalar_t>(), optional_ptr<scalar_t>(rel), probs.data_ptr<scalar_t>(), tb,
-                               s, g, dq.data_ptr<scalar_t>(), ds.data_ptr<scalar_t>(),
+                               s, g, fixed, dq.data_ptr<scalar_t>(), ds.data_ptr<scalar_t>(),
                                want_rel ? drel.data_ptr<scalar_t>() : nullptr,
                                want_bias ? dbias.data_ptr<scalar_t>() : nullptr);
     backward_keys<scalar_t>(dout.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), probs.data_ptr<scalar_t>(),
