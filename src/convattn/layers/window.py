@@ -13,6 +13,8 @@ from the output. The bias table is indexed by offset, so it is the same at every
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -59,7 +61,7 @@ def window_keep_mask(
     # A padded query may find no real key in its region: let it see itself (its output is cropped),
     # so no softmax row is empty and no NaN reaches the backward.
     keep |= torch.eye(w_h * w_w, dtype=torch.bool)
-    return keep.to(device)
+    return keep
 
 
 def _partition(x: Tensor, w_h: int, w_w: int) -> Tensor:
@@ -136,13 +138,21 @@ def window_attention2d(
             x = torch.roll(x, shifts=(-s_h, -s_w), dims=(1, 2))
         return _partition(x, w_h, w_w)  # (B·nW, heads, w², ·)
 
-    keep = window_keep_mask(H, W, (w_h, w_w), (s_h, s_w), q.device)  # (nW, Q, K)
-    mask = torch.zeros(keep.shape, dtype=q.dtype, device=q.device).masked_fill(~keep, float("-inf"))
-    mask = mask[:, None]  # (nW, 1, Q, K)
+    keep = window_keep_mask(H, W, (w_h, w_w), (s_h, s_w)).to(q.device)  # (nW, Q, K)
+    nW, Q = keep.shape[0], w_h * w_w
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    # Batched matmuls over (image, window, head): the additive mask broadcasts over images instead of
+    # being copied per image, and the fused kernel's mask handling is skipped (it falls back to the same
+    # matmuls here, with copies).
+    qw = prepare(q).reshape(B, nW, heads, Q, -1)  # (B, nW, h, Q, d)
+    kw = prepare(k).reshape(B, nW, heads, Q, -1)
+    vw = prepare(v).reshape(B, nW, heads, Q, -1)
+    scores = (qw @ kw.transpose(-1, -2)) * scale  # (B, nW, h, Q, K)
     if bias is not None:
-        mask = mask + _bias_matrix(bias, w_h, w_w).to(q.dtype)[None]  # (nW, heads, Q, K)
-    mask = mask.repeat(B, 1, 1, 1)  # (B·nW, heads|1, Q, K)
-    out = F.scaled_dot_product_attention(prepare(q), prepare(k), prepare(v), attn_mask=mask, scale=scale)
+        scores = scores + _bias_matrix(bias, w_h, w_w).to(q.dtype)  # (h, Q, K)
+    if not bool(keep.all()):
+        scores = scores.masked_fill(~keep[:, None], float("-inf"))  # (nW, 1, Q, K)
+    out = (scores.softmax(dim=-1) @ vw).reshape(B * nW, heads, Q, -1)  # (B·nW, h, Q, d_v)
     out = _merge(out, B, Hp, Wp, w_h, w_w)  # (B, Hp, Wp, heads, d_v)
     if s_h or s_w:
         out = torch.roll(out, shifts=(s_h, s_w), dims=(1, 2))
