@@ -33,13 +33,8 @@ def _regions(n: int, w: int, shift: int) -> Tensor:
     return labels
 
 
-def window_keep_mask(
-    height: int,
-    width: int,
-    window: tuple[int, int],
-    shift: tuple[int, int],
-    device: torch.device | None = None,
-) -> Tensor:
+@lru_cache(maxsize=64)
+def window_keep_mask(height: int, width: int, window: tuple[int, int], shift: tuple[int, int]) -> Tensor:
     """(nW, w_h·w_w, w_h·w_w) True where a query may attend a key, in the rolled, padded frame.
 
     Keys are kept when they are real pixels (not padding) and, for shifted windows, come from the same
