@@ -20,6 +20,7 @@ _SUBMODULES = (
     "metrics",
     "models",
     "plotting",
+    "records",
     "study",
     "viz",
 )

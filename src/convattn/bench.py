@@ -10,7 +10,6 @@ count and CPU.
 
 from __future__ import annotations
 
-import csv
 import statistics
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from convattn.environment import environment
 from convattn.flops import count_macs
 from convattn.layers.mixers import create_mixer
 from convattn.layers.neighborhood import neighborhood_attention2d
+from convattn.records import write_csv
 
 __all__ = ["BenchConfig", "run_bench", "unfold_local_attention"]
 
@@ -250,9 +250,5 @@ def run_bench(cfg: BenchConfig | None = None, *, log: Callable[[str], None] = pr
                 f"peak {r['peak_train_mib']:7.1f} MiB  {r['fwd_gflops']:6.1f} GFLOP/s (matmul {roof:.0f})"
             )
     if cfg.out is not None:
-        cfg.out.parent.mkdir(parents=True, exist_ok=True)
-        with open(cfg.out, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv(cfg.out, rows)
     return rows

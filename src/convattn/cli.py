@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from convattn import __version__
+from convattn.records import write_csv
 
 PROG = "convattn"
 
@@ -116,8 +117,6 @@ def _conv_config(args: argparse.Namespace) -> dict[str, object] | None:
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
-    import csv
-
     import torch
     from torch import nn
 
@@ -142,11 +141,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         )
     print(f"input 2x{args.size[0]}x{args.size[1]} unit normal, default-initialised convs, seed {args.seed}")
     if args.csv:
-        args.csv.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.csv, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv(args.csv, rows)
     if args.picture or args.centres:
         from convattn.viz import plot_attention_heads, plot_quadratic_centres
 
@@ -166,8 +161,6 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 def _cmd_properties(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
-    import csv
-
     from convattn.properties import property_table
 
     rows = [p.row() for p in property_table(args.mixers or None, size=args.size)]
@@ -187,11 +180,7 @@ def _cmd_properties(args: argparse.Namespace) -> int:
         )
     print(f"measured with autograd on {args.size}x{args.size} float64 maps, 16 channels in heads/groups of 4")
     if args.csv:
-        args.csv.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.csv, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv(args.csv, rows)
     return 0
 
 

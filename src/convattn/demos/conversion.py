@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +9,7 @@ import torch
 from torch import nn
 
 from convattn.convert import CONV_TABLE, check_conversion, conv_to_attention
+from convattn.records import write_csv
 from convattn.viz import plot_attention_heads, plot_quadratic_centres
 
 __all__ = ["markdown_table", "run"]
@@ -33,10 +33,7 @@ def run(out_dir: Path, *, seed: int = 0, size: tuple[int, int] = (16, 16)) -> di
     """Write `conversion.csv`/`.md`, `conv_heads.png` and `conv_centres.png`; return the rows."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = [check_conversion(cfg, size=size, seed=seed) for cfg in CONV_TABLE]
-    with open(out_dir / "conversion.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out_dir / "conversion.csv", rows)
     (out_dir / "conversion.md").write_text(markdown_table(rows))
     torch.manual_seed(seed)
     layer = conv_to_attention(nn.Conv2d(8, 8, 3, padding=1)).attention

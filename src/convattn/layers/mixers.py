@@ -78,6 +78,11 @@ def _pool(x: Tensor, stride: int) -> Tensor:
     return x if stride == 1 else F.avg_pool2d(x, stride, stride, ceil_mode=True)
 
 
+def _add_bias(x: Tensor, bias: Tensor | None) -> Tensor:
+    """x (B, C, H, W) plus a per-channel bias, if any."""
+    return x if bias is None else x + bias[None, :, None, None]
+
+
 def _to_heads(x: Tensor, heads: int) -> Tensor:
     """(B, h·d, H, W) -> (B, H, W, h, d)."""
     B, C, H, W = x.shape
@@ -165,10 +170,7 @@ class DynamicDWConv(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         check_tensor("x", x, 4)
-        out = self.aggregate(x, x)
-        if self.bias is not None:
-            out = out + self.bias[None, :, None, None]
-        return _pool(out, self.stride)
+        return _pool(_add_bias(self.aggregate(x, x), self.bias), self.stride)
 
 
 @register_mixer("dynamic_dwconv")
@@ -202,10 +204,7 @@ class LocalMLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         check_tensor("x", x, 4)
-        out = self.aggregate(x, x)
-        if self.bias is not None:
-            out = out + self.bias[None, :, None, None]
-        return _pool(out, self.stride)
+        return _pool(_add_bias(self.aggregate(x, x), self.bias), self.stride)
 
 
 @register_mixer("local_mlp")
