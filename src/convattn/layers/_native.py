@@ -59,7 +59,7 @@ def load_kernel(name: str) -> ModuleType | None:
         return load(
             name=f"convattn_{name}_{digest[:12]}",
             sources=[str(source)],
-            extra_cflags=["-O3", "-g", "-march=native", "-fopenmp", "-fopenmp-simd"],
+            extra_cflags=["-O3", "-march=native", "-fopenmp", "-fopenmp-simd"],
             extra_ldflags=["-fopenmp"],
             verbose=False,
         )
