@@ -279,6 +279,7 @@ class SASA(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         check_tensor("x", x, 4)
+        x = x.contiguous(memory_format=torch.channels_last)  # heads-last views of the projections: no copies
         k, v = self.kv(x).chunk(2, dim=1)
         return _pool(self._attend(self.q(x), k, v), self.stride)
 
@@ -378,6 +379,7 @@ class WindowAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         check_tensor("x", x, 4)
+        x = x.contiguous(memory_format=torch.channels_last)  # heads-last views of the projections: no copies
         return _pool(self.proj(self._attend(*self.qkv(x).chunk(3, dim=1))), self.stride)
 
 
