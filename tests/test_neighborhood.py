@@ -185,3 +185,17 @@ def test_training_memory_is_near_the_analytic_minimum_and_far_below_unfold():
     na2d, unfold = peak_kib("na2d"), peak_kib("unfold")
     assert na2d <= 3 * minimum_kib
     assert na2d < 0.25 * unfold
+
+
+@needs_kernel
+@pytest.mark.parametrize(("dtype", "shape"), [(torch.float32, (2, 6, 35, 2, 16)), (f64, (1, 5, 19, 2, 8))])
+def test_kernel_full_tiles_and_remainders(dtype, shape):
+    """Maps wider than a vector and heads of a full vector width take the tiled transposes."""
+    q, k, v = (torch.randn(*shape, dtype=dtype, requires_grad=True) for _ in range(3))
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    a = neighborhood_attention2d(q, k, v, 5, backend="kernel")
+    b = neighborhood_attention2d(q, k, v, 5, backend="torch")
+    torch.testing.assert_close(a, b, atol=tol, rtol=tol)
+    g = torch.randn_like(a)
+    for x, y in zip(torch.autograd.grad(a, [q, k, v], g), torch.autograd.grad(b, [q, k, v], g), strict=True):
+        torch.testing.assert_close(x, y, atol=tol, rtol=tol)

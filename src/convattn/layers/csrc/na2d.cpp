@@ -145,6 +145,32 @@ std::vector<vec<T>> lane_masks(const Tables& tb, const Geometry& g) {
   return masks;
 }
 
+// In-place transpose of an L×L tile held as L vectors: stage b swaps the b×b off-diagonal blocks of
+// every pair of rows (i, i + b); log2(L) stages transpose the tile.
+template <typename T, int64_t B>
+inline void swap_blocks(vec<T>* r) {
+  using I = typename IntVecOf<T>::type;
+  constexpr int64_t L = kLanes<T>;
+  I lo = {}, hi = {};
+  for (int64_t l = 0; l < L; ++l) {
+    lo[l] = (l & B) ? L + l - B : l;
+    hi[l] = (l & B) ? L + l : l + B;
+  }
+  for (int64_t i = 0; i < L; ++i) {
+    if (i & B) continue;
+    const vec<T> a = r[i], b = r[i + B];
+    r[i] = __builtin_shuffle(a, b, lo);
+    r[i + B] = __builtin_shuffle(a, b, hi);
+  }
+}
+template <typename T>
+inline void transpose_tile(vec<T>* r) {
+  if constexpr (kLanes<T> == 16) swap_blocks<T, 8>(r);
+  swap_blocks<T, 4>(r);
+  swap_blocks<T, 2>(r);
+  swap_blocks<T, 1>(r);
+}
+
 // Copy rows [r0, r1) of head h of image b from heads-last x (B, H, W, NH, C) into slab[row][c][Wp].
 template <typename T>
 void to_slab(const T* x, int64_t C, const Geometry& g, int64_t b, int64_t h, int64_t r0, int64_t r1, T* slab) {
@@ -152,9 +178,18 @@ void to_slab(const T* x, int64_t C, const Geometry& g, int64_t b, int64_t h, int
   for (int64_t r = r0; r < r1; ++r) {
     const T* src = x + ((b * g.H + r) * g.W * g.NH + h) * C;
     T* dst = slab + (r - r0) * C * g.Wp + g.PL;
-    // Channel-major walk: contiguous stores, and the strided loads stay in the row's few cache lines.
+    constexpr int64_t L = kLanes<T>;
+    const int64_t jt = (g.W / L) * L, ct = (C / L) * L;
+    vec<T> tile[L];
+    for (int64_t j0 = 0; j0 < jt; j0 += L)  // full L×L tiles: vector loads, in-register transpose
+      for (int64_t c0 = 0; c0 < ct; c0 += L) {
+        for (int64_t l = 0; l < L; ++l) tile[l] = loadu(src + (j0 + l) * stride + c0);
+        transpose_tile<T>(tile);
+        for (int64_t c = 0; c < L; ++c) storeu(dst + (c0 + c) * g.Wp + j0, tile[c]);
+      }
+    // The rest, channel-major: contiguous stores, strided loads within a few cache lines.
     for (int64_t c = 0; c < C; ++c)
-      for (int64_t j = 0; j < g.W; ++j) dst[c * g.Wp + j] = src[j * stride + c];
+      for (int64_t j = (c < ct ? jt : 0); j < g.W; ++j) dst[c * g.Wp + j] = src[j * stride + c];
   }
 }
 
@@ -400,9 +435,17 @@ void block_gather(const vec<T>* w, const T* slab, int64_t kr0, int64_t C, const 
 template <typename T>
 void store_block(const vec<T>* acc, int64_t C, const Geometry& g, int64_t b, int64_t h, int64_t i, int64_t j0,
                  int64_t n, T* y) {
+  constexpr int64_t L = kLanes<T>;
+  const int64_t ct = n == L ? (C / L) * L : 0;
+  vec<T> tile[L];
+  for (int64_t c0 = 0; c0 < ct; c0 += L) {  // full tiles: in-register transpose, vector stores
+    for (int64_t c = 0; c < L; ++c) tile[c] = acc[c0 + c];
+    transpose_tile<T>(tile);
+    for (int64_t l = 0; l < L; ++l) storeu(y + (((b * g.H + i) * g.W + j0 + l) * g.NH + h) * C + c0, tile[l]);
+  }
   for (int64_t l = 0; l < n; ++l) {
     T* dst = y + (((b * g.H + i) * g.W + j0 + l) * g.NH + h) * C;
-    for (int64_t c = 0; c < C; ++c) dst[c] = acc[c][l];
+    for (int64_t c = ct; c < C; ++c) dst[c] = acc[c][l];
   }
 }
 
