@@ -31,6 +31,15 @@ def check_positive_int(name: str, value: object) -> int:
     return value
 
 
+def check_pair(name: str, value: object) -> tuple[int, int]:
+    """An int >= 1 or a pair of them, as a pair (kernel sizes, dilations, windows)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return check_positive_int(name, value), value
+    if not isinstance(value, tuple | list) or len(value) != 2:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {name}={value!r}")
+    return check_positive_int(name, value[0]), check_positive_int(name, value[1])
+
+
 def check_probability(name: str, value: object) -> float:
     """Raise unless `value` is a real number in [0, 1)."""
     if isinstance(value, bool) or not isinstance(value, int | float):

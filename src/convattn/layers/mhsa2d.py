@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from convattn.layers._checks import check_positive_int, check_probability, check_tensor
+from convattn.layers._checks import check_pair, check_positive_int, check_probability, check_tensor
 from convattn.layers.pos_embed import sinusoidal_2d
 
 __all__ = ["ENCODINGS", "MultiHeadSelfAttention2d", "pixel_positions"]
@@ -52,13 +52,6 @@ def pixel_positions(height: int, width: int, *, dtype: torch.dtype, device: torc
     rows = torch.arange(height, dtype=dtype, device=device)
     cols = torch.arange(width, dtype=dtype, device=device)
     return torch.stack(torch.meshgrid(rows, cols, indexing="ij"), dim=-1).reshape(-1, 2)  # (T, 2)
-
-
-def _pair(name: str, value: int | tuple[int, int]) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2:
-        raise ValueError(f"{name} must be an int or a pair, got {name}={value!r}")
-    return check_positive_int(name, pair[0]), check_positive_int(name, pair[1])
 
 
 class MultiHeadSelfAttention2d(nn.Module):
@@ -118,7 +111,7 @@ class MultiHeadSelfAttention2d(nn.Module):
         self.in_channels = C
         self.out_channels = C if out_channels is None else check_positive_int("out_channels", out_channels)
         self.attn_dropout = check_probability("attn_dropout", attn_dropout)
-        self.max_size = _pair("max_size", max_size)
+        self.max_size = check_pair("max_size", max_size)
         h = self.num_heads
 
         self.content = encoding in ("none", "absolute", "absolute_sinusoidal", "relative_content")

@@ -30,7 +30,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor
 
-from convattn.layers._checks import check_positive_int, check_tensor
+from convattn.layers._checks import check_pair, check_tensor
 from convattn.layers._macs import record
 from convattn.layers._native import load_kernel
 
@@ -244,13 +244,6 @@ def neighborhood_attention2d_flex(
     return cast(Tensor, out).transpose(1, 2).reshape(B, H, W, heads, -1)
 
 
-def _pair(name: str, value: int | tuple[int, int]) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2:
-        raise ValueError(f"{name} must be an int or a pair of ints, got {name}={value!r}")
-    return check_positive_int(name, pair[0]), check_positive_int(name, pair[1])
-
-
 def _check_inputs(
     q: Tensor,
     k: Tensor,
@@ -270,7 +263,7 @@ def _check_inputs(
         )
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"q, k and v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    ks, dil = _pair("kernel_size", kernel_size), _pair("dilation", dilation)
+    ks, dil = check_pair("kernel_size", kernel_size), check_pair("dilation", dilation)
     if ks[0] % 2 == 0 or ks[1] % 2 == 0:
         raise ValueError(
             f"kernel_size must be odd (the window is centred on the query), got kernel_size={ks}"

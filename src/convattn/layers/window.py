@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from convattn.layers._checks import check_positive_int, check_tensor
+from convattn.layers._checks import check_pair, check_tensor
 
 __all__ = ["window_attention2d", "window_keep_mask"]
 
@@ -110,9 +110,7 @@ def window_attention2d(
             f"q, k must be (B, H, W, heads, d) and v (B, H, W, heads, d_v), got {tuple(q.shape)=}, "
             f"{tuple(k.shape)=}, {tuple(v.shape)=}"
         )
-    w_h, w_w = (window, window) if isinstance(window, int) else window
-    check_positive_int("window", w_h)
-    check_positive_int("window", w_w)
+    w_h, w_w = check_pair("window", window)
     s_h, s_w = (shift, shift) if isinstance(shift, int) else shift
     if not (0 <= s_h < w_h and 0 <= s_w < w_w):
         raise ValueError(
