@@ -193,6 +193,18 @@ void to_slab(const T* x, int64_t C, const Geometry& g, int64_t b, int64_t h, int
   }
 }
 
+// Size a slab for `rows` rows of C channels and zero only its padding columns (to_slab fills the rest).
+template <typename T>
+void prepare_slab(std::vector<T>& slab, int64_t rows, int64_t C, const Geometry& g) {
+  const int64_t need = rows * C * g.Wp;
+  if (static_cast<int64_t>(slab.size()) < need) slab.resize(need);
+  for (int64_t rc = 0; rc < rows * C; ++rc) {
+    T* line = slab.data() + rc * g.Wp;
+    std::fill(line, line + g.PL, T(0));
+    std::fill(line + g.PL + g.W, line + g.Wp, T(0));
+  }
+}
+
 // Per-task work split: (b, h, chunk of rows), enough tasks to keep every thread busy.
 struct Split {
   int64_t chunk, nchunks;
@@ -225,8 +237,8 @@ Task load_key_slabs(const T* k, const T* v, const Tables& tb, const Geometry& g,
   const int64_t b = task / (g.NH * sp.nchunks), h = (task / sp.nchunks) % g.NH;
   const int64_t i0 = (task % sp.nchunks) * sp.chunk, i1 = std::min(g.H, i0 + sp.chunk);
   const auto [kr0, kr1] = key_rows(tb, g, i0, i1);
-  Kslab.assign((kr1 - kr0) * g.D * g.Wp, T(0));
-  Vslab.assign((kr1 - kr0) * g.DV * g.Wp, T(0));
+  prepare_slab(Kslab, kr1 - kr0, g.D, g);
+  prepare_slab(Vslab, kr1 - kr0, g.DV, g);
   to_slab(k, g.D, g, b, h, kr0, kr1, Kslab.data());
   to_slab(v, g.DV, g, b, h, kr0, kr1, Vslab.data());
   return {b, h, i0, i1, kr0};
@@ -651,8 +663,8 @@ void backward_keys(const T* dout, const T* q, const T* probs, const T* ds, const
         }
       ++qr1;
       if (qr1 > qr0) {
-        Qslab.assign((qr1 - qr0) * g.D * g.Wp, T(0));
-        dOslab.assign((qr1 - qr0) * g.DV * g.Wp, T(0));
+        prepare_slab(Qslab, qr1 - qr0, g.D, g);
+        prepare_slab(dOslab, qr1 - qr0, g.DV, g);
         to_slab(q, g.D, g, b, h, qr0, qr1, Qslab.data());
         to_slab(dout, g.DV, g, b, h, qr0, qr1, dOslab.data());
       }
