@@ -199,3 +199,12 @@ def test_kernel_full_tiles_and_remainders(dtype, shape):
     g = torch.randn_like(a)
     for x, y in zip(torch.autograd.grad(a, [q, k, v], g), torch.autograd.grad(b, [q, k, v], g), strict=True):
         torch.testing.assert_close(x, y, atol=tol, rtol=tol)
+
+
+def test_the_kernel_builds_where_ci_runs():
+    """On CI (CI=true) the kernel must build, so its tests run instead of being skipped."""
+    import os
+
+    if os.environ.get("CI", "").lower() != "true" or os.environ.get("CONVATTN_NO_KERNEL"):
+        pytest.skip("only enforced on CI")
+    assert load_kernel("na2d") is not None
