@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from convattn.layers import reference as ref
+from convattn.layers._native import load_kernel
 from convattn.layers.dynamic import image_dwconv2d, pixel_dwconv2d
 from convattn.layers.mixers import SASA, create_mixer, list_mixers
 from convattn.layers.window import window_attention2d
@@ -80,11 +81,16 @@ def test_window_attention_matches_reference(size, window, shift):
         torch.testing.assert_close(a, b, atol=1e-11, rtol=0)
 
 
+needs_kernel = pytest.mark.skipif(load_kernel("na2d") is None, reason="the C++ kernel did not build here")
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("kernel", marks=needs_kernel)])
+@pytest.mark.parametrize("size", [(5, 6), (3, 19), (1, 1)])
 @pytest.mark.parametrize("dilation", [1, 2])
-def test_dynamic_convs_match_reference(dilation):
-    x = torch.randn(2, 4, 5, 6, dtype=f64, requires_grad=True)
-    per_pixel = torch.randn(2, 2, 9, 5, 6, dtype=f64, requires_grad=True)
-    out = pixel_dwconv2d(x, per_pixel, dilation=dilation)
+def test_dynamic_convs_match_reference(dilation, size, backend):
+    x = torch.randn(2, 4, *size, dtype=f64, requires_grad=True)
+    per_pixel = torch.randn(2, 2, 9, *size, dtype=f64, requires_grad=True)
+    out = pixel_dwconv2d(x, per_pixel, dilation=dilation, backend=backend)
     expected = ref.pixel_dwconv2d(x, per_pixel, dilation)
     torch.testing.assert_close(out, expected, atol=1e-12, rtol=0)
     g = torch.randn_like(out)

@@ -8,12 +8,16 @@ Both are pure functions of (input, kernels); the modules that predict the kernel
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from convattn.layers._checks import check_tensor
 from convattn.layers._macs import record
+from convattn.layers._native import load_kernel
+from convattn.layers.neighborhood import _tables, inverse_windows
 
 __all__ = ["image_dwconv2d", "pixel_dwconv2d"]
 
@@ -47,13 +51,50 @@ def image_dwconv2d(x: Tensor, kernels: Tensor, bias: Tensor | None = None, *, di
     return out if bias is None else out + bias[None, :, None, None]
 
 
-def pixel_dwconv2d(x: Tensor, kernels: Tensor, *, dilation: int = 1) -> Tensor:
+class _KernelPixelDWConv(torch.autograd.Function):
+    """The na2d kernel's weighted window sums with given weights: zero-padded k×k windows."""
+
+    @staticmethod
+    def forward(ctx: Any, v: Tensor, w: Tensor, k: int, dilation: int) -> Tensor:
+        rows, cols = _tables(v, (k, k), (dilation, dilation), "zeros")
+        out = load_kernel("na2d").apply_forward(w, v, *rows, *cols, dilation)  # type: ignore[union-attr]
+        ctx.save_for_backward(v, w)
+        ctx.geometry = (k, dilation)
+        return cast(Tensor, out)
+
+    @staticmethod
+    def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:
+        v, w = ctx.saved_tensors
+        k, dilation = ctx.geometry
+        rows, cols = _tables(v, (k, k), (dilation, dilation), "zeros")
+        inv = inverse_windows(v.shape[1], k, dilation, "zeros")
+        dw, dv = load_kernel("na2d").apply_backward(  # type: ignore[union-attr]
+            dout.contiguous(), w, v, *rows, *cols, inv, dilation
+        )
+        return dv, dw, None, None
+
+
+def _pixel_dwconv2d_kernel(x: Tensor, kernels: Tensor, k: int, dilation: int) -> Tensor:
+    """Lay x out heads-last (groups as heads) and the kernels like attention probabilities, then run."""
+    B, C, H, W = x.shape
+    G = kernels.shape[1]
+    v = x.reshape(B, G, C // G, H, W).permute(0, 3, 4, 1, 2).contiguous()  # (B, H, W, G, C/G)
+    pad = dilation * (k // 2)
+    lanes = 64 // x.element_size()
+    w = kernels.permute(0, 1, 3, 2, 4)  # (B, G, H, k², W)
+    w = F.pad(w, (pad, pad + lanes)).contiguous()  # (B, G, H, k², pad + W + pad + lanes)
+    out = _KernelPixelDWConv.apply(v, w, k, dilation)  # (B, H, W, G, C/G)
+    return out.permute(0, 3, 4, 1, 2).reshape(B, C, H, W)
+
+
+def pixel_dwconv2d(x: Tensor, kernels: Tensor, *, dilation: int = 1, backend: str = "auto") -> Tensor:
     """Depth-wise conv with a kernel per pixel and channel group (zero padding).
 
     Args:
         x: (B, C, H, W).
         kernels: (B, G, k_h·k_w, H, W) with G dividing C; channel c uses group c // (C / G).
         dilation: spacing of the taps.
+        backend: 'auto' (the C++ kernel on CPU when it builds), 'kernel' or 'torch'.
 
     Returns:
         (B, C, H, W): out[b, c, p] = Σ_t kernels[b, g(c), t, p] · x[b, c, p + offset_t].
@@ -72,6 +113,12 @@ def pixel_dwconv2d(x: Tensor, kernels: Tensor, *, dilation: int = 1) -> Tensor:
         raise ValueError(f"kernels must hold k·k taps of a square window, got {K}")
     _odd(k, k)
     record(B * C * H * W * K)
+    if backend not in ("auto", "kernel", "torch"):
+        raise ValueError(f"backend must be 'auto', 'kernel' or 'torch', got backend={backend!r}")
+    if backend != "torch" and x.device.type == "cpu" and load_kernel("na2d") is not None:
+        return _pixel_dwconv2d_kernel(x, kernels, k, dilation)
+    if backend == "kernel":
+        raise RuntimeError("backend='kernel' needs a CPU tensor and a built C++ kernel")
     r = (k // 2) * dilation
     padded = F.pad(x, (r, r, r, r)).reshape(B, G, C // G, H + 2 * r, W + 2 * r)  # (B, G, C/G, H+2r, W+2r)
     out = torch.zeros(B, G, C // G, H, W, dtype=x.dtype, device=x.device)

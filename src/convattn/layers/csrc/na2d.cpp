@@ -237,9 +237,11 @@ Task load_key_slabs(const T* k, const T* v, const Tables& tb, const Geometry& g,
   const int64_t b = task / (g.NH * sp.nchunks), h = (task / sp.nchunks) % g.NH;
   const int64_t i0 = (task % sp.nchunks) * sp.chunk, i1 = std::min(g.H, i0 + sp.chunk);
   const auto [kr0, kr1] = key_rows(tb, g, i0, i1);
-  prepare_slab(Kslab, kr1 - kr0, g.D, g);
+  if (k) {  // null for the weighted sums with given weights, which read values only
+    prepare_slab(Kslab, kr1 - kr0, g.D, g);
+    to_slab(k, g.D, g, b, h, kr0, kr1, Kslab.data());
+  }
   prepare_slab(Vslab, kr1 - kr0, g.DV, g);
-  to_slab(k, g.D, g, b, h, kr0, kr1, Kslab.data());
   to_slab(v, g.DV, g, b, h, kr0, kr1, Vslab.data());
   return {b, h, i0, i1, kr0};
 }
@@ -808,7 +810,119 @@ std::vector<torch::Tensor> na2d_backward(torch::Tensor dout, torch::Tensor q, to
   return {dq, dk, dv, drel, dbias};
 }
 
+// Weighted window sums with given weights (no softmax): out_p = sum_t w[p, t] v_{p + offset_t}, the
+// per-pixel depth-wise convolution. w is laid out like the probabilities: (B, heads, H, K, Wp).
+template <typename T>
+void apply_forward_impl(const T* w, const T* v, const Tables& tb, const Geometry& g, T* out) {
+  constexpr int64_t L = kLanes<T>;
+  const Split sp = split_rows(g);
+  const int64_t nb = (g.W + L - 1) / L;
+  at::parallel_for(0, g.B * g.NH * sp.nchunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> Kslab, Vslab;
+    std::vector<vec<T>> P(g.K), O(g.DV);
+    std::vector<const T*> ptr(g.K);
+    for (int64_t task = begin; task < end; ++task) {
+      const auto [b, h, i0, i1, kr0] = load_key_slabs<T>(nullptr, v, tb, g, sp, task, Kslab, Vslab);
+      for (int64_t i = i0; i < i1; ++i)
+        for (int64_t jb = 0; jb < nb; ++jb) {
+          const int64_t j0 = jb * L, n = std::min(L, g.W - j0);
+          for (int64_t t = 0; t < g.K; ++t) P[t] = load_lanes(prob_row(w, g, b, h, i, t) + j0, n);
+          std::fill(O.begin(), O.end(), vec<T>{});
+          block_gather(P.data(), Vslab.data() + g.PL, kr0, g.DV, tb, g, i, jb, n, ptr.data(), O.data());
+          store_block(O.data(), g.DV, g, b, h, i, j0, n, out);
+        }
+    }
+  });
+}
+
+// Gradients of the weighted sums: dw[p, t] = dout_p . v_{p + offset_t} (per query), and
+// dv = sum_t w dout gathered per key row (fixed windows only: zero-padded, as the convolution).
+template <typename T>
+void apply_backward_impl(const T* dout, const T* w, const T* v, const Tables& tb, const int64_t* r_inv, int64_t mr,
+                         const Geometry& g, int64_t col_dilation, T* dw, T* dv) {
+  constexpr int64_t L = kLanes<T>;
+  const Split sp = split_rows(g);
+  const int64_t nb = (g.W + L - 1) / L;
+  at::parallel_for(0, g.B * g.NH * sp.nchunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> Kslab, Vslab, dOt(g.DV * g.Wp, T(0));
+    std::vector<vec<T>> dP(g.K);
+    std::vector<const T*> ptr(g.K);
+    for (int64_t task = begin; task < end; ++task) {
+      const auto [b, h, i0, i1, kr0] = load_key_slabs<T>(nullptr, v, tb, g, sp, task, Kslab, Vslab);
+      for (int64_t i = i0; i < i1; ++i) {
+        to_slab(dout, g.DV, g, b, h, i, i + 1, dOt.data());
+        for (int64_t jb = 0; jb < nb; ++jb) {
+          const int64_t j0 = jb * L, n = std::min(L, g.W - j0);
+          std::fill(dP.begin(), dP.end(), vec<T>{});
+          slot_pointers(Vslab.data() + g.PL, kr0, g.DV, tb, g, i, jb, ptr.data());
+          dot_slots(dOt.data() + g.PL + j0, ptr.data(), g.K, g.DV, g.Wp, dP.data());
+          for (int64_t t = 0; t < g.K; ++t) store_lanes(prob_row(dw, g, b, h, i, t) + j0, dP[t], n);
+        }
+        zero_pads(dw, g, b, h, i);
+      }
+    }
+  });
+  at::parallel_for(0, g.B * g.NH * sp.nchunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> dOslab;
+    std::vector<vec<T>> tmp(g.DV);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / (g.NH * sp.nchunks), h = (task / sp.nchunks) % g.NH;
+      const int64_t k0 = (task % sp.nchunks) * sp.chunk, k1 = std::min(g.H, k0 + sp.chunk);
+      int64_t qr0 = g.H, qr1 = -1;
+      for (int64_t kr = k0; kr < k1; ++kr)
+        for (int64_t x = 0; x < mr && r_inv[(kr * mr + x) * 2] >= 0; ++x) {
+          qr0 = std::min(qr0, r_inv[(kr * mr + x) * 2]);
+          qr1 = std::max(qr1, r_inv[(kr * mr + x) * 2]);
+        }
+      ++qr1;
+      prepare_slab(dOslab, std::max<int64_t>(qr1 - qr0, 0), g.DV, g);
+      if (qr1 > qr0) to_slab(dout, g.DV, g, b, h, qr0, qr1, dOslab.data());
+      for (int64_t kr = k0; kr < k1; ++kr) {
+        int64_t npairs = 0;
+        while (npairs < mr && r_inv[(kr * mr + npairs) * 2] >= 0) ++npairs;
+        for (int64_t kb = 0; kb < nb; ++kb) {
+          const int64_t kc0 = kb * L, n = std::min(L, g.W - kc0);
+          gather_fixed(w, dOslab.data() + g.PL, g.DV * g.Wp, g.DV, r_inv + kr * mr * 2, npairs, qr0, g, b, h, kc0,
+                       col_dilation, T(1), tmp.data());
+          store_block(tmp.data(), g.DV, g, b, h, kr, kc0, n, dv);
+        }
+      }
+    }
+  });
+}
+
+torch::Tensor na2d_apply_forward(torch::Tensor w, torch::Tensor v, torch::Tensor r_idx, torch::Tensor r_ok,
+                                 torch::Tensor r_off, torch::Tensor c_idx, torch::Tensor c_ok, torch::Tensor c_off,
+                                 int64_t col_dilation) {
+  torch::Tensor out;
+  AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "na2d_apply_forward", [&] {
+    const Geometry g = geometry<scalar_t>(v, v, r_idx, c_idx, true, col_dilation);
+    const Tables tb = make_tables<scalar_t>(r_idx, r_ok, r_off, c_idx, c_ok, c_off, g, true, col_dilation);
+    TORCH_CHECK(w.size(4) == g.Wp && w.size(3) == g.K, "weights must be (B, heads, H, K, Wp)");
+    out = torch::empty_like(v);
+    apply_forward_impl<scalar_t>(w.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), tb, g, out.data_ptr<scalar_t>());
+  });
+  return out;
+}
+
+std::vector<torch::Tensor> na2d_apply_backward(torch::Tensor dout, torch::Tensor w, torch::Tensor v,
+                                               torch::Tensor r_idx, torch::Tensor r_ok, torch::Tensor r_off,
+                                               torch::Tensor c_idx, torch::Tensor c_ok, torch::Tensor c_off,
+                                               torch::Tensor r_inv, int64_t col_dilation) {
+  auto dw = torch::empty_like(w), dv = torch::empty_like(v);
+  AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "na2d_apply_backward", [&] {
+    const Geometry g = geometry<scalar_t>(v, v, r_idx, c_idx, true, col_dilation);
+    const Tables tb = make_tables<scalar_t>(r_idx, r_ok, r_off, c_idx, c_ok, c_off, g, true, col_dilation);
+    apply_backward_impl<scalar_t>(dout.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), tb,
+                                  r_inv.data_ptr<int64_t>(), r_inv.size(1), g, col_dilation,
+                                  dw.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>());
+  });
+  return {dw, dv};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("apply_forward", &na2d_apply_forward, "weighted window sums with given weights, forward (CPU)");
+  m.def("apply_backward", &na2d_apply_backward, "weighted window sums with given weights, backward (CPU)");
   m.def("forward", &na2d_forward, "neighbourhood attention 2-D forward (CPU)");
   m.def("backward", &na2d_backward, "neighbourhood attention 2-D backward (CPU)");
 }
