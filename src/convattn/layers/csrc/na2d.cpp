@@ -246,6 +246,17 @@ Task load_key_slabs(const T* k, const T* v, const Tables& tb, const Geometry& g,
   return {b, h, i0, i1, kr0};
 }
 
+// Query rows [lo, hi) whose windows reach key rows [k0, k1), from the inverse row table.
+std::pair<int64_t, int64_t> query_rows(const int64_t* r_inv, int64_t mr, int64_t H, int64_t k0, int64_t k1) {
+  int64_t lo = H, hi = -1;
+  for (int64_t kr = k0; kr < k1; ++kr)
+    for (int64_t x = 0; x < mr && r_inv[(kr * mr + x) * 2] >= 0; ++x) {
+      lo = std::min(lo, r_inv[(kr * mr + x) * 2]);
+      hi = std::max(hi, r_inv[(kr * mr + x) * 2]);
+    }
+  return {lo, hi + 1};
+}
+
 template <typename T>
 inline const T* rel_at(const T* rel, const Geometry& g, int64_t oa, int64_t ob, int64_t h) {
   return rel + ((oa * g.TW + ob) * g.NH + h) * g.D;
@@ -657,13 +668,7 @@ void backward_keys(const T* dout, const T* q, const T* probs, const T* ds, const
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / (g.NH * sp.nchunks), h = (task / sp.nchunks) % g.NH;
       const int64_t k0 = (task % sp.nchunks) * sp.chunk, k1 = std::min(g.H, k0 + sp.chunk);
-      int64_t qr0 = g.H, qr1 = -1;  // query rows that reach these key rows
-      for (int64_t kr = k0; kr < k1; ++kr)
-        for (int64_t x = 0; x < mr && r_inv[(kr * mr + x) * 2] >= 0; ++x) {
-          qr0 = std::min(qr0, r_inv[(kr * mr + x) * 2]);
-          qr1 = std::max(qr1, r_inv[(kr * mr + x) * 2]);
-        }
-      ++qr1;
+      const auto [qr0, qr1] = query_rows(r_inv, mr, g.H, k0, k1);
       if (qr1 > qr0) {
         prepare_slab(Qslab, qr1 - qr0, g.D, g);
         prepare_slab(dOslab, qr1 - qr0, g.DV, g);
@@ -868,13 +873,7 @@ void apply_backward_impl(const T* dout, const T* w, const T* v, const Tables& tb
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / (g.NH * sp.nchunks), h = (task / sp.nchunks) % g.NH;
       const int64_t k0 = (task % sp.nchunks) * sp.chunk, k1 = std::min(g.H, k0 + sp.chunk);
-      int64_t qr0 = g.H, qr1 = -1;
-      for (int64_t kr = k0; kr < k1; ++kr)
-        for (int64_t x = 0; x < mr && r_inv[(kr * mr + x) * 2] >= 0; ++x) {
-          qr0 = std::min(qr0, r_inv[(kr * mr + x) * 2]);
-          qr1 = std::max(qr1, r_inv[(kr * mr + x) * 2]);
-        }
-      ++qr1;
+      const auto [qr0, qr1] = query_rows(r_inv, mr, g.H, k0, k1);
       prepare_slab(dOslab, std::max<int64_t>(qr1 - qr0, 0), g.DV, g);
       if (qr1 > qr0) to_slab(dout, g.DV, g, b, h, qr0, qr1, dOslab.data());
       for (int64_t kr = k0; kr < k1; ++kr) {
