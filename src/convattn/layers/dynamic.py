@@ -17,7 +17,7 @@ from torch import Tensor
 from convattn.layers._checks import check_tensor
 from convattn.layers._macs import record
 from convattn.layers._native import load_kernel
-from convattn.layers.neighborhood import _tables, inverse_windows
+from convattn.layers.neighborhood import grid_windows, inverse_windows
 
 __all__ = ["image_dwconv2d", "pixel_dwconv2d"]
 
@@ -56,8 +56,8 @@ class _KernelPixelDWConv(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, v: Tensor, w: Tensor, k: int, dilation: int) -> Tensor:
-        rows, cols = _tables(v, (k, k), (dilation, dilation), "zeros")
-        out = load_kernel("na2d").apply_forward(w, v, *rows, *cols, dilation)  # type: ignore[union-attr]
+        rows, cols = grid_windows(v.shape[1], v.shape[2], (k, k), (dilation, dilation), "zeros")
+        out = load_kernel("na2d").apply_forward(w, v, *rows.tensors(), *cols.tensors(), dilation)  # type: ignore[union-attr]
         ctx.save_for_backward(v, w)
         ctx.geometry = (k, dilation)
         return cast(Tensor, out)
@@ -66,10 +66,10 @@ class _KernelPixelDWConv(torch.autograd.Function):
     def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:
         v, w = ctx.saved_tensors
         k, dilation = ctx.geometry
-        rows, cols = _tables(v, (k, k), (dilation, dilation), "zeros")
+        rows, cols = grid_windows(v.shape[1], v.shape[2], (k, k), (dilation, dilation), "zeros")
         inv = inverse_windows(v.shape[1], k, dilation, "zeros")
         dw, dv = load_kernel("na2d").apply_backward(  # type: ignore[union-attr]
-            dout.contiguous(), w, v, *rows, *cols, inv, dilation
+            dout.contiguous(), w, v, *rows.tensors(), *cols.tensors(), inv, dilation
         )
         return dv, dw, None, None
 

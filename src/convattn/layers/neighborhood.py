@@ -38,6 +38,7 @@ __all__ = [
     "BORDERS",
     "AxisWindows",
     "axis_windows",
+    "grid_windows",
     "neighborhood_attention2d",
     "neighborhood_attention2d_torch",
 ]
@@ -58,6 +59,10 @@ class AxisWindows:
     index: Tensor
     valid: Tensor
     offset: Tensor
+
+    def tensors(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(index, valid, offset): the form the C++ kernel takes."""
+        return self.index, self.valid, self.offset
 
 
 @lru_cache(maxsize=256)
@@ -113,10 +118,10 @@ class _KernelNA2d(torch.autograd.Function):
         scale: float,
     ) -> Tensor:
         ext = _kernel()
-        rows, cols = _tables(q, kernel_size, dilation, border)
+        rows, cols = grid_windows(q.shape[1], q.shape[2], kernel_size, dilation, border)
         fixed = border != "shift"
         out, probs = ext.forward(
-            q, k, v, rel, bias, *rows, *cols, scale, border == "zeros", fixed, dilation[1]
+            q, k, v, rel, bias, *rows.tensors(), *cols.tensors(), scale, border == "zeros", fixed, dilation[1]
         )
         ctx.save_for_backward(q, k, v, rel, bias, probs)
         ctx.geometry = (kernel_size, dilation, border, scale)
@@ -127,8 +132,8 @@ class _KernelNA2d(torch.autograd.Function):
         ext = _kernel()
         q, k, v, rel, bias, probs = ctx.saved_tensors
         kernel_size, dilation, border, scale = ctx.geometry
-        rows, cols = _tables(q, kernel_size, dilation, border)
         H, W = q.shape[1:3]
+        rows, cols = grid_windows(H, W, kernel_size, dilation, border)
         want_rel = bool(rel.numel()) and ctx.needs_input_grad[3]
         want_bias = bool(bias.numel()) and ctx.needs_input_grad[4]
         dq, dk, dv, drel, dbias = ext.backward(
@@ -139,8 +144,8 @@ class _KernelNA2d(torch.autograd.Function):
             rel,
             bias,
             probs,
-            *rows,
-            *cols,
+            *rows.tensors(),
+            *cols.tensors(),
             inverse_windows(H, kernel_size[0], dilation[0], border),
             inverse_windows(W, kernel_size[1], dilation[1], border),
             scale,
@@ -159,14 +164,14 @@ def _kernel() -> Any:
     return ext
 
 
-def _tables(
-    q: Tensor, kernel_size: tuple[int, int], dilation: tuple[int, int], border: str
-) -> tuple[tuple[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]:
-    """(index, valid, offset) window tables of rows and columns for the kernel."""
-    H, W = q.shape[1:3]
-    rows = axis_windows(H, kernel_size[0], dilation[0], border)
-    cols = axis_windows(W, kernel_size[1], dilation[1], border)
-    return (rows.index, rows.valid, rows.offset), (cols.index, cols.valid, cols.offset)
+def grid_windows(
+    height: int, width: int, kernel_size: tuple[int, int], dilation: tuple[int, int], border: str
+) -> tuple[AxisWindows, AxisWindows]:
+    """The row and column windows of an height×width map (each cached)."""
+    return (
+        axis_windows(height, kernel_size[0], dilation[0], border),
+        axis_windows(width, kernel_size[1], dilation[1], border),
+    )
 
 
 @cache
@@ -209,8 +214,7 @@ def neighborhood_attention2d_flex(
     if border == "zeros":
         raise ValueError("border='zeros' has no flex_attention form; use the PyTorch path")
     B, H, W, heads, d = q.shape
-    rows = axis_windows(H, kernel_size[0], dilation[0], border)
-    cols = axis_windows(W, kernel_size[1], dilation[1], border)
+    rows, cols = grid_windows(H, W, kernel_size, dilation, border)
     in_r, slot_r, off_r = _membership(rows, H, q.device)
     in_c, slot_c, off_c = _membership(cols, W, q.device)
     kw = kernel_size[1]
@@ -324,8 +328,7 @@ def neighborhood_attention2d_torch(
     probabilities, and one zero-padded copy of k and v (border 'shift' gathers per slot instead).
     """
     _, H, W, _, _ = q.shape
-    rows = axis_windows(H, kernel_size[0], dilation[0], border)
-    cols = axis_windows(W, kernel_size[1], dilation[1], border)
+    rows, cols = grid_windows(H, W, kernel_size, dilation, border)
     device = q.device
     keys = _slot_reader(k, rows, cols, kernel_size, dilation, border)
     values = _slot_reader(v, rows, cols, kernel_size, dilation, border)
