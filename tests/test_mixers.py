@@ -54,22 +54,30 @@ def test_mixers_that_change_width(name):
     assert y.shape == (1, 8, 6, 6)
 
 
+needs_window_kernel = pytest.mark.skipif(
+    load_kernel("window") is None, reason="the C++ kernel did not build here"
+)
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("kernel", marks=needs_window_kernel)])
 @pytest.mark.parametrize(
-    ("size", "window", "shift"),
+    ("size", "window", "shift", "d"),
     [
-        ((5, 7), (3, 3), (0, 0)),
-        ((5, 7), (3, 3), (1, 1)),
-        ((4, 4), (4, 4), (2, 2)),
-        ((3, 5), (7, 7), (3, 3)),
-        ((6, 5), (2, 3), (1, 2)),
+        ((5, 7), (3, 3), (0, 0), 3),
+        ((5, 7), (3, 3), (1, 1), 3),
+        ((4, 4), (4, 4), (2, 2), 3),
+        ((3, 5), (7, 7), (3, 3), 3),  # window larger than the map
+        ((6, 5), (2, 3), (1, 2), 3),  # even window
+        ((1, 1), (7, 7), (3, 3), 3),
+        ((9, 9), (9, 8), (4, 3), 17),  # 72-pixel windows: past the register-held softmax; d past a vector
     ],
 )
-def test_window_attention_matches_reference(size, window, shift):
+def test_window_attention_matches_reference(size, window, shift, d, backend):
     heads = 2
-    q, k = (torch.randn(1, *size, heads, 3, dtype=f64, requires_grad=True) for _ in range(2))
+    q, k = (torch.randn(1, *size, heads, d, dtype=f64, requires_grad=True) for _ in range(2))
     v = torch.randn(1, *size, heads, 4, dtype=f64, requires_grad=True)
     bias = torch.randn(heads, 2 * window[0] - 1, 2 * window[1] - 1, dtype=f64, requires_grad=True)
-    out = window_attention2d(q, k, v, window, shift=shift, bias=bias)
+    out = window_attention2d(q, k, v, window, shift=shift, bias=bias, backend=backend)
     expected = ref.window_attention2d(q, k, v, window, shift, bias)
     torch.testing.assert_close(out, expected, atol=1e-12, rtol=0)
     g = torch.randn_like(out)
@@ -79,6 +87,33 @@ def test_window_attention_matches_reference(size, window, shift):
         strict=True,
     ):
         torch.testing.assert_close(a, b, atol=1e-11, rtol=0)
+
+
+@needs_window_kernel
+@pytest.mark.parametrize("shift", [0, 3])
+def test_window_kernel_matches_the_torch_path_in_float32_on_odd_maps(shift):
+    q, k, v = (torch.randn(2, 23, 30, 3, 16, requires_grad=True) for _ in range(3))
+    bias = torch.randn(3, 13, 13, requires_grad=True)
+    fast = window_attention2d(q, k, v, 7, shift=shift, bias=bias, backend="kernel")
+    slow = window_attention2d(q, k, v, 7, shift=shift, bias=bias, backend="torch")
+    torch.testing.assert_close(fast, slow, atol=2e-6, rtol=1e-5)
+    g = torch.randn_like(fast)
+    for a, b in zip(
+        torch.autograd.grad(fast, [q, k, v, bias], g),
+        torch.autograd.grad(slow, [q, k, v, bias], g),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+
+
+def test_window_attention_rejects_bad_input():
+    q = torch.randn(1, 4, 4, 2, 3)
+    with pytest.raises(ValueError, match="backend"):
+        window_attention2d(q, q, q, 2, backend="cuda")
+    with pytest.raises(TypeError, match="dtype"):
+        window_attention2d(q, q.double(), q, 2)
+    with pytest.raises(ValueError, match="shift"):
+        window_attention2d(q, q, q, 2, shift=2)
 
 
 needs_kernel = pytest.mark.skipif(load_kernel("na2d") is None, reason="the C++ kernel did not build here")

@@ -20,7 +20,9 @@ import torch
 
 __all__ = ["load_kernel"]
 
-_SOURCES = {"na2d": Path(__file__).parent / "csrc" / "na2d.cpp"}
+_CSRC = Path(__file__).parent / "csrc"
+_SOURCES = {"na2d": _CSRC / "na2d.cpp", "window": _CSRC / "window.cpp"}
+_HEADERS = (_CSRC / "simd.h",)
 
 
 def _cpu_id() -> str:
@@ -52,7 +54,8 @@ def load_kernel(name: str) -> ModuleType | None:
         return None
     _ninja_on_path()
     source = _SOURCES[name]
-    digest = hashlib.sha256(source.read_bytes() + torch.__version__.encode() + _cpu_id().encode()).hexdigest()
+    code = source.read_bytes() + b"".join(h.read_bytes() for h in _HEADERS)
+    digest = hashlib.sha256(code + torch.__version__.encode() + _cpu_id().encode()).hexdigest()
     try:
         from torch.utils.cpp_extension import load
 

@@ -9,19 +9,77 @@ other; the output is rolled back.
 Unlike the reference implementation, the map need not be divisible by the window: it is padded to a
 multiple, and padded pixels are masked out as keys (so they never dilute the softmax) and cropped
 from the output. The bias table is indexed by offset, so it is the same at every resolution.
+
+Rolled, padded and masked, every window is a product of one segment per axis in image coordinates:
+pixel i lies in segment floor((i - s) / w), cut by the image border. The C++ kernel (CPU) attends
+within those segments directly, with no padding, roll or mask; the PyTorch path (the oracle, and the
+path on other devices) follows Swin's roll-and-mask recipe.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
+from itertools import pairwise
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from convattn.layers._checks import check_pair, check_tensor
+from convattn.layers._macs import record
+from convattn.layers._native import load_kernel
 
-__all__ = ["window_attention2d", "window_keep_mask"]
+__all__ = ["window_attention2d", "window_keep_mask", "window_segments"]
+
+BACKENDS = ("auto", "kernel", "torch")
+
+
+@lru_cache(maxsize=256)
+def window_segments(n: int, window: int, shift: int) -> Tensor:
+    """(m, 2) [start, length] of the windows on an axis of n pixels: boundaries at shift + j·window."""
+    cuts = sorted({0, n} | set(range(shift if shift else window, n, window)))
+    return torch.tensor([[a, b - a] for a, b in pairwise(cuts)], dtype=torch.long)
+
+
+class _KernelWindow(torch.autograd.Function):
+    """The C++ kernel with its hand-written backward (probabilities saved per window)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        bias: Tensor,
+        window: tuple[int, int],
+        shift: tuple[int, int],
+        scale: float,
+    ) -> Tensor:
+        ext = _kernel()
+        H, W = q.shape[1:3]
+        segs = (window_segments(H, window[0], shift[0]), window_segments(W, window[1], shift[1]))
+        out, probs = ext.forward(q, k, v, bias, *segs, *window, scale)
+        ctx.save_for_backward(q, k, v, bias, probs)
+        ctx.geometry = (segs, window, scale)
+        return cast(Tensor, out)
+
+    @staticmethod
+    def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:
+        q, k, v, bias, probs = ctx.saved_tensors
+        segs, window, scale = ctx.geometry
+        want_bias = bool(bias.numel()) and ctx.needs_input_grad[3]
+        dq, dk, dv, dbias = _kernel().backward(
+            dout.contiguous(), q, k, v, bias, probs, *segs, *window, scale, want_bias
+        )
+        return dq, dk, dv, dbias if want_bias else None, None, None, None
+
+
+def _kernel() -> Any:
+    ext = load_kernel("window")
+    if ext is None:
+        raise RuntimeError("the window-attention C++ kernel is not available")
+    return ext
 
 
 def _regions(n: int, w: int, shift: int) -> Tensor:
@@ -93,6 +151,7 @@ def window_attention2d(
     shift: int | tuple[int, int] = 0,
     bias: Tensor | None = None,
     scale: float | None = None,
+    backend: str = "auto",
 ) -> Tensor:
     """Window attention on heads-last tensors (B, H, W, heads, d) -> (B, H, W, heads, d_v).
 
@@ -102,6 +161,7 @@ def window_attention2d(
         shift: s or (s_h, s_w), 0 <= s < w: shifted windows (Swin's odd blocks use w // 2).
         bias: optional (heads, 2w_h-1, 2w_w-1) relative position bias table.
         scale: multiplies q·k (default d^-0.5).
+        backend: 'auto' (CPU: the C++ kernel when it builds, else PyTorch), 'kernel' or 'torch'.
     """
     for name, x in (("q", q), ("k", k), ("v", v)):
         check_tensor(name, x, 5)
@@ -122,7 +182,29 @@ def window_attention2d(
             f"bias must be (heads, 2w_h-1, 2w_w-1)={(heads, 2 * w_h - 1, 2 * w_w - 1)}, "
             f"got bias.shape={tuple(bias.shape)}"
         )
+    if not (q.dtype == k.dtype == v.dtype) or (bias is not None and bias.dtype != q.dtype):
+        raise TypeError(f"q, k, v and bias must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got backend={backend!r}")
     B, H, W = q.shape[:3]
+    record(B * H * W * heads * w_h * w_w * (q.shape[-1] + v.shape[-1]))
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if backend != "torch" and q.device.type == "cpu" and load_kernel("window") is not None:
+        empty = q.new_empty(0)
+        return cast(
+            Tensor,
+            _KernelWindow.apply(
+                q.contiguous(),
+                k.contiguous(),
+                v.contiguous(),
+                empty if bias is None else bias.contiguous(),
+                (w_h, w_w),
+                (s_h, s_w),
+                scale,
+            ),
+        )
+    if backend == "kernel":
+        raise RuntimeError("backend='kernel' needs a CPU tensor and a built C++ kernel")
     Hp, Wp = -(-H // w_h) * w_h, -(-W // w_w) * w_w
 
     def prepare(x: Tensor) -> Tensor:
@@ -133,7 +215,6 @@ def window_attention2d(
 
     keep = window_keep_mask(H, W, (w_h, w_w), (s_h, s_w)).to(q.device)  # (nW, Q, K)
     nW, Q = keep.shape[0], w_h * w_w
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
     # Batched matmuls over (image, window, head): the additive mask broadcasts over images instead of
     # being copied per image, and the fused kernel's mask handling is skipped (it falls back to the same
     # matmuls here, with copies).

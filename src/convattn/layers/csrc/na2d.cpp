@@ -18,75 +18,10 @@
 #include <limits>
 #include <vector>
 
+#include "simd.h"
+
 namespace {
-
-template <typename T>
-struct VecOf {
-  typedef T type __attribute__((vector_size(64)));
-};
-template <typename T>
-using vec = typename VecOf<T>::type;
-template <typename T>
-struct IntVecOf;
-template <>
-struct IntVecOf<float> {
-  typedef int type __attribute__((vector_size(64)));
-};
-template <>
-struct IntVecOf<double> {
-  typedef long long type __attribute__((vector_size(64)));
-};
-template <typename T>
-constexpr int64_t kLanes = 64 / sizeof(T);
-
-template <typename T>
-inline vec<T> loadu(const T* p) {
-  vec<T> v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-template <typename T>
-inline void storeu(T* p, vec<T> v) {
-  std::memcpy(p, &v, sizeof(v));
-}
-template <typename T>
-inline vec<T> splat(T x) {
-  vec<T> v = {};
-  return v + x;
-}
-
-// exp of every lane to about 1 ulp (float) / 3e-16 relative (double); -inf gives exactly 0.
-template <typename T>
-inline vec<T> vexp(vec<T> x) {
-  using I = typename IntVecOf<T>::type;
-  constexpr bool dbl = sizeof(T) == 8;
-  const vec<T> zero = {};
-  const T lo = dbl ? -708.0 : -87.0, hi = dbl ? 709.0 : 88.0;
-  const auto underflow = x < lo;
-  x = x < lo ? zero + lo : x;
-  x = x > hi ? zero + hi : x;
-  const T ln2hi = dbl ? 6.93147180369123816490e-01 : 0.693359375;
-  const T ln2lo = dbl ? 1.90821492927058770002e-10 : -2.12194440e-4;
-  vec<T> n = x * T(1.4426950408889634);
-  n = __builtin_convertvector(__builtin_convertvector(n + (n >= 0 ? zero + T(0.5) : zero - T(0.5)), I), vec<T>);
-  const vec<T> r = x - n * ln2hi - n * ln2lo;
-  vec<T> p;
-  if constexpr (dbl) {
-    p = zero + T(1.0 / 479001600);
-    const T c[] = {1.0 / 39916800, 1.0 / 3628800, 1.0 / 362880, 1.0 / 40320, 1.0 / 5040, 1.0 / 720,
-                   1.0 / 120,      1.0 / 24,      1.0 / 6,      0.5,          1.0,          1.0};
-    for (T cc : c) p = p * r + cc;
-  } else {
-    p = zero + T(1.0 / 5040);
-    const T c[] = {1.0 / 720, 1.0 / 120, 1.0 / 24, 1.0 / 6, 0.5, 1.0, 1.0};
-    for (T cc : c) p = p * r + cc;
-  }
-  const I bits = (__builtin_convertvector(n, I) + (dbl ? 1023 : 127)) << (dbl ? 52 : 23);
-  vec<T> two_n;
-  std::memcpy(&two_n, &bits, sizeof(two_n));
-  const vec<T> res = p * two_n;
-  return underflow ? zero : res;
-}
+using namespace convattn_simd;
 
 struct Geometry {
   int64_t B, H, W, NH, D, DV, KH, KW, K, TH, TW;  // TH, TW: rel/bias table sides (2k - 1)
@@ -143,32 +78,6 @@ std::vector<vec<T>> lane_masks(const Tables& tb, const Geometry& g) {
       for (int64_t l = 0; l < std::min(L, g.W - jb * L); ++l)
         if (!tb.c_ok[(jb * L + l) * g.KW + b]) masks[jb * g.KW + b][l] = -std::numeric_limits<T>::infinity();
   return masks;
-}
-
-// In-place transpose of an L×L tile held as L vectors: stage b swaps the b×b off-diagonal blocks of
-// every pair of rows (i, i + b); log2(L) stages transpose the tile.
-template <typename T, int64_t B>
-inline void swap_blocks(vec<T>* r) {
-  using I = typename IntVecOf<T>::type;
-  constexpr int64_t L = kLanes<T>;
-  I lo = {}, hi = {};
-  for (int64_t l = 0; l < L; ++l) {
-    lo[l] = (l & B) ? L + l - B : l;
-    hi[l] = (l & B) ? L + l : l + B;
-  }
-  for (int64_t i = 0; i < L; ++i) {
-    if (i & B) continue;
-    const vec<T> a = r[i], b = r[i + B];
-    r[i] = __builtin_shuffle(a, b, lo);
-    r[i + B] = __builtin_shuffle(a, b, hi);
-  }
-}
-template <typename T>
-inline void transpose_tile(vec<T>* r) {
-  if constexpr (kLanes<T> == 16) swap_blocks<T, 8>(r);
-  swap_blocks<T, 4>(r);
-  swap_blocks<T, 2>(r);
-  swap_blocks<T, 1>(r);
 }
 
 // Copy rows [r0, r1) of head h of image b from heads-last x (B, H, W, NH, C) into slab[row][c][Wp].
