@@ -106,6 +106,14 @@ def test_window_kernel_matches_the_torch_path_in_float32_on_odd_maps(shift):
         torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
 
 
+@needs_window_kernel
+def test_window_inference_matches_training_forward():
+    q, k, v = (torch.randn(2, 9, 11, 2, 16) for _ in range(3))
+    with torch.no_grad():
+        fast = window_attention2d(q, k, v, 4, shift=2)
+    torch.testing.assert_close(fast, window_attention2d(q, k, v.requires_grad_(), 4, shift=2), atol=0, rtol=0)
+
+
 def test_window_attention_rejects_bad_input():
     q = torch.randn(1, 4, 4, 2, 3)
     with pytest.raises(ValueError, match="backend"):

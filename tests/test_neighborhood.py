@@ -74,6 +74,17 @@ def test_kernel_matches_torch_path_in_float32_without_rel_or_bias(border):
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+@needs_kernel
+@pytest.mark.parametrize("border", ["mask", "zeros", "shift"])
+def test_inference_skips_the_saved_probabilities_but_not_the_answer(border):
+    q, k, v = (torch.randn(2, 7, 21, 2, 16, dtype=f64) for _ in range(3))
+    rel = torch.randn(9, 9, 2, 16, dtype=f64)
+    with torch.no_grad():
+        fast = neighborhood_attention2d(q, k, v, 5, rel=rel, border=border)
+    trained = neighborhood_attention2d(q, k, v.requires_grad_(), 5, rel=rel, border=border)
+    torch.testing.assert_close(fast, trained, atol=0, rtol=0)
+
+
 def test_one_by_one_window_returns_the_values():
     q, k, v, _, _ = _inputs((4, 5), (1, 1), with_rel=False, with_bias=False)
     torch.testing.assert_close(neighborhood_attention2d(q, k, v, 1), v)

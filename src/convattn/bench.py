@@ -23,8 +23,10 @@ from torch import Tensor, nn
 
 from convattn.environment import environment
 from convattn.flops import count_macs
+from convattn.layers.dynamic import image_dwconv2d, pixel_dwconv2d
 from convattn.layers.mixers import create_mixer
 from convattn.layers.neighborhood import neighborhood_attention2d
+from convattn.layers.window import window_attention2d
 from convattn.records import write_csv
 
 __all__ = ["BenchConfig", "run_bench", "unfold_local_attention"]
@@ -137,19 +139,30 @@ def _ops(cfg: BenchConfig, size: int) -> dict[str, tuple[Callable[[bool], Any], 
         options: dict[str, Any] = {"num_heads": h} if name in ("local_mlp", "sasa", "window", "mhsa") else {}
         add_module(name, create_mixer(name, C, **options), x)
     q, k, v = (torch.randn(B, size, size, h, d, requires_grad=True) for _ in range(3))
-    for ks in (3, 7):
+    table = torch.randn(h, 13, 13, requires_grad=True)
+    per_image = torch.randn(B, C, 7, 7, requires_grad=True)
+    per_pixel = torch.randn(B, h, 49, size, size, requires_grad=True)
+    functions: dict[str, tuple[Callable[..., Tensor], tuple[Any, ...], dict[str, Any]]] = {
+        "na2d_k3": (neighborhood_attention2d, (q, k, v, 3), {}),
+        "na2d_k7": (neighborhood_attention2d, (q, k, v, 7), {}),
+        "window_w7": (window_attention2d, (q, k, v, 7), {"bias": table}),
+        "window_w7_shifted": (window_attention2d, (q, k, v, 7), {"bias": table, "shift": 3}),
+        "image_dwconv7": (image_dwconv2d, (x_cl, per_image), {}),
+        "pixel_dwconv7": (pixel_dwconv2d, (x_cl, per_pixel), {}),
+    }
+    for name, (fn, args, kwargs) in functions.items():
 
-        def na(train: bool, ks: int = ks) -> None:
+        def call(train: bool, fn: Callable[..., Tensor] = fn, args: Any = args, kwargs: Any = kwargs) -> None:
             if train:
-                neighborhood_attention2d(q, k, v, ks).sum().backward()
+                fn(*args, **kwargs).sum().backward()
             else:
                 with torch.no_grad():
-                    neighborhood_attention2d(q, k, v, ks)
+                    fn(*args, **kwargs)
 
-        def na_macs(ks: int = ks) -> int:
-            return count_macs(neighborhood_attention2d, q, k, v, ks)
+        def macs(fn: Callable[..., Tensor] = fn, args: Any = args, kwargs: Any = kwargs) -> int:
+            return count_macs(lambda: fn(*args, **kwargs))
 
-        ops[f"na2d_k{ks}"] = (na, na_macs)
+        ops[name] = (call, macs)
     qu, ku, vu = (torch.randn(B, h, d, size, size, requires_grad=True) for _ in range(3))
 
     def unfold(train: bool) -> None:

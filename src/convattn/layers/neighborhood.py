@@ -117,15 +117,10 @@ class _KernelNA2d(torch.autograd.Function):
         border: str,
         scale: float,
     ) -> Tensor:
-        ext = _kernel()
-        rows, cols = grid_windows(q.shape[1], q.shape[2], kernel_size, dilation, border)
-        fixed = border != "shift"
-        out, probs = ext.forward(
-            q, k, v, rel, bias, *rows.tensors(), *cols.tensors(), scale, border == "zeros", fixed, dilation[1]
-        )
+        out, probs = _kernel_forward(q, k, v, rel, bias, kernel_size, dilation, border, scale, save=True)
         ctx.save_for_backward(q, k, v, rel, bias, probs)
         ctx.geometry = (kernel_size, dilation, border, scale)
-        return cast(Tensor, out)
+        return out
 
     @staticmethod
     def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:
@@ -155,6 +150,28 @@ class _KernelNA2d(torch.autograd.Function):
             dilation[1],
         )
         return dq, dk, dv, drel if want_rel else None, dbias if want_bias else None, None, None, None, None
+
+
+def _kernel_forward(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    rel: Tensor,
+    bias: Tensor,
+    kernel_size: tuple[int, int],
+    dilation: tuple[int, int],
+    border: str,
+    scale: float,
+    *,
+    save: bool,
+) -> tuple[Tensor, Tensor]:
+    """(output, probabilities); with save=False the probabilities are not written (inference)."""
+    rows, cols = grid_windows(q.shape[1], q.shape[2], kernel_size, dilation, border)
+    zeros, fixed = border == "zeros", border != "shift"
+    out, probs = _kernel().forward(
+        q, k, v, rel, bias, *rows.tensors(), *cols.tensors(), scale, zeros, fixed, dilation[1], save
+    )
+    return out, probs
 
 
 def _kernel() -> Any:
@@ -396,7 +413,7 @@ def neighborhood_attention2d(
     use_kernel = backend == "kernel" or (backend == "auto" and q.device.type == "cpu")
     if use_kernel and q.device.type == "cpu" and load_kernel("na2d") is not None:
         empty = q.new_empty(0)
-        return _KernelNA2d.apply(
+        args = (
             q.contiguous(),
             k.contiguous(),
             v.contiguous(),
@@ -407,6 +424,9 @@ def neighborhood_attention2d(
             border,
             scale,
         )
+        if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (q, k, v, rel, bias)):
+            return cast(Tensor, _KernelNA2d.apply(*args))
+        return _kernel_forward(*args, save=False)[0]  # inference: no probabilities kept
     if backend == "kernel":
         raise RuntimeError("backend='kernel' needs a CPU tensor and a built C++ kernel")
     return neighborhood_attention2d_torch(q, k, v, ks, dil, border, scale, rel, bias)

@@ -56,13 +56,10 @@ class _KernelWindow(torch.autograd.Function):
         shift: tuple[int, int],
         scale: float,
     ) -> Tensor:
-        ext = _kernel()
-        H, W = q.shape[1:3]
-        segs = (window_segments(H, window[0], shift[0]), window_segments(W, window[1], shift[1]))
-        out, probs = ext.forward(q, k, v, bias, *segs, *window, scale)
+        out, probs, segs = _kernel_forward(q, k, v, bias, window, shift, scale, save=True)
         ctx.save_for_backward(q, k, v, bias, probs)
         ctx.geometry = (segs, window, scale)
-        return cast(Tensor, out)
+        return out
 
     @staticmethod
     def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:
@@ -73,6 +70,24 @@ class _KernelWindow(torch.autograd.Function):
             dout.contiguous(), q, k, v, bias, probs, *segs, *window, scale, want_bias
         )
         return dq, dk, dv, dbias if want_bias else None, None, None, None
+
+
+def _kernel_forward(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    bias: Tensor,
+    window: tuple[int, int],
+    shift: tuple[int, int],
+    scale: float,
+    *,
+    save: bool,
+) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor]]:
+    """(output, probabilities, segments); with save=False the probabilities are not kept (inference)."""
+    H, W = q.shape[1:3]
+    segs = (window_segments(H, window[0], shift[0]), window_segments(W, window[1], shift[1]))
+    out, probs = _kernel().forward(q, k, v, bias, *segs, *window, scale, save)
+    return out, probs, segs
 
 
 def _kernel() -> Any:
@@ -187,22 +202,25 @@ def window_attention2d(
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got backend={backend!r}")
     B, H, W = q.shape[:3]
-    record(B * H * W * heads * w_h * w_w * (q.shape[-1] + v.shape[-1]))
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if backend != "torch" and q.device.type == "cpu" and load_kernel("window") is not None:
-        empty = q.new_empty(0)
-        return cast(
-            Tensor,
-            _KernelWindow.apply(
-                q.contiguous(),
-                k.contiguous(),
-                v.contiguous(),
-                empty if bias is None else bias.contiguous(),
-                (w_h, w_w),
-                (s_h, s_w),
-                scale,
-            ),
+        # q·k and p·v for every (query, key) pair of a window: Σ_windows n² = Σ_rows l² · Σ_cols l².
+        pairs = int(window_segments(H, w_h, s_h)[:, 1].square().sum()) * int(
+            window_segments(W, w_w, s_w)[:, 1].square().sum()
         )
+        record(B * heads * pairs * (q.shape[-1] + v.shape[-1]))
+        args = (
+            q.contiguous(),
+            k.contiguous(),
+            v.contiguous(),
+            q.new_empty(0) if bias is None else bias.contiguous(),
+            (w_h, w_w),
+            (s_h, s_w),
+            scale,
+        )
+        if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (q, k, v, bias)):
+            return cast(Tensor, _KernelWindow.apply(*args))
+        return _kernel_forward(*args, save=False)[0]  # inference: no probabilities kept
     if backend == "kernel":
         raise RuntimeError("backend='kernel' needs a CPU tensor and a built C++ kernel")
     Hp, Wp = -(-H // w_h) * w_h, -(-W // w_w) * w_w

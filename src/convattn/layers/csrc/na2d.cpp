@@ -403,12 +403,13 @@ void forward_impl(const T* q, const T* k, const T* v, const T* rel, const T* bia
           block_scores(Qt.data() + g.PL, Kslab.data() + g.PL, kr0, rel, bias, tb, masks, g, h, i, jb, n, scale,
                        zeros, ptr.data(), S.data());
           softmax_slots<T>(S.data(), g.K);
-          for (int64_t t = 0; t < g.K; ++t) store_lanes(prob_row(probs, g, b, h, i, t) + j0, S[t], n);
+          if (probs)  // saved for the backward only
+            for (int64_t t = 0; t < g.K; ++t) store_lanes(prob_row(probs, g, b, h, i, t) + j0, S[t], n);
           std::fill(O.begin(), O.end(), vec<T>{});
           block_gather(S.data(), Vslab.data() + g.PL, kr0, g.DV, tb, g, i, jb, n, ptr.data(), O.data());
           store_block(O.data(), g.DV, g, b, h, i, j0, n, out);
         }
-        zero_pads(probs, g, b, h, i);
+        if (probs) zero_pads(probs, g, b, h, i);
       }
     }
   });
@@ -681,17 +682,17 @@ std::vector<torch::Tensor> na2d_forward(torch::Tensor q, torch::Tensor k, torch:
                                         torch::Tensor bias, torch::Tensor r_idx, torch::Tensor r_ok,
                                         torch::Tensor r_off, torch::Tensor c_idx, torch::Tensor c_ok,
                                         torch::Tensor c_off, double scale, bool zeros, bool fixed,
-                                        int64_t col_dilation) {
+                                        int64_t col_dilation, bool save) {
   torch::Tensor out, probs;
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "na2d_forward", [&] {
     const Geometry g = geometry<scalar_t>(q, v, r_idx, c_idx, fixed, col_dilation);
     const Tables tb = make_tables<scalar_t>(r_idx, r_ok, r_off, c_idx, c_ok, c_off, g, fixed, col_dilation);
     out = torch::empty({g.B, g.H, g.W, g.NH, g.DV}, v.options());
-    probs = torch::empty({g.B, g.NH, g.H, g.K, g.Wp}, q.options());
+    probs = torch::empty({save ? g.B : 0, g.NH, g.H, g.K, g.Wp}, q.options());
     forward_impl<scalar_t>(q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
                            optional_ptr<scalar_t>(rel), optional_ptr<scalar_t>(bias), tb,
                            static_cast<scalar_t>(scale), zeros, g, out.data_ptr<scalar_t>(),
-                           probs.data_ptr<scalar_t>());
+                           save ? probs.data_ptr<scalar_t>() : nullptr);
   });
   return {out, probs};
 }

@@ -317,7 +317,7 @@ template <typename T>
 void forward_impl(const T* q, const T* k, const T* v, const Layout<T>& lay, T scale, T* out, T* probs) {
   const int64_t nwin = static_cast<int64_t>(lay.windows.size());
   at::parallel_for(0, lay.B * nwin * lay.NH, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> Qb, KT, Vb, Ob;
+    std::vector<T> Qb, KT, Vb, Ob, scratch;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / (nwin * lay.NH), h = task % lay.NH;
       const Window& w = lay.windows[(task / lay.NH) % nwin];
@@ -326,7 +326,8 @@ void forward_impl(const T* q, const T* k, const T* v, const Layout<T>& lay, T sc
       gather_rows(q, lay.D, lay, w, s, b, h, scale, s.nq, lay.Dp, Qb.data());  // (nq, Dp), scaled
       gather_cols(k, lay.D, lay, w, s, b, h, KT.data());                        // (D, np)
       gather_rows(v, lay.DV, lay, w, s, b, h, T(1), s.n, lay.DVp, Vb.data());  // (n, DVp)
-      T* P = probs + b * lay.image + w.offset + h * s.nq * s.np;                // (nq, np)
+      if (!probs) scratch.resize(s.nq * s.np);  // inference: probabilities are not kept
+      T* P = probs ? probs + b * lay.image + w.offset + h * s.nq * s.np : scratch.data();  // (nq, np)
       probabilities(Qb.data(), lay.Dp, lay.D, KT.data(), s, s.bias.data() + h * s.nq * s.np, P);
       weighted_rows(P, s.np, 1, s.n, Vb.data(), lay.DVp, s.nq, lay.DVp, Ob.data(), lay.DVp);  // (nq, DVp)
       scatter_rows(Ob.data(), lay.DVp, lay.DV, T(1), lay, w, s, b, h, out);
@@ -409,14 +410,15 @@ const T* optional_ptr(const torch::Tensor& t) {
 
 std::vector<torch::Tensor> window_forward(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor bias,
                                           torch::Tensor rseg, torch::Tensor cseg, int64_t wh, int64_t ww,
-                                          double scale) {
+                                          double scale, bool save) {
   torch::Tensor out, probs;
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "window_forward", [&] {
     const auto lay = make_layout<scalar_t>(q, v, rseg, cseg, optional_ptr<scalar_t>(bias), wh, ww);
     out = torch::empty_like(v);
-    probs = torch::empty({lay.B, lay.image}, q.options());
+    probs = torch::empty({save ? lay.B : 0, lay.image}, q.options());
     forward_impl<scalar_t>(q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), lay,
-                           static_cast<scalar_t>(scale), out.data_ptr<scalar_t>(), probs.data_ptr<scalar_t>());
+                           static_cast<scalar_t>(scale), out.data_ptr<scalar_t>(),
+                           save ? probs.data_ptr<scalar_t>() : nullptr);
   });
   return {out, probs};
 }
