@@ -32,6 +32,8 @@ from convattn.records import write_csv
 __all__ = ["BenchConfig", "run_bench", "unfold_local_attention"]
 
 BASELINE = "dwconv7_channels_last"
+# flex_attention runs eagerly on CPU, scoring every pair of pixels: measured up to 32×32 only.
+FLEX_MAX_PIXELS = 1024
 
 
 def unfold_local_attention(q: Tensor, k: Tensor, v: Tensor, kernel_size: int) -> Tensor:
@@ -183,7 +185,19 @@ def _ops(cfg: BenchConfig, size: int) -> dict[str, tuple[Callable[[bool], Any], 
                 F.scaled_dot_product_attention(qs, ks_, vs)
 
     ops["sdpa_global"] = (sdpa, lambda: count_macs(F.scaled_dot_product_attention, qs, ks_, vs))
+    if size * size <= FLEX_MAX_PIXELS:  # flex_attention: forward only on CPU (no CPU backward in torch)
+        qd, kd, vd = q.detach(), k.detach(), v.detach()  # flex refuses inputs that require grad on CPU
+
+        def flex(train: bool) -> None:
+            neighborhood_attention2d(qd, kd, vd, 7, backend="flex")
+
+        ops["flex_na2d_k7"] = (flex, lambda: B * size * size * h * 49 * 2 * d)
     return ops
+
+
+def _forward_only(name: str) -> bool:
+    """flex_attention has no CPU backward: its fwd+bwd and training memory are not measured there."""
+    return name.startswith("flex_") and not torch.cuda.is_available()
 
 
 def _na2d_minimum_mib(cfg: BenchConfig, size: int, name: str) -> float:
@@ -222,13 +236,13 @@ def run_bench(cfg: BenchConfig | None = None, *, log: Callable[[str], None] = pr
         for step, _ in ops.values():
             for _ in range(cfg.warmup):
                 step(False)
-                step(True)
+                step(True)  # a forward-only operator's step ignores `train`
         fwd: dict[str, list[float]] = {n: [] for n in ops}
         fb: dict[str, list[float]] = {n: [] for n in ops}
         for _ in range(cfg.repeats):  # operators alternate inside every repetition
             for name, (step, _) in ops.items():
                 fwd[name].append(_time(step, False))
-                fb[name].append(_time(step, True))
+                fb[name].append(float("nan") if _forward_only(name) else _time(step, True))
         base_f, base_fb = statistics.median(fwd[BASELINE]), statistics.median(fb[BASELINE])
         for name, (step, macs_of) in ops.items():
             macs = macs_of()
@@ -245,7 +259,7 @@ def run_bench(cfg: BenchConfig | None = None, *, log: Callable[[str], None] = pr
                     "fwdbwd_iqr_ms": _spread(fb[name]) * 1e3,
                     "fwd_ratio_to_dwconv": f_med / base_f,
                     "fwdbwd_ratio_to_dwconv": fb_med / base_fb,
-                    "peak_train_mib": _peak_mib(lambda: step(True)),  # noqa: B023 (called at once)
+                    "peak_train_mib": float("nan") if _forward_only(name) else _peak_mib(lambda: step(True)),  # noqa: B023
                     "na2d_minimum_mib": _na2d_minimum_mib(cfg, size, name),
                     "macs": macs,
                     "fwd_gflops": 2 * macs / f_med / 1e9,

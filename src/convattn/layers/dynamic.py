@@ -30,24 +30,27 @@ def _odd(kh: int, kw: int) -> None:
 def image_dwconv2d(x: Tensor, kernels: Tensor, bias: Tensor | None = None, *, dilation: int = 1) -> Tensor:
     """Depth-wise conv with a kernel per image: x (B, C, H, W), kernels (B, C, k_h, k_w) -> (B, C, H, W).
 
-    Runs as one grouped convolution over the batch folded into channels (channels_last), 'same' zero
-    padding.
+    One depth-wise convolution per image in channels_last ('same' zero padding): each image is a
+    contiguous (H, W, C) block there, so nothing is transposed, and the depth-wise kernels of that layout
+    are 2-4x faster (backward) than NCHW or than folding the batch into the channels.
     """
     check_tensor("x", x, 4)
     check_tensor("kernels", kernels, 4)
-    B, C, H, W = x.shape
+    B, C = x.shape[:2]
     if kernels.shape[:2] != (B, C):
         raise ValueError(f"kernels must be (B, C, k_h, k_w) with (B, C)={(B, C)}, got {tuple(kernels.shape)}")
     kh, kw = kernels.shape[-2:]
     _odd(kh, kw)
-    cl = torch.channels_last  # the depth-wise kernels are 2-4x faster (backward) in this layout
-    out = F.conv2d(
-        x.reshape(1, B * C, H, W).contiguous(memory_format=cl),  # (1, B·C, H, W)
-        kernels.reshape(B * C, 1, kh, kw).contiguous(memory_format=cl),
-        padding=(dilation * (kh // 2), dilation * (kw // 2)),
-        dilation=dilation,
-        groups=B * C,
-    ).reshape(B, C, H, W)
+    cl = torch.channels_last
+    x = x.contiguous(memory_format=cl)
+    w = kernels.reshape(B * C, 1, kh, kw).contiguous(memory_format=cl)  # (B·C, 1, k_h, k_w)
+    pad = (dilation * (kh // 2), dilation * (kw // 2))
+    out = torch.cat(
+        [
+            F.conv2d(x[b : b + 1], w[b * C : (b + 1) * C], padding=pad, dilation=dilation, groups=C)
+            for b in range(B)
+        ]
+    )  # (B, C, H, W), channels_last
     return out if bias is None else out + bias[None, :, None, None]
 
 
