@@ -143,14 +143,33 @@ def test_dynamic_convs_match_reference(dilation, size, backend):
         strict=True,
     ):
         torch.testing.assert_close(a, b, atol=1e-11, rtol=0)
-    per_image = torch.randn(2, 4, 3, 3, dtype=f64)
-    bias = torch.randn(4, dtype=f64)
-    torch.testing.assert_close(
-        image_dwconv2d(x, per_image, bias, dilation=dilation),
-        ref.image_dwconv2d(x, per_image, bias, dilation),
-        atol=1e-12,
-        rtol=0,
-    )
+    per_image = torch.randn(2, 4, 3, 3, dtype=f64, requires_grad=True)
+    bias = torch.randn(4, dtype=f64, requires_grad=True)
+    out = image_dwconv2d(x, per_image, bias, dilation=dilation, backend=backend)
+    expected = ref.image_dwconv2d(x, per_image, bias, dilation)
+    torch.testing.assert_close(out, expected, atol=1e-12, rtol=0)
+    g = torch.randn_like(out)
+    for a, b in zip(
+        torch.autograd.grad(out, [x, per_image, bias], g),
+        torch.autograd.grad(expected, [x, per_image, bias], g),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, atol=1e-11, rtol=0)
+
+
+@pytest.mark.skipif(load_kernel("dwconv") is None, reason="the C++ kernel did not build here")
+@pytest.mark.parametrize(("shape", "k", "dilation"), [((3, 33, 13, 19), 7, 1), ((1, 17, 3, 30), 5, 3)])
+def test_per_image_kernel_matches_the_torch_path_past_full_vectors(shape, k, dilation):
+    x = torch.randn(*shape, requires_grad=True).to(memory_format=torch.channels_last)
+    kernels = torch.randn(shape[0], shape[1], k, k, requires_grad=True)
+    fast = image_dwconv2d(x, kernels, dilation=dilation, backend="kernel")
+    slow = image_dwconv2d(x, kernels, dilation=dilation, backend="torch")
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(fast)
+    for a, b in zip(
+        torch.autograd.grad(fast, [x, kernels], g), torch.autograd.grad(slow, [x, kernels], g), strict=True
+    ):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5)
 
 
 def test_dynamic_dwconv_kernels_change_with_the_input_and_local_mlp_kernels_do_not():
@@ -210,3 +229,19 @@ def test_public_names():
         and callable(cf.neighborhood_attention2d)
         and callable(cf.window_attention2d)
     )
+
+
+def test_dynamic_convs_name_bad_input():
+    x = torch.randn(2, 4, 5, 5)
+    with pytest.raises(ValueError, match=r"\(B, C\)=\(2, 4\)"):
+        image_dwconv2d(x, torch.randn(2, 3, 3, 3))
+    with pytest.raises(ValueError, match="odd"):
+        image_dwconv2d(x, torch.randn(2, 4, 2, 2))
+    with pytest.raises(TypeError, match="dtype"):
+        image_dwconv2d(x, torch.randn(2, 4, 3, 3, dtype=f64))
+    with pytest.raises(ValueError, match="backend"):
+        image_dwconv2d(x, torch.randn(2, 4, 3, 3), backend="gpu")
+    with pytest.raises(ValueError, match="G dividing C=4"):
+        pixel_dwconv2d(x, torch.randn(2, 3, 9, 5, 5))
+    with pytest.raises(ValueError, match="k·k taps"):
+        pixel_dwconv2d(x, torch.randn(2, 2, 8, 5, 5))

@@ -21,7 +21,7 @@ import torch
 __all__ = ["load_kernel"]
 
 _CSRC = Path(__file__).parent / "csrc"
-_SOURCES = {"na2d": _CSRC / "na2d.cpp", "window": _CSRC / "window.cpp"}
+_SOURCES = {"na2d": _CSRC / "na2d.cpp", "window": _CSRC / "window.cpp", "dwconv": _CSRC / "dwconv.cpp"}
 _HEADERS = (_CSRC / "simd.h",)
 
 

@@ -27,30 +27,61 @@ def _odd(kh: int, kw: int) -> None:
         raise ValueError(f"kernel size must be odd (centred windows), got kernel_size={(kh, kw)}")
 
 
-def image_dwconv2d(x: Tensor, kernels: Tensor, bias: Tensor | None = None, *, dilation: int = 1) -> Tensor:
+class _KernelImageDWConv(torch.autograd.Function):
+    """The C++ per-image depth-wise conv (channels-last slabs) with its hand-written backward."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, kernels: Tensor, dilation: int) -> Tensor:
+        xl = x.permute(0, 2, 3, 1).contiguous()  # (B, H, W, C): free for a channels_last x
+        ctx.save_for_backward(xl, kernels)
+        ctx.dilation = dilation
+        out = load_kernel("dwconv").forward(xl, kernels, dilation)  # type: ignore[union-attr]
+        return cast(Tensor, out).permute(0, 3, 1, 2)  # (B, C, H, W), channels_last
+
+    @staticmethod
+    def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:
+        xl, kernels = ctx.saved_tensors
+        dl = dout.permute(0, 2, 3, 1).contiguous()  # (B, H, W, C)
+        dx, dk = load_kernel("dwconv").backward(dl, xl, kernels, ctx.dilation)  # type: ignore[union-attr]
+        return dx.permute(0, 3, 1, 2), dk, None
+
+
+def image_dwconv2d(
+    x: Tensor, kernels: Tensor, bias: Tensor | None = None, *, dilation: int = 1, backend: str = "auto"
+) -> Tensor:
     """Depth-wise conv with a kernel per image: x (B, C, H, W), kernels (B, C, k_h, k_w) -> (B, C, H, W).
 
-    One depth-wise convolution per image in channels_last ('same' zero padding): each image is a
-    contiguous (H, W, C) block there, so nothing is transposed, and the depth-wise kernels of that layout
-    are 2-4x faster (backward) than NCHW or than folding the batch into the channels.
+    'Same' zero padding. backend: 'auto' (CPU: the C++ kernel when it builds), 'kernel' or 'torch'. The
+    kernel works on channels-last slabs (a channels_last x is read without a copy); the PyTorch path runs
+    one channels_last depth-wise conv per image, so nothing is transposed there either.
     """
     check_tensor("x", x, 4)
     check_tensor("kernels", kernels, 4)
     B, C = x.shape[:2]
     if kernels.shape[:2] != (B, C):
         raise ValueError(f"kernels must be (B, C, k_h, k_w) with (B, C)={(B, C)}, got {tuple(kernels.shape)}")
+    if kernels.dtype != x.dtype:
+        raise TypeError(f"x and kernels must share a dtype, got {x.dtype} and {kernels.dtype}")
     kh, kw = kernels.shape[-2:]
     _odd(kh, kw)
-    cl = torch.channels_last
-    x = x.contiguous(memory_format=cl)
-    w = kernels.reshape(B * C, 1, kh, kw).contiguous(memory_format=cl)  # (B·C, 1, k_h, k_w)
-    pad = (dilation * (kh // 2), dilation * (kw // 2))
-    out = torch.cat(
-        [
-            F.conv2d(x[b : b + 1], w[b * C : (b + 1) * C], padding=pad, dilation=dilation, groups=C)
-            for b in range(B)
-        ]
-    )  # (B, C, H, W), channels_last
+    if backend not in ("auto", "kernel", "torch"):
+        raise ValueError(f"backend must be 'auto', 'kernel' or 'torch', got backend={backend!r}")
+    if backend != "torch" and x.device.type == "cpu" and load_kernel("dwconv") is not None:
+        record(x.numel() * kh * kw)
+        out = cast(Tensor, _KernelImageDWConv.apply(x, kernels.contiguous(), dilation))
+    elif backend == "kernel":
+        raise RuntimeError("backend='kernel' needs a CPU tensor and a built C++ kernel")
+    else:
+        cl = torch.channels_last
+        xc = x.contiguous(memory_format=cl)
+        w = kernels.reshape(B * C, 1, kh, kw).contiguous(memory_format=cl)  # (B·C, 1, k_h, k_w)
+        pad = (dilation * (kh // 2), dilation * (kw // 2))
+        out = torch.cat(
+            [
+                F.conv2d(xc[b : b + 1], w[b * C : (b + 1) * C], padding=pad, dilation=dilation, groups=C)
+                for b in range(B)
+            ]
+        )  # (B, C, H, W), channels_last
     return out if bias is None else out + bias[None, :, None, None]
 
 
