@@ -59,7 +59,7 @@ needs_window_kernel = pytest.mark.skipif(
 )
 
 
-@pytest.mark.parametrize("backend", ["torch", pytest.param("kernel", marks=needs_window_kernel)])
+@pytest.mark.parametrize("backend", ["torch", "sdpa", pytest.param("kernel", marks=needs_window_kernel)])
 @pytest.mark.parametrize(
     ("size", "window", "shift", "d"),
     [

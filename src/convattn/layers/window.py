@@ -32,7 +32,7 @@ from convattn.layers._native import load_kernel
 
 __all__ = ["window_attention2d", "window_keep_mask", "window_segments"]
 
-BACKENDS = ("auto", "kernel", "torch")
+BACKENDS = ("auto", "kernel", "torch", "sdpa")
 
 
 @lru_cache(maxsize=256)
@@ -176,7 +176,9 @@ def window_attention2d(
         shift: s or (s_h, s_w), 0 <= s < w: shifted windows (Swin's odd blocks use w // 2).
         bias: optional (heads, 2w_h-1, 2w_w-1) relative position bias table.
         scale: multiplies q·k (default d^-0.5).
-        backend: 'auto' (CPU: the C++ kernel when it builds, else PyTorch), 'kernel' or 'torch'.
+        backend: 'auto' (CPU: the C++ kernel when it builds, else PyTorch; CUDA: 'sdpa'), 'kernel',
+            'torch' (batched matmuls, the oracle) or 'sdpa' (`scaled_dot_product_attention` with an
+            additive mask: the fused path on accelerators).
     """
     for name, x in (("q", q), ("k", k), ("v", v)):
         check_tensor(name, x, 5)
@@ -203,7 +205,7 @@ def window_attention2d(
         raise ValueError(f"backend must be one of {BACKENDS}, got backend={backend!r}")
     B, H, W = q.shape[:3]
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    if backend != "torch" and q.device.type == "cpu" and load_kernel("window") is not None:
+    if backend in ("auto", "kernel") and q.device.type == "cpu" and load_kernel("window") is not None:
         # q·k and p·v for every (query, key) pair of a window: Σ_windows n² = Σ_rows l² · Σ_cols l².
         pairs = int(window_segments(H, w_h, s_h)[:, 1].square().sum()) * int(
             window_segments(W, w_w, s_w)[:, 1].square().sum()
@@ -239,13 +241,34 @@ def window_attention2d(
     qw = prepare(q).reshape(B, nW, heads, Q, -1)  # (B, nW, h, Q, d)
     kw = prepare(k).reshape(B, nW, heads, Q, -1)
     vw = prepare(v).reshape(B, nW, heads, Q, -1)
+    if backend == "sdpa" or (backend == "auto" and q.device.type == "cuda"):
+        # The fused path for accelerators: one additive mask (bias and -inf) per window and head.
+        add = torch.zeros(nW, heads, Q, Q, dtype=q.dtype, device=q.device)  # (nW, h, Q, K)
+        if bias is not None:
+            add = add + _bias_matrix(bias, w_h, w_w).to(q.dtype)
+        add = add.masked_fill(~keep[:, None], float("-inf"))
+        fused = F.scaled_dot_product_attention(
+            qw.reshape(B * nW, heads, Q, -1),
+            kw.reshape(B * nW, heads, Q, -1),
+            vw.reshape(B * nW, heads, Q, -1),
+            attn_mask=add.repeat(B, 1, 1, 1),  # (B·nW, h, Q, K)
+            scale=scale,
+        )  # (B·nW, h, Q, d_v)
+        return _unpartition(fused, B, H, W, Hp, Wp, (w_h, w_w), (s_h, s_w))
     scores = (qw @ kw.transpose(-1, -2)) * scale  # (B, nW, h, Q, K)
     if bias is not None:
         scores = scores + _bias_matrix(bias, w_h, w_w).to(q.dtype)  # (h, Q, K)
     if not bool(keep.all()):
         scores = scores.masked_fill(~keep[:, None], float("-inf"))  # (nW, 1, Q, K)
     out = (scores.softmax(dim=-1) @ vw).reshape(B * nW, heads, Q, -1)  # (B·nW, h, Q, d_v)
-    out = _merge(out, B, Hp, Wp, w_h, w_w)  # (B, Hp, Wp, heads, d_v)
-    if s_h or s_w:
-        out = torch.roll(out, shifts=(s_h, s_w), dims=(1, 2))
+    return _unpartition(out, B, H, W, Hp, Wp, (w_h, w_w), (s_h, s_w))
+
+
+def _unpartition(
+    out: Tensor, B: int, H: int, W: int, Hp: int, Wp: int, window: tuple[int, int], shift: tuple[int, int]
+) -> Tensor:
+    """(B·nW, heads, Q, d_v) per window -> (B, H, W, heads, d_v): merge, roll back, crop the padding."""
+    out = _merge(out, B, Hp, Wp, *window)  # (B, Hp, Wp, heads, d_v)
+    if shift[0] or shift[1]:
+        out = torch.roll(out, shifts=shift, dims=(1, 2))
     return out[:, :H, :W]
