@@ -116,7 +116,8 @@ def _pixel_dwconv2d_kernel(x: Tensor, kernels: Tensor, k: int, dilation: int) ->
     pad = dilation * (k // 2)
     lanes = 64 // x.element_size()
     w = kernels.permute(0, 1, 3, 2, 4)  # (B, G, H, k², W)
-    w = F.pad(w, (pad, pad + lanes)).contiguous()  # (B, G, H, k², pad + W + pad + lanes)
+    wq = -(-W // lanes) * lanes  # columns rounded up to whole vectors, as the kernel's rows
+    w = F.pad(w, (pad, pad + wq - W)).contiguous()  # (B, G, H, k², pad + wq + pad)
     out = _KernelPixelDWConv.apply(v, w, k, dilation)  # (B, H, W, G, C/G)
     return out.permute(0, 3, 4, 1, 2).reshape(B, C, H, W)
 

@@ -667,7 +667,9 @@ Geometry geometry(const torch::Tensor& q, const torch::Tensor& v, const torch::T
   g.TH = 2 * g.KH - 1;
   g.TW = 2 * g.KW - 1;
   g.PL = fixed ? col_dilation * (g.KW / 2) : 0;
-  g.Wp = g.PL + g.W + g.PL + kLanes<T>;  // a full vector load from any window column stays in the row
+  // Columns rounded up to whole vectors: a full vector load from any regular window column stays in the row
+  // (regular blocks read at most PL columns past their block, and the last block's lanes end there).
+  g.Wp = g.PL + (g.W + kLanes<T> - 1) / kLanes<T> * kLanes<T> + g.PL;
   return g;
 }
 
