@@ -317,7 +317,7 @@ void softmax_slots(vec<T>* S, int64_t K) {
   for (int64_t t = 1; t < K; ++t) m = S[t] > m ? S[t] : m;
   vec<T> sum = {};
   for (int64_t t = 0; t < K; ++t) {
-    S[t] = vexp<T>(S[t] - m);
+    S[t] = vexp_nonpositive<T>(S[t] - m);
     sum += S[t];
   }
   const vec<T> inv = T(1) / sum;

@@ -75,6 +75,35 @@ inline vec<T> vexp(vec<T> x) {
   return underflow ? zero : res;
 }
 
+// exp of x <= 0 (softmax scores minus their maximum), cheaper than vexp: no upper clamp, rounding by
+// the 1.5 * 2^23 trick (the integer lands in the low mantissa bits) and a degree-6 polynomial (~1 ulp).
+// -inf and x < -87.3 (results below the normal range) give exactly 0. Double precision uses vexp.
+template <typename T>
+inline vec<T> vexp_nonpositive(vec<T> x) {
+  if constexpr (sizeof(T) == 8) {
+    return vexp<T>(x);
+  } else {
+    using I = typename IntVecOf<T>::type;
+    const vec<T> zero = {};
+    const auto under = x < T(-87.3);
+    x = under ? zero + T(-87.3) : x;
+    const T magic = 12582912.0f;  // 1.5 * 2^23, bit pattern 0x4B400000
+    const vec<T> t = x * T(1.4426950408889634) + magic;
+    const vec<T> n = t - magic;  // round(x / ln 2)
+    vec<T> r = x - n * T(0.693359375);
+    r = r - n * T(-2.12194440e-4);
+    vec<T> p = zero + T(1.0 / 720);
+    const T c[] = {1.0 / 120, 1.0 / 24, 1.0 / 6, 0.5, 1.0, 1.0};
+    for (T cc : c) p = p * r + cc;
+    I bits;
+    std::memcpy(&bits, &t, sizeof(bits));
+    bits = (bits - (0x4B400000 - 127)) << 23;  // 2^n
+    vec<T> two_n;
+    std::memcpy(&two_n, &bits, sizeof(two_n));
+    return under ? zero : p * two_n;
+  }
+}
+
 // In-place transpose of an L×L tile held as L vectors: stage b swaps the b×b off-diagonal blocks of
 // every pair of rows (i, i + b); log2(L) stages transpose the tile.
 template <typename T, int64_t B>

@@ -244,7 +244,7 @@ inline void softmax_row(T* row, const T* bias, int64_t np) {
   const T mx = hmax<T>(m);
   vec<T> sum = {};
   for (int64_t u = 0; u < np; u += L) {
-    const vec<T> e = vexp<T>(loadu(row + u) - mx);
+    const vec<T> e = vexp_nonpositive<T>(loadu(row + u) - mx);
     storeu(row + u, e);
     sum += e;
   }
@@ -280,7 +280,7 @@ inline void softmax_block(const T* A, int64_t lda, int64_t D, const T* BT, int64
     const T mx = hmax<T>(m);
     vec<T> sum = {};
     for (int u = 0; u < NV; ++u) {
-      acc[r][u] = vexp<T>(acc[r][u] - mx);
+      acc[r][u] = vexp_nonpositive<T>(acc[r][u] - mx);
       sum += acc[r][u];
     }
     const T inv = T(1) / hsum<T>(sum);
