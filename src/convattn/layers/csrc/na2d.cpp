@@ -254,17 +254,111 @@ void weigh_slots(const vec<T>* w, const T* const* ptr, int64_t K, int64_t C, int
       if (ptr[t]) out[c0] += w[t] * loadu(ptr[t] + c0 * Wp);
 }
 
-// Scores of one block of L queries (row i, columns j0..j0+n) for every slot: S[t] (lanes).
+// Two query rows whose windows are one key row apart (i and i + 1, row dilation 1, fixed windows) share
+// KH - 1 key rows: rows[m], m = 0..KH, is slot row m of query row i and slot row m - 1 of row i + 1 (null
+// outside the image), base[b] the column offset of slot column b. Each key vector is loaded once for both
+// query rows, which halves the loads of the two hottest loops.
 template <typename T>
-void block_scores(const T* Qt, const T* Kslab, int64_t kr0, const T* rel, const T* bias, const Tables& tb,
-                  const std::vector<vec<T>>& masks, const Geometry& g, int64_t h, int64_t i, int64_t jb, int64_t n,
-                  T scale, bool zeros, const T** ptr, vec<T>* S) {
+void dot_slots_pair(const T* xa, const T* xb, const T* const* rows, const int64_t* base, int64_t KH, int64_t KW,
+                    int64_t C, int64_t Wp, vec<T>* Sa, vec<T>* Sb) {
+  for (int64_t m = 0; m <= KH; ++m)  // slots outside the image score 0 (and are masked later)
+    if (!rows[m])
+      for (int64_t b = 0; b < KW; ++b) {
+        if (m < KH) Sa[m * KW + b] = vec<T>{};
+        if (m > 0) Sb[(m - 1) * KW + b] = vec<T>{};
+      }
+  for (int64_t c0 = 0; c0 < C; c0 += kChunk) {
+    const int64_t cn = std::min(kChunk, C - c0);
+    vec<T> va[kChunk] = {}, vb[kChunk] = {};
+    for (int64_t u = 0; u < cn; ++u) va[u] = loadu(xa + (c0 + u) * Wp), vb[u] = loadu(xb + (c0 + u) * Wp);
+    for (int64_t m = 0; m <= KH; ++m) {
+      if (!rows[m]) continue;
+      const bool use_a = m < KH, use_b = m > 0, first = c0 == 0;
+      for (int64_t b = 0; b < KW; ++b) {
+        const T* p = rows[m] + base[b] + c0 * Wp;
+        vec<T> sa = {}, sb = {};
+        if (cn == kChunk) {
+#pragma GCC unroll 8
+          for (int64_t u = 0; u < kChunk; ++u) {
+            const vec<T> kv = loadu(p + u * Wp);
+            sa += va[u] * kv;
+            sb += vb[u] * kv;
+          }
+        } else {
+          for (int64_t u = 0; u < cn; ++u) {
+            const vec<T> kv = loadu(p + u * Wp);
+            sa += va[u] * kv;
+            sb += vb[u] * kv;
+          }
+        }
+        if (use_a) Sa[m * KW + b] = first ? sa : Sa[m * KW + b] + sa;
+        if (use_b) Sb[(m - 1) * KW + b] = first ? sb : Sb[(m - 1) * KW + b] + sb;
+      }
+    }
+  }
+}
+
+// outa[c] += sum of wa[t] * value, outb[c] += sum of wb[t] * value over the shared rows (as above).
+template <typename T>
+void weigh_slots_pair(const vec<T>* wa, const vec<T>* wb, const T* const* rows, const int64_t* base, int64_t KH,
+                      int64_t KW, int64_t C, int64_t Wp, vec<T>* outa, vec<T>* outb) {
+  for (int64_t c0 = 0; c0 < C; c0 += kChunk) {
+    const int64_t cn = std::min(kChunk, C - c0);
+    vec<T> aa[kChunk] = {}, ab[kChunk] = {};
+    for (int64_t m = 0; m <= KH; ++m) {
+      if (!rows[m]) continue;
+      for (int64_t b = 0; b < KW; ++b) {
+        const vec<T> xa = m < KH ? wa[m * KW + b] : vec<T>{}, xb = m > 0 ? wb[(m - 1) * KW + b] : vec<T>{};
+        const T* p = rows[m] + base[b] + c0 * Wp;
+        if (cn == kChunk) {
+#pragma GCC unroll 8
+          for (int64_t u = 0; u < kChunk; ++u) {
+            const vec<T> kv = loadu(p + u * Wp);
+            aa[u] += xa * kv;
+            ab[u] += xb * kv;
+          }
+        } else {
+          for (int64_t u = 0; u < cn; ++u) {
+            const vec<T> kv = loadu(p + u * Wp);
+            aa[u] += xa * kv;
+            ab[u] += xb * kv;
+          }
+        }
+      }
+    }
+    for (int64_t u = 0; u < cn; ++u) outa[c0 + u] = aa[u], outb[c0 + u] = ab[u];
+  }
+}
+
+// Whether query rows i and i + 1 can be paired: fixed windows whose slot rows are one key row apart.
+inline bool pairable(const Tables& tb, const Geometry& g, bool fixed, int64_t i, int64_t i1) {
+  if (!fixed || i + 1 >= i1) return false;
+  for (int64_t a = 0; a + 1 < g.KH; ++a)
+    if (tb.r_idx[(i + 1) * g.KH + a] != tb.r_idx[i * g.KH + a + 1] ||
+        tb.r_ok[(i + 1) * g.KH + a] != tb.r_ok[i * g.KH + a + 1])
+      return false;
+  return true;
+}
+
+// The KH + 1 shared key rows of the pair (i, i + 1) in a slab, null outside the image.
+template <typename T>
+void pair_rows(const T* slab, int64_t kr0, int64_t C, const Tables& tb, const Geometry& g, int64_t i,
+               const T** rows) {
+  for (int64_t m = 0; m <= g.KH; ++m) {
+    const int64_t q = m < g.KH ? i : i + 1, a = m < g.KH ? m : g.KH - 1;
+    rows[m] = tb.r_ok[q * g.KH + a] ? slab + (tb.r_idx[q * g.KH + a] - kr0) * C * g.Wp : nullptr;
+  }
+}
+
+// Scores from the dot products of the regular slots already in S[t]: scale, rel, bias and border mask;
+// the dot products of border lanes (irregular blocks) are computed here, one lane at a time.
+template <typename T>
+void finish_scores(const T* Qt, const T* Kslab, int64_t kr0, const T* rel, const T* bias, const Tables& tb,
+                   const std::vector<vec<T>>& masks, const Geometry& g, int64_t h, int64_t i, int64_t jb, int64_t n,
+                   T scale, bool zeros, vec<T>* S) {
   constexpr int64_t L = kLanes<T>;
   const int64_t j0 = jb * L;
   const T ninf = -std::numeric_limits<T>::infinity();
-  slot_pointers(Kslab, kr0, g.D, tb, g, i, jb, ptr);
-  std::fill(S, S + g.K, vec<T>{});
-  dot_slots(Qt + j0, ptr, g.K, g.D, g.Wp, S);
   for (int64_t a = 0; a < g.KH; ++a) {
     const int64_t ra = tb.r_idx[i * g.KH + a], oa = tb.r_off[i * g.KH + a];
     const bool va = tb.r_ok[i * g.KH + a];
@@ -309,6 +403,17 @@ void block_scores(const T* Qt, const T* Kslab, int64_t kr0, const T* rel, const 
       S[t] = s;  // lanes >= n stay 0: finite, never stored
     }
   }
+}
+
+// Scores of one block of L queries (row i, columns j0..j0+n) for every slot: S[t] (lanes).
+template <typename T>
+void block_scores(const T* Qt, const T* Kslab, int64_t kr0, const T* rel, const T* bias, const Tables& tb,
+                  const std::vector<vec<T>>& masks, const Geometry& g, int64_t h, int64_t i, int64_t jb, int64_t n,
+                  T scale, bool zeros, const T** ptr, vec<T>* S) {
+  slot_pointers(Kslab, kr0, g.D, tb, g, i, jb, ptr);
+  std::fill(S, S + g.K, vec<T>{});
+  dot_slots(Qt + jb * kLanes<T>, ptr, g.K, g.D, g.Wp, S);
+  finish_scores(Qt, Kslab, kr0, rel, bias, tb, masks, g, h, i, jb, n, scale, zeros, S);
 }
 
 template <typename T>
@@ -385,18 +490,46 @@ void store_block(const vec<T>* acc, int64_t C, const Geometry& g, int64_t b, int
 
 template <typename T>
 void forward_impl(const T* q, const T* k, const T* v, const T* rel, const T* bias, const Tables& tb, T scale,
-                  bool zeros, const Geometry& g, T* out, T* probs) {
+                  bool zeros, bool fixed, const Geometry& g, T* out, T* probs) {
   constexpr int64_t L = kLanes<T>;
   const Split sp = split_rows(g);
   const int64_t nb = (g.W + L - 1) / L;
   const std::vector<vec<T>> masks = lane_masks<T>(tb, g);
   at::parallel_for(0, g.B * g.NH * sp.nchunks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> Kslab, Vslab, Qt(g.D * g.Wp, T(0));
-    std::vector<vec<T>> S(g.K), O(g.DV);
-    std::vector<const T*> ptr(g.K);
+    std::vector<T> Kslab, Vslab, Qt(2 * g.D * g.Wp, T(0));
+    std::vector<vec<T>> S(g.K), S2(g.K), O(g.DV), O2(g.DV);
+    std::vector<const T*> ptr(g.K), rows(g.KH + 1);
     for (int64_t task = begin; task < end; ++task) {
       const auto [b, h, i0, i1, kr0] = load_key_slabs(k, v, tb, g, sp, task, Kslab, Vslab);
       for (int64_t i = i0; i < i1; ++i) {
+        if (pairable(tb, g, fixed, i, i1)) {  // rows i and i + 1 together
+          to_slab(q, g.D, g, b, h, i, i + 2, Qt.data());
+          const T* Qa = Qt.data() + g.PL;
+          const T* Qb = Qa + g.D * g.Wp;
+          for (int64_t jb = 0; jb < nb; ++jb) {
+            const int64_t j0 = jb * L, n = std::min(L, g.W - j0);
+            const int64_t* base = tb.base.data() + jb * g.KW;
+            pair_rows(Kslab.data() + g.PL, kr0, g.D, tb, g, i, rows.data());
+            dot_slots_pair(Qa + j0, Qb + j0, rows.data(), base, g.KH, g.KW, g.D, g.Wp, S.data(), S2.data());
+            finish_scores(Qa, Kslab.data() + g.PL, kr0, rel, bias, tb, masks, g, h, i, jb, n, scale, zeros, S.data());
+            finish_scores(Qb, Kslab.data() + g.PL, kr0, rel, bias, tb, masks, g, h, i + 1, jb, n, scale, zeros,
+                          S2.data());
+            softmax_slots<T>(S.data(), g.K);
+            softmax_slots<T>(S2.data(), g.K);
+            if (probs)
+              for (int64_t t = 0; t < g.K; ++t) {
+                store_lanes(prob_row(probs, g, b, h, i, t) + j0, S[t], n);
+                store_lanes(prob_row(probs, g, b, h, i + 1, t) + j0, S2[t], n);
+              }
+            pair_rows(Vslab.data() + g.PL, kr0, g.DV, tb, g, i, rows.data());
+            weigh_slots_pair(S.data(), S2.data(), rows.data(), base, g.KH, g.KW, g.DV, g.Wp, O.data(), O2.data());
+            store_block(O.data(), g.DV, g, b, h, i, j0, n, out);
+            store_block(O2.data(), g.DV, g, b, h, i + 1, j0, n, out);
+          }
+          if (probs) zero_pads(probs, g, b, h, i), zero_pads(probs, g, b, h, i + 1);
+          ++i;
+          continue;
+        }
         to_slab(q, g.D, g, b, h, i, i + 1, Qt.data());
         for (int64_t jb = 0; jb < nb; ++jb) {
           const int64_t j0 = jb * L, n = std::min(L, g.W - j0);
@@ -429,15 +562,91 @@ void backward_queries(const T* dout, const T* q, const T* k, const T* v, const T
   at::parallel_for(0, g.B * g.NH * sp.nchunks, 1, [&](int64_t begin, int64_t end) {
     T* my_rel = nrel ? rel_parts[at::get_thread_num()].data() : nullptr;
     T* my_bias = nbias ? bias_parts[at::get_thread_num()].data() : nullptr;
-    std::vector<T> Kslab, Vslab, Qt(g.D * g.Wp, T(0)), dOt(g.DV * g.Wp, T(0));
-    std::vector<vec<T>> P(g.K), dP(g.K), dQ(g.D);
-    std::vector<const T*> ptr(g.K);
+    std::vector<T> Kslab, Vslab, Qt(2 * g.D * g.Wp, T(0)), dOt(2 * g.DV * g.Wp, T(0));
+    std::vector<vec<T>> P(g.K), dP(g.K), dQ(g.D), P2(g.K), dP2(g.K), dQ2(g.D);
+    std::vector<const T*> ptr(g.K), rows(g.KH + 1);
     // Fixed windows: every slot has one rel/bias offset, so their gradients are summed lane-wise over
     // the task and reduced across lanes once at its end.
     std::vector<vec<T>> rel_acc(fixed && my_rel ? g.K * g.D : 0), bias_acc(fixed && my_bias ? g.K : 0);
     for (int64_t task = begin; task < end; ++task) {
-      const auto [b, h, i0, i1, kr0] = load_key_slabs(k, v, tb, g, sp, task, Kslab, Vslab);
+      const Task tk = load_key_slabs(k, v, tb, g, sp, task, Kslab, Vslab);
+      const int64_t b = tk.b, h = tk.h, i0 = tk.i0, i1 = tk.i1, kr0 = tk.kr0;  // named for the lambdas
+      // dS = P (dP - sum P dP) for one query row's block, stored; dP holds dS afterwards.
+      auto scores_grad = [&](int64_t i, int64_t j0, int64_t n, vec<T>* P, vec<T>* dP) {
+        vec<T> total = {};
+        for (int64_t t = 0; t < g.K; ++t) total += P[t] * dP[t];
+        for (int64_t t = 0; t < g.K; ++t) {
+          dP[t] = P[t] * (dP[t] - total);
+          store_lanes(prob_row(ds, g, b, h, i, t) + j0, dP[t], n);
+        }
+      };
+      // dq = scale * (sum dS k_t, in dQ) + sum dS rel_t, the rel/bias gradients, and the store.
+      auto query_grad = [&](int64_t i, const T* Q0, int64_t jb, int64_t n, const vec<T>* dS, vec<T>* dQ) {
+        const int64_t j0 = jb * L;
+        for (int64_t c = 0; c < g.D; ++c) dQ[c] *= scale;
+        if (fixed && (rel || my_bias)) {
+          for (int64_t t = 0; t < g.K; ++t) {
+            const int64_t oa = t / g.KW + g.KH / 2, ob = t % g.KW + g.KW / 2;
+            const vec<T> d = dS[t];
+            if (rel) {
+              const T* rv = rel_at(rel, g, oa, ob, h);
+              for (int64_t c = 0; c < g.D; ++c) dQ[c] += d * rv[c];
+              if (my_rel)
+                for (int64_t c = 0; c < g.D; ++c) rel_acc[t * g.D + c] += d * loadu(Q0 + c * g.Wp + j0);
+            }
+            if (my_bias) bias_acc[t] += d;
+          }
+        } else if (rel || my_bias) {
+          for (int64_t a = 0; a < g.KH; ++a) {
+            const int64_t oa = tb.r_off[i * g.KH + a];
+            for (int64_t bb = 0; bb < g.KW; ++bb) {
+              const int64_t t = a * g.KW + bb;
+              for (int64_t l = 0; l < n; ++l) {
+                const T d = dS[t][l];
+                if (d == T(0)) continue;
+                const int64_t j = j0 + l, ob = tb.c_off[j * g.KW + bb];
+                if (rel) {
+                  const T* rv = rel_at(rel, g, oa, ob, h);
+                  for (int64_t c = 0; c < g.D; ++c) dQ[c][l] += d * rv[c];
+                  if (my_rel) {
+                    T* gr = my_rel + ((oa * g.TW + ob) * g.NH + h) * g.D;
+                    for (int64_t c = 0; c < g.D; ++c) gr[c] += d * Q0[c * g.Wp + j];
+                  }
+                }
+                if (my_bias) my_bias[(h * g.TH + oa) * g.TW + ob] += d;
+              }
+            }
+          }
+        }
+        store_block(dQ, g.D, g, b, h, i, j0, n, dq);
+      };
       for (int64_t i = i0; i < i1; ++i) {
+        if (pairable(tb, g, fixed, i, i1)) {  // rows i and i + 1 together (see dot_slots_pair)
+          to_slab(q, g.D, g, b, h, i, i + 2, Qt.data());
+          to_slab(dout, g.DV, g, b, h, i, i + 2, dOt.data());
+          const T *Qa = Qt.data() + g.PL, *Qb = Qa + g.D * g.Wp;
+          const T *dOa = dOt.data() + g.PL, *dOb = dOa + g.DV * g.Wp;
+          for (int64_t jb = 0; jb < nb; ++jb) {
+            const int64_t j0 = jb * L, n = std::min(L, g.W - j0);
+            const int64_t* base = tb.base.data() + jb * g.KW;
+            for (int64_t t = 0; t < g.K; ++t) {
+              P[t] = load_lanes(prob_row(probs, g, b, h, i, t) + j0, n);
+              P2[t] = load_lanes(prob_row(probs, g, b, h, i + 1, t) + j0, n);
+            }
+            pair_rows(Vslab.data() + g.PL, kr0, g.DV, tb, g, i, rows.data());
+            dot_slots_pair(dOa + j0, dOb + j0, rows.data(), base, g.KH, g.KW, g.DV, g.Wp, dP.data(), dP2.data());
+            scores_grad(i, j0, n, P.data(), dP.data());
+            scores_grad(i + 1, j0, n, P2.data(), dP2.data());
+            pair_rows(Kslab.data() + g.PL, kr0, g.D, tb, g, i, rows.data());
+            weigh_slots_pair(dP.data(), dP2.data(), rows.data(), base, g.KH, g.KW, g.D, g.Wp, dQ.data(),
+                             dQ2.data());
+            query_grad(i, Qa, jb, n, dP.data(), dQ.data());
+            query_grad(i + 1, Qb, jb, n, dP2.data(), dQ2.data());
+          }
+          zero_pads(ds, g, b, h, i), zero_pads(ds, g, b, h, i + 1);
+          ++i;
+          continue;
+        }
         to_slab(q, g.D, g, b, h, i, i + 1, Qt.data());
         to_slab(dout, g.DV, g, b, h, i, i + 1, dOt.data());
         const T* Q0 = Qt.data() + g.PL;  // column j of the row at [c * Wp + j]
@@ -464,51 +673,10 @@ void backward_queries(const T* dout, const T* q, const T* k, const T* v, const T
               }
             }
           }
-          vec<T> total = {};
-          for (int64_t t = 0; t < g.K; ++t) total += P[t] * dP[t];
-          for (int64_t t = 0; t < g.K; ++t) {
-            dP[t] = P[t] * (dP[t] - total);  // now dS
-            store_lanes(prob_row(ds, g, b, h, i, t) + j0, dP[t], n);
-          }
-          // dq = scale * sum dS k_t + sum dS rel_t
+          scores_grad(i, j0, n, P.data(), dP.data());
           std::fill(dQ.begin(), dQ.end(), vec<T>{});
           block_gather(dP.data(), Kslab.data() + g.PL, kr0, g.D, tb, g, i, jb, n, ptr.data(), dQ.data());
-          for (int64_t c = 0; c < g.D; ++c) dQ[c] *= scale;
-          if (fixed && (rel || my_bias)) {
-            for (int64_t t = 0; t < g.K; ++t) {
-              const int64_t oa = t / g.KW + g.KH / 2, ob = t % g.KW + g.KW / 2;
-              const vec<T> d = dP[t];
-              if (rel) {
-                const T* rv = rel_at(rel, g, oa, ob, h);
-                for (int64_t c = 0; c < g.D; ++c) dQ[c] += d * rv[c];
-                if (my_rel)
-                  for (int64_t c = 0; c < g.D; ++c) rel_acc[t * g.D + c] += d * loadu(Q0 + c * g.Wp + j0);
-              }
-              if (my_bias) bias_acc[t] += d;
-            }
-          } else if (rel || my_bias) {
-            for (int64_t a = 0; a < g.KH; ++a) {
-              const int64_t oa = tb.r_off[i * g.KH + a];
-              for (int64_t bb = 0; bb < g.KW; ++bb) {
-                const int64_t t = a * g.KW + bb;
-                for (int64_t l = 0; l < n; ++l) {
-                  const T d = dP[t][l];
-                  if (d == T(0)) continue;
-                  const int64_t j = j0 + l, ob = tb.c_off[j * g.KW + bb];
-                  if (rel) {
-                    const T* rv = rel_at(rel, g, oa, ob, h);
-                    for (int64_t c = 0; c < g.D; ++c) dQ[c][l] += d * rv[c];
-                    if (my_rel) {
-                      T* gr = my_rel + ((oa * g.TW + ob) * g.NH + h) * g.D;
-                      for (int64_t c = 0; c < g.D; ++c) gr[c] += d * Q0[c * g.Wp + j];
-                    }
-                  }
-                  if (my_bias) my_bias[(h * g.TH + oa) * g.TW + ob] += d;
-                }
-              }
-            }
-          }
-          store_block(dQ.data(), g.D, g, b, h, i, j0, n, dq);
+          query_grad(i, Q0, jb, n, dP.data(), dQ.data());
         }
         zero_pads(ds, g, b, h, i);
       }
@@ -693,7 +861,7 @@ std::vector<torch::Tensor> na2d_forward(torch::Tensor q, torch::Tensor k, torch:
     probs = torch::empty({save ? g.B : 0, g.NH, g.H, g.K, g.Wp}, q.options());
     forward_impl<scalar_t>(q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
                            optional_ptr<scalar_t>(rel), optional_ptr<scalar_t>(bias), tb,
-                           static_cast<scalar_t>(scale), zeros, g, out.data_ptr<scalar_t>(),
+                           static_cast<scalar_t>(scale), zeros, fixed, g, out.data_ptr<scalar_t>(),
                            save ? probs.data_ptr<scalar_t>() : nullptr);
   });
   return {out, probs};
