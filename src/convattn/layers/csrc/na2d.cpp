@@ -733,16 +733,67 @@ void gather_fixed(const T* w0, const T* x0, int64_t xstride, int64_t C, const in
   }
 }
 
+// gather_fixed for two neighbouring key rows kr and kr + 1 at once (row dilation 1): query row i reaches
+// them through slot rows kr - i + KH/2 and one more, and its q/dout vectors are loaded once for both.
+template <typename T>
+void gather_fixed_pair(const T* w0, const T* x0, int64_t xstride, int64_t C, int64_t kr, int64_t qr0,
+                       const Geometry& g, int64_t b, int64_t h, int64_t kc0, int64_t col_dilation, T scale,
+                       vec<T>* acc0, vec<T>* acc1) {
+  const int64_t r = g.KW / 2, rr = g.KH / 2;
+  const int64_t lo = std::max<int64_t>(0, kr - rr), hi = std::min(g.H - 1, kr + 1 + rr);
+  for (int64_t c0 = 0; c0 < C; c0 += kChunk) {
+    const int64_t cn = std::min(kChunk, C - c0);
+    vec<T> a0[kChunk] = {}, a1[kChunk] = {};
+    for (int64_t i = lo; i <= hi; ++i) {
+      const int64_t s0 = kr - i + rr;  // slot row of key row kr for query row i; kr + 1 is s0 + 1
+      const bool ok0 = s0 >= 0 && s0 < g.KH, ok1 = s0 + 1 >= 0 && s0 + 1 < g.KH;
+      const T* w0row = ok0 ? prob_row(w0, g, b, h, i, s0 * g.KW) : nullptr;
+      const T* w1row = ok1 ? prob_row(w0, g, b, h, i, (s0 + 1) * g.KW) : nullptr;
+      const T* xrow = x0 + (i - qr0) * xstride;
+      for (int64_t bb = 0; bb < g.KW; ++bb) {
+        const int64_t at = kc0 - (bb - r) * col_dilation;
+        const vec<T> wv0 = ok0 ? loadu(w0row + bb * g.Wp + at) * scale : vec<T>{};
+        const vec<T> wv1 = ok1 ? loadu(w1row + bb * g.Wp + at) * scale : vec<T>{};
+        if (cn == kChunk) {
+#pragma GCC unroll 8
+          for (int64_t u = 0; u < kChunk; ++u) {
+            const vec<T> xv = loadu(xrow + (c0 + u) * g.Wp + at);
+            a0[u] += wv0 * xv;
+            a1[u] += wv1 * xv;
+          }
+        } else {
+          for (int64_t u = 0; u < cn; ++u) {
+            const vec<T> xv = loadu(xrow + (c0 + u) * g.Wp + at);
+            a0[u] += wv0 * xv;
+            a1[u] += wv1 * xv;
+          }
+        }
+      }
+    }
+    for (int64_t u = 0; u < cn; ++u) acc0[c0 + u] = a0[u], acc1[c0 + u] = a1[u];
+  }
+}
+
+// Whether the row windows are fixed with row dilation 1 (key row of slot a = query row + a - KH/2).
+inline bool unit_row_windows(const Tables& tb, const Geometry& g, bool fixed) {
+  if (!fixed) return false;
+  for (int64_t i = 0; i < g.H; ++i)
+    for (int64_t a = 0; a < g.KH; ++a)
+      if (tb.r_ok[i * g.KH + a] && tb.r_idx[i * g.KH + a] != i + a - g.KH / 2) return false;
+  return true;
+}
+
 // Pass 2, per key row: dk = scale sum dS q and dv = sum P dout over the queries whose window holds it.
 template <typename T>
 void backward_keys(const T* dout, const T* q, const T* probs, const T* ds, const Tables& tb, const int64_t* r_inv,
                    int64_t mr, T scale, const Geometry& g, bool fixed, int64_t col_dilation, T* dk, T* dv) {
+  const bool unit_rows = unit_row_windows(tb, g, fixed);
   constexpr int64_t L = kLanes<T>;
   const Split sp = split_rows(g);
   const int64_t nb = (g.W + L - 1) / L;
   at::parallel_for(0, g.B * g.NH * sp.nchunks, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> Qslab, dOslab, dKt(g.D * g.Wp), dVt(g.DV * g.Wp);
-    std::vector<vec<T>> tmp(std::max(g.D, g.DV));
+    std::vector<vec<T>> tmp(std::max(g.D, g.DV)), tmp2(std::max(g.D, g.DV));
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / (g.NH * sp.nchunks), h = (task / sp.nchunks) % g.NH;
       const int64_t k0 = (task % sp.nchunks) * sp.chunk, k1 = std::min(g.H, k0 + sp.chunk);
@@ -758,6 +809,21 @@ void backward_keys(const T* dout, const T* q, const T* probs, const T* ds, const
       T* dV0 = dVt.data() + g.PL;
       if (fixed) {  // gather form: each key block sums its contributions in registers
         for (int64_t kr = k0; kr < k1; ++kr) {
+          if (unit_rows && kr + 1 < k1) {  // two key rows at once
+            for (int64_t kb = 0; kb < nb; ++kb) {
+              const int64_t kc0 = kb * L, n = std::min(L, g.W - kc0);
+              gather_fixed_pair(ds, Qslab.data() + g.PL, g.D * g.Wp, g.D, kr, qr0, g, b, h, kc0, col_dilation, scale,
+                                tmp.data(), tmp2.data());
+              store_block(tmp.data(), g.D, g, b, h, kr, kc0, n, dk);
+              store_block(tmp2.data(), g.D, g, b, h, kr + 1, kc0, n, dk);
+              gather_fixed_pair(probs, dOslab.data() + g.PL, g.DV * g.Wp, g.DV, kr, qr0, g, b, h, kc0, col_dilation,
+                                T(1), tmp.data(), tmp2.data());
+              store_block(tmp.data(), g.DV, g, b, h, kr, kc0, n, dv);
+              store_block(tmp2.data(), g.DV, g, b, h, kr + 1, kc0, n, dv);
+            }
+            ++kr;
+            continue;
+          }
           int64_t npairs = 0;
           while (npairs < mr && r_inv[(kr * mr + npairs) * 2] >= 0) ++npairs;
           const int64_t* pairs = r_inv + kr * mr * 2;
