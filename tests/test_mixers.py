@@ -245,3 +245,14 @@ def test_dynamic_convs_name_bad_input():
         pixel_dwconv2d(x, torch.randn(2, 3, 9, 5, 5))
     with pytest.raises(ValueError, match="k·k taps"):
         pixel_dwconv2d(x, torch.randn(2, 2, 8, 5, 5))
+
+
+def test_depthwise_mixer_is_a_conv2d_that_runs_in_channels_last():
+    mixer = create_mixer("dwconv", 8, kernel_size=5)
+    plain = torch.nn.Conv2d(8, 8, 5, padding=2, groups=8)
+    plain.load_state_dict(mixer.state_dict())  # same parameters and names as nn.Conv2d
+    x = torch.randn(2, 8, 9, 7, dtype=f64)
+    mixer, plain = mixer.double(), plain.double()
+    y = mixer(x)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, plain(x), atol=1e-12, rtol=0)

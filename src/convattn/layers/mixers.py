@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -106,16 +107,29 @@ def _conv(
     )
 
 
+class DepthwiseConv2d(nn.Conv2d):
+    """A depth-wise nn.Conv2d that runs in channels_last, where torch's depth-wise kernels are 2-4x
+    faster (forward and backward) than in NCHW; the output keeps that layout. Same parameters and
+    state_dict as nn.Conv2d."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.weight.data = self.weight.data.contiguous(memory_format=torch.channels_last)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.contiguous(memory_format=torch.channels_last))
+
+
 @register_mixer("dwconv")
 def _dwconv(
     dim: int, *, out_dim: int | None = None, kernel_size: int = 7, stride: int = 1, bias: bool = True
 ) -> nn.Module:
-    """Depth-wise k×k convolution (out_dim a multiple of dim), 'same' padding."""
+    """Depth-wise k×k convolution (out_dim a multiple of dim), 'same' padding, run in channels_last."""
     k = _odd_kernel(kernel_size)
     out = out_dim or dim
     if out % dim:
         raise ValueError(f"a depth-wise conv needs out_dim a multiple of dim, got dim={dim}, out_dim={out}")
-    return nn.Conv2d(
+    return DepthwiseConv2d(
         dim, out, k, stride=check_positive_int("stride", stride), padding=k // 2, groups=dim, bias=bias
     )
 
@@ -200,7 +214,13 @@ class LocalMLP(nn.Module):
         """The spatial aggregation alone (static: xw is not used)."""
         C = xv.shape[1]
         kernel = self.weight.repeat_interleave(C // self.heads, dim=0)[:, None]  # (C, 1, k, k)
-        return F.conv2d(xv, kernel, padding=self.k // 2, groups=C)
+        cl = torch.channels_last  # torch's depth-wise kernels are 2-4x faster in this layout
+        return F.conv2d(
+            xv.contiguous(memory_format=cl),
+            kernel.contiguous(memory_format=cl),
+            padding=self.k // 2,
+            groups=C,
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         check_tensor("x", x, 4)
