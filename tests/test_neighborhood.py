@@ -107,6 +107,7 @@ def test_full_window_mask_equals_global_attention():
         ({"kernel_size": 3, "backend": "cuda"}, ValueError, "backend='cuda'"),
         ({"kernel_size": 0}, ValueError, "kernel_size=0"),
         ({"kernel_size": 3, "dilation": 0}, ValueError, "dilation=0"),
+        ({"kernel_size": 3, "dilation": (1, 4)}, ValueError, r"dilation 4 does not fit a map of width 4"),
         ({"kernel_size": 3, "border": "reflect"}, ValueError, r"border='reflect'"),
         ({"kernel_size": 3, "rel": torch.zeros(3, 3, 2, 3)}, ValueError, r"rel must be \(2k_h-1"),
         ({"kernel_size": 3, "bias": torch.zeros(2, 3, 3)}, ValueError, r"bias must be \(heads"),

@@ -4,7 +4,9 @@ Ramachandran et al. 2019 (SASA) and Hassani et al. 2023 (NATTEN): for a query pi
     out_p = Σ_{n ∈ N(p)} softmax_n(scale · q_p·k_n + q_p·rel[n - p] + bias[n - p]) v_n,
 computed per head on heads-last tensors (B, H, W, heads, d), the layout of NATTEN's `na2d`.
 
-Windows are products of one window per axis. On an axis of length n with kernel k, dilation δ and
+Windows are products of one window per axis. A window larger than the map holds the pixels that
+exist; a dilation at least as long as an axis (of more than one pixel) is an error, since every window
+would then hold its query alone. On an axis of length n with kernel k, dilation δ and
 r = k // 2, query i uses the keys below; `border` decides what happens near the edges:
     'mask'   i + (t - r)·δ, t = 0..k-1; keys outside the image are left out of the softmax (default);
     'zeros'  the same keys; keys outside the image are zero vectors that still take part (score from
@@ -291,6 +293,12 @@ def _check_inputs(
         )
     if border not in BORDERS:
         raise ValueError(f"border must be one of {BORDERS}, got border={border!r}")
+    for axis, n, step in (("height", q.shape[1], dil[0]), ("width", q.shape[2], dil[1])):
+        if step > 1 and n > 1 and step >= n:  # every window would hold its query alone: attention = v
+            raise ValueError(
+                f"dilation {step} does not fit a map of {axis} {n}: every window would hold only its own "
+                f"query; use dilation < {n} (got dilation={dil}, map {tuple(q.shape[1:3])})"
+            )
     heads, d = q.shape[3], q.shape[4]
     table = (2 * ks[0] - 1, 2 * ks[1] - 1)
     if rel is not None and tuple(rel.shape) != (*table, heads, d):
