@@ -195,6 +195,78 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _option(text: str) -> tuple[str, object]:
+    """KEY=VALUE with VALUE read as JSON where it parses (numbers, true/false, lists), else a string."""
+    import json
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from convattn.train import Interrupted, TrainConfig, train
+
+    cfg = TrainConfig(
+        model=args.model,
+        data=args.data,
+        epochs=args.epochs,
+        out=str(args.out),
+        model_options=dict(args.set or []),
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        warmup=args.warmup,
+        label_smoothing=args.label_smoothing,
+        clip_grad=args.clip_grad,
+        crop_pad=args.crop_pad,
+        flip=args.flip,
+        seed=args.seed,
+        threads=args.threads or 0,
+        device=args.device,
+    )
+    try:
+        result = train(cfg, resume=args.resume)
+    except Interrupted as stop:
+        print(f"{PROG}: {stop}; continue with --resume", file=sys.stderr)
+        return 130
+    print(f"test accuracy {result.test_acc:.4f}  (run folder {result.out})")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    _set_threads(args.threads)
+    import json
+
+    from convattn.train import evaluate_weights
+
+    print(json.dumps(evaluate_weights(args.weights, args.data, args.device), indent=2))
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    _set_threads(args.threads)
+    from convattn.models.summary import model_table
+
+    rows = model_table(args.pattern, details=args.details)
+    if not rows:
+        print(f"no model matches {args.pattern!r}")
+        return 1
+    for row in rows:
+        line = f"{row['name']:<34} {row['family']:<12} {row['description']}"
+        if args.details:
+            line = f"{row['name']:<34} {row['params']:>12,} params {row['macs']:>15,} MACs at {row['input']}"
+        print(line)
+    if args.csv:
+        write_csv(args.csv, rows)
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     import json
 
@@ -287,6 +359,46 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", type=Path, help="CSV to write (default runs/bench.csv)")
     bench.add_argument("--quick", action="store_true", help="small shapes, a few repeats (under a minute)")
     bench.set_defaults(func=_cmd_bench)
+
+    train = sub.add_parser(
+        "train",
+        parents=[common],
+        help="train a registered model on a data set; resumable, and runs under torchrun",
+        description="Train MODEL on DATA into a run folder (config.json, checkpoint.pt after every epoch, "
+        "metrics.jsonl/csv, model.safetensors). --resume continues a killed run to the same weights, bit "
+        "for bit. Under `torchrun --nproc_per_node N` it trains with DistributedDataParallel.",
+    )
+    train.add_argument("--model", required=True, help="a name of `convattn models`")
+    train.add_argument("--data", default="digits", help="digits, shapes, long_range, cifar10:PATH, folder:PATH")
+    train.add_argument("--epochs", type=int, default=10)
+    train.add_argument("--out", type=Path, required=True, help="the run folder")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    train.add_argument("--set", type=_option, action="append", metavar="KEY=VALUE", help="model option")
+    train.add_argument("--batch-size", type=int, default=64, help="global batch (default 64)")
+    train.add_argument("--optimizer", choices=["sgd", "adamw"], default="adamw")
+    train.add_argument("--lr", type=float, default=2e-3)
+    train.add_argument("--weight-decay", type=float, default=0.05)
+    train.add_argument("--warmup", type=float, default=0.05, help="fraction of steps (default 0.05)")
+    train.add_argument("--label-smoothing", type=float, default=0.0)
+    train.add_argument("--clip-grad", type=float, default=0.0, help="max gradient norm (0: off)")
+    train.add_argument("--crop-pad", type=int, default=-1, help="random-crop padding (-1: by image size)")
+    train.add_argument("--flip", action="store_true", help="random horizontal flips")
+    train.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    train.set_defaults(func=_cmd_train)
+
+    evaluate = sub.add_parser(
+        "eval", parents=[common], help="evaluate exported weights (a run folder) on a test set"
+    )
+    evaluate.add_argument("--weights", type=Path, required=True, help="folder with model.safetensors")
+    evaluate.add_argument("--data", help="data set (default: the one it was trained on)")
+    evaluate.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    evaluate.set_defaults(func=_cmd_eval)
+
+    models = sub.add_parser("models", parents=[common], help="list the registered models")
+    models.add_argument("pattern", nargs="?", help="shell pattern, e.g. 'resnet*'")
+    models.add_argument("--details", action="store_true", help="parameters and MACs (attention counted)")
+    models.add_argument("--csv", type=Path, help="also write the table as CSV")
+    models.set_defaults(func=_cmd_models)
 
     info = sub.add_parser("info", help="print versions, threads and device as JSON")
     info.set_defaults(func=_cmd_info)

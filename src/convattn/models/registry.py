@@ -1,0 +1,134 @@
+"""The model registry: every network of the literature by name, each family with a `tiny` preset.
+
+A registered builder takes keyword overrides (num_classes, image_size, in_chans, ...) and returns an
+nn.Module mapping (B, in_chans, H, W) images to (B, num_classes) logits. Each entry records the image
+sizes it supports so that a wrong size is refused with a message before any tensor is built.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+__all__ = ["ModelInfo", "create_model", "list_models", "model_info", "register_model"]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the registry knows about a model before building it.
+
+    Attributes:
+        name: registry name, e.g. "resnet18_cifar".
+        family: e.g. "resnet", "cordonnier", "sasa_resnet", "vit", "swin", "dwnet", "digits".
+        builder: keyword overrides -> nn.Module.
+        defaults: the preset's keyword arguments (overrides replace them).
+        description: one line for `convattn models`.
+        image_size: the default input size (square).
+        in_chans: default input channels.
+        num_classes: default number of classes.
+        divisor: input sides must be multiples of this (1: any size).
+        min_size: smallest supported input side.
+    """
+
+    name: str
+    family: str
+    builder: Callable[..., nn.Module]
+    defaults: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    image_size: int = 32
+    in_chans: int = 3
+    num_classes: int = 10
+    divisor: int = 1
+    min_size: int = 1
+
+
+_MODELS: dict[str, ModelInfo] = {}
+
+
+def register_model(
+    name: str,
+    family: str,
+    *,
+    description: str = "",
+    image_size: int = 32,
+    in_chans: int = 3,
+    num_classes: int = 10,
+    divisor: int = 1,
+    min_size: int = 1,
+    **defaults: Any,
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator: register `builder(**kwargs)` under `name` with preset keyword `defaults`.
+
+    The same builder may be registered under several names (presets) by stacking decorators.
+    """
+
+    def wrap(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _MODELS:
+            raise ValueError(f"model {name!r} is already registered")
+        _MODELS[name] = ModelInfo(
+            name, family, builder, dict(defaults), description, image_size, in_chans, num_classes, divisor, min_size
+        )
+        return builder
+
+    return wrap
+
+
+def _load_builtin() -> None:
+    """Import the modules that register the built-in models (once)."""
+    from convattn.models import attention_net, dwnet, resnet, sasa_resnet, small, swin, vit  # noqa: F401
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Registered names, sorted; `pattern` filters with shell wildcards ("resnet*", "*tiny")."""
+    _load_builtin()
+    names = sorted(_MODELS)
+    return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
+
+
+def model_info(name: str) -> ModelInfo:
+    """The registry entry of `name`; an unknown name is a ValueError that suggests the closest names."""
+    _load_builtin()
+    if not isinstance(name, str):
+        raise TypeError(f"model name must be a string, got {type(name).__name__}")
+    if name not in _MODELS:
+        close = difflib.get_close_matches(name, list(_MODELS), n=3, cutoff=0.4)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ValueError(f"unknown model {name!r}{hint} (`convattn models` lists them all)")
+    return _MODELS[name]
+
+
+def create_model(name: str, **overrides: Any) -> nn.Module:
+    """Build the registered model `name`; `overrides` replace the preset's keyword arguments.
+
+    num_classes must be a positive int; image_size (if given) must suit the model.
+    """
+    info = model_info(name)
+    base = {"num_classes": info.num_classes, "in_chans": info.in_chans, "image_size": info.image_size}
+    accepted = inspect.signature(info.builder).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+    base = {k: v for k, v in base.items() if takes_any or k in accepted}
+    kwargs = {**base, **info.defaults, **overrides}
+    classes = kwargs["num_classes"]
+    if isinstance(classes, bool) or not isinstance(classes, int) or classes <= 0:
+        raise ValueError(f"num_classes must be a positive int, got num_classes={classes!r}")
+    size = kwargs.get("image_size", info.image_size)
+    check_image_size(info, size)
+    return info.builder(**kwargs)
+
+
+def check_image_size(info: ModelInfo, size: int | tuple[int, int]) -> None:
+    """Raise ValueError when an input of `size` (side or (H, W)) does not suit the model."""
+    sides = (size, size) if isinstance(size, int) else tuple(size)
+    for side in sides:
+        if isinstance(side, bool) or not isinstance(side, int) or side < info.min_size or side % info.divisor:
+            rule = f"a multiple of {info.divisor}" if info.divisor > 1 else "an int"
+            raise ValueError(
+                f"model {info.name!r} takes image sides that are {rule} and at least {info.min_size}, "
+                f"got image_size={size!r}"
+            )
