@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 _SUBMODULES = (
     "attention",
     "convert",
+    "data",
     "demos",
     "functional",
     "layers",
@@ -22,6 +23,7 @@ _SUBMODULES = (
     "plotting",
     "records",
     "study",
+    "train",
     "viz",
 )
 _NAMES = {
@@ -32,6 +34,8 @@ _NAMES = {
     "attention_to_conv": "convattn.convert",
     "create_mixer": "convattn.layers.mixers",
     "list_mixers": "convattn.layers.mixers",
+    "create_model": "convattn.models.registry",
+    "list_models": "convattn.models.registry",
 }
 
 __all__ = ["__version__", *_NAMES]

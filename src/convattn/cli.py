@@ -369,7 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
         "for bit. Under `torchrun --nproc_per_node N` it trains with DistributedDataParallel.",
     )
     train.add_argument("--model", required=True, help="a name of `convattn models`")
-    train.add_argument("--data", default="digits", help="digits, shapes, long_range, cifar10:PATH, folder:PATH")
+    train.add_argument(
+        "--data", default="digits", help="digits, shapes, long_range, cifar10:PATH, folder:PATH"
+    )
     train.add_argument("--epochs", type=int, default=10)
     train.add_argument("--out", type=Path, required=True, help="the run folder")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")

@@ -30,7 +30,15 @@ class AttentionLayer(nn.Module):
     """One BERT layer over an image: MHSA2d, dense + residual + LN, FFN + residual + LN (post-LN)."""
 
     def __init__(
-        self, hidden: int, *, num_heads: int, encoding: str, ffn: int, dropout: float, eps: float, max_size: int
+        self,
+        hidden: int,
+        *,
+        num_heads: int,
+        encoding: str,
+        ffn: int,
+        dropout: float,
+        eps: float,
+        max_size: int,
     ) -> None:
         super().__init__()
         self.attention = MultiHeadSelfAttention2d(
@@ -145,7 +153,7 @@ for _encoding in ("quadratic", "quadratic_generalized", "relative", "relative_co
     register_model(
         f"attention_net_{_encoding}",
         "cordonnier",
-        description=f"Cordonnier et al.'s attention-only network, {_encoding} encoding (hidden 400, 6 layers)",
+        description=f"Cordonnier et al.'s attention-only network, {_encoding} encoding (400 wide, 6 layers)",
         divisor=2,
         min_size=2,
         encoding=_encoding,

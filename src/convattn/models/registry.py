@@ -72,7 +72,16 @@ def register_model(
         if name in _MODELS:
             raise ValueError(f"model {name!r} is already registered")
         _MODELS[name] = ModelInfo(
-            name, family, builder, dict(defaults), description, image_size, in_chans, num_classes, divisor, min_size
+            name,
+            family,
+            builder,
+            dict(defaults),
+            description,
+            image_size,
+            in_chans,
+            num_classes,
+            divisor,
+            min_size,
         )
         return builder
 

@@ -51,7 +51,12 @@ class BasicBlock(nn.Module):
     """Two 3×3 layers with BN and ReLU and an identity (or 1×1 projection) shortcut."""
 
     def __init__(
-        self, in_dim: int, out_dim: int, stride: int, mixer: str = "conv", options: dict[str, Any] | None = None
+        self,
+        in_dim: int,
+        out_dim: int,
+        stride: int,
+        mixer: str = "conv",
+        options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.conv1 = spatial_layer(mixer, in_dim, out_dim, stride, options)
@@ -128,7 +133,7 @@ def _resnet(**kwargs: Any) -> ResNet:
     return ResNet(**kwargs)
 
 
-for _name, _desc, _defaults in [
+_PRESETS: list[tuple[str, str, dict[str, Any]]] = [
     ("resnet18_cifar", "ResNet-18, CIFAR stem (3×3, no max-pool): 11,173,962 parameters", {}),
     ("resnet18_cifar_sasa", "ResNet-18 with SASA 7×7 local attention (8 heads) for every 3×3 conv",
      {"mixer": "sasa", "mixer_options": {"kernel_size": 7, "num_heads": 8}}),
@@ -142,7 +147,8 @@ for _name, _desc, _defaults in [
      {"layers": (1, 1, 1, 1), "width": 8}),
     ("resnet_digits", "a small ResNet for the 8×8 digits: width 16, stages (1, 1, 1)",
      {"layers": (1, 1, 1), "width": 16, "in_chans": 1}),
-]:  # fmt: skip
+]  # fmt: skip
+for _name, _desc, _defaults in _PRESETS:
     _chans = _defaults.pop("in_chans", 3)
     register_model(
         _name, "resnet", description=_desc, image_size=8 if _chans == 1 else 32, in_chans=_chans, **_defaults

@@ -53,8 +53,19 @@ def _small_cnn(**kwargs: Any) -> SmallCNN:
 
 
 register_model(
-    "cnn_digits", "digits", description="a 3-layer CNN for the 8×8 digits", image_size=8, in_chans=1, min_size=2
+    "cnn_digits",
+    "digits",
+    description="a 3-layer CNN for the 8×8 digits",
+    image_size=8,
+    in_chans=1,
+    min_size=2,
 )(_small_cnn)
 register_model(
-    "cnn_tiny", "digits", description="the digits CNN at width 4 (tests)", image_size=8, in_chans=1, min_size=2, width=4
+    "cnn_tiny",
+    "digits",
+    description="the digits CNN at width 4 (tests)",
+    image_size=8,
+    in_chans=1,
+    min_size=2,
+    width=4,
 )(_small_cnn)

@@ -60,7 +60,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise
     except Exception as err:  # a torn, truncated or foreign file
-        raise ValueError(f"{path} is not a readable convattn checkpoint ({type(err).__name__}: {err})") from err
+        raise ValueError(
+            f"{path} is not a readable convattn checkpoint ({type(err).__name__}: {err})"
+        ) from err
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path} is not a convattn checkpoint (format {FORMAT!r} expected)")
     return state
@@ -68,12 +70,13 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 def rng_state() -> dict[str, Any]:
     """Every random state a training step draws from (torch CPU and CUDA, Python, NumPy)."""
-    np_state = np.random.get_state()
+    state: tuple[Any, ...] = tuple(np.random.get_state())  # noqa: NPY002 (user code draws from it)
+    kind, keys, pos, has_gauss, cached = state
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "python": [list(random.getstate()[1]), random.getstate()[0], random.getstate()[2]],
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "numpy": [kind, torch.from_numpy(np.asarray(keys).astype(np.int64)), pos, has_gauss, cached],
     }
 
 
@@ -85,4 +88,4 @@ def set_rng_state(state: dict[str, Any]) -> None:
     internal, version, gauss = state["python"]
     random.setstate((version, tuple(int(v) for v in internal), gauss))
     kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))  # noqa: NPY002

@@ -59,9 +59,9 @@ class TrainConfig:
     data_seed: int = 0
 
     def __post_init__(self) -> None:
-        def positive(name: str, value: Any, kind: type = int) -> None:
-            if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
-                raise ValueError(f"{name} must be a positive {kind.__name__}, got {name}={value!r}")
+        def positive(name: str, value: Any) -> None:
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {name}={value!r}")
 
         positive("epochs", self.epochs)
         positive("batch_size", self.batch_size)
@@ -70,7 +70,8 @@ class TrainConfig:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got optimizer={self.optimizer!r}")
         for name in ("weight_decay", "clip_grad", "label_smoothing", "threads"):
-            if getattr(self, name) < 0:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 raise ValueError(f"{name} must be >= 0, got {name}={getattr(self, name)!r}")
         if not 0 <= self.warmup < 1:
             raise ValueError(f"warmup is a fraction of the steps in [0, 1), got warmup={self.warmup!r}")

@@ -12,6 +12,7 @@ metrics.jsonl and metrics.csv (one row per epoch), and at the end model.safetens
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -30,7 +31,13 @@ from torch import Tensor, nn
 from convattn.data import Augment, ImageSet, batches, load
 from convattn.models.registry import create_model
 from convattn.records import write_csv
-from convattn.train.checkpoint import atomic_write_bytes, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from convattn.train.checkpoint import (
+    atomic_write_bytes,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from convattn.train.config import TrainConfig
 
 __all__ = ["Interrupted", "RunResult", "evaluate", "evaluate_weights", "load_weights", "lr_at", "train"]
@@ -38,7 +45,7 @@ __all__ = ["Interrupted", "RunResult", "evaluate", "evaluate_weights", "load_wei
 NO_DECAY = ("centres", "spreads")  # attention centres and spreads of the quadratic encoding
 
 
-class Interrupted(Exception):
+class Interrupted(Exception):  # noqa: N818 (a requested stop, not an error)
     """Training stopped on SIGINT/SIGTERM after saving a checkpoint; `--resume` continues it."""
 
 
@@ -63,7 +70,8 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Weight decay on weights only: never on norms, biases, or attention centres and spreads."""
-    decay, rest = [], []
+    decay: list[nn.Parameter] = []
+    rest: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -113,11 +121,13 @@ def _prepare_folder(cfg: TrainConfig, resume: bool, main: bool) -> Path:
             raise FileNotFoundError(f"nothing to resume in {out}: no config.json")
         diff = TrainConfig.load(saved).differences(cfg)
         if diff:
-            raise ValueError(f"{out} holds a different run; --resume needs the same settings: {'; '.join(diff)}")
+            raise ValueError(
+                f"{out} holds a different run; --resume needs the same settings: {'; '.join(diff)}"
+            )
         return out
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(
-            f"{out} already holds files; resume it with --resume or choose another --out (nothing was changed)"
+            f"{out} already holds files; resume it with --resume or choose another --out (nothing changed)"
         )
     if main:
         out.mkdir(parents=True, exist_ok=True)
@@ -134,10 +144,8 @@ class _StopFlag:
 
     def __enter__(self) -> _StopFlag:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
+            with contextlib.suppress(ValueError):  # not the main thread: no handlers
                 self._old[sig] = signal.signal(sig, self._set)
-            except ValueError:  # not the main thread
-                pass
         return self
 
     def _set(self, signum: int, frame: Any) -> None:
@@ -160,7 +168,9 @@ def _agree(flag: bool, dist_: _Dist) -> bool:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: ImageSet, batch_size: int = 256, device: str = "cpu") -> tuple[float, float]:
+def evaluate(
+    model: nn.Module, data: ImageSet, batch_size: int = 256, device: str = "cpu"
+) -> tuple[float, float]:
     """(accuracy, mean cross-entropy) of `model` on `data`, in eval mode."""
     was_training = model.training
     model.eval()
@@ -210,7 +220,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
     train_set = load(cfg.data, "train", seed=cfg.data_seed)
     test_set = load(cfg.data, "test", seed=cfg.data_seed)
     torch.manual_seed(cfg.seed)
-    C, H, W = train_set.images.shape[1:]
+    C, H = train_set.images.shape[1:3]
     model = create_model(
         cfg.model, num_classes=train_set.num_classes, in_chans=C, image_size=H, **cfg.model_options
     ).to(device)
@@ -221,19 +231,28 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
         raise ValueError(f"batch_size={cfg.batch_size} exceeds the {len(train_set)} training images")
     total = steps_per_epoch * cfg.epochs
     epoch, start_batch, step, history = 0, 0, 0, []
+    partial = {"seen": 0, "loss_sum": 0.0, "correct": 0}  # running sums of an interrupted epoch
     ckpt = out / "checkpoint.pt"
     if resume and ckpt.exists():
         state = load_checkpoint(ckpt)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        epoch, start_batch, step, history = state["epoch"], state["batch"], state["step"], list(state["history"])
+        epoch, start_batch, step, history = (
+            state["epoch"],
+            state["batch"],
+            state["step"],
+            list(state["history"]),
+        )
+        partial = dict(state["partial"])
         set_rng_state(state["rng"])
         if dist_.main:
             _write_metrics(out, history)  # the files may be ahead of the checkpoint after a kill
             log(f"resuming {out} at epoch {epoch + 1}, batch {start_batch}")
     net: nn.Module = model
     if dist_.world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[dist_.local_rank] if cfg.device == "cuda" else None)
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[dist_.local_rank] if cfg.device == "cuda" else None
+        )
     augment = _augment(cfg, train_set)
 
     def checkpoint(next_epoch: int, next_batch: int) -> None:
@@ -247,6 +266,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
                     "batch": next_batch,
                     "step": step,
                     "history": history,
+                    "partial": {"seen": seen, "loss_sum": loss_sum, "correct": correct} if next_batch else {},
                     "rng": rng_state(),
                 },
             )
@@ -254,17 +274,18 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
     with _StopFlag() as stop:
         while epoch < cfg.epochs:
             net.train()
-            t0, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
+            t0 = time.perf_counter()
+            seen, correct = int(partial.get("seen", 0)), int(partial.get("correct", 0))
+            loss_sum = float(partial.get("loss_sum", 0.0))
+            partial = {}
+            # Batches depend only on (seed, epoch, index): a resumed epoch starts at its next batch.
             stream: Iterator[tuple[Tensor, Tensor]] = batches(
                 train_set, per_rank, seed=cfg.seed, epoch=epoch, shuffle=True, augment=augment,
-                rank=dist_.rank, world_size=dist_.world, drop_last=True,
+                rank=dist_.rank, world_size=dist_.world, drop_last=True, start=start_batch,
             )  # fmt: skip
             bar = _progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", dist_.main)
-            for b, (x, y) in enumerate(stream):
-                if b >= steps_per_epoch:
-                    break
-                if b < start_batch:  # done before the interruption: batches are drawn afresh, not replayed
-                    continue
+            bar.update(start_batch)
+            for b, (x, y) in enumerate(stream, start=start_batch):
                 x, y = x.to(device), y.to(device)
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(step, total, cfg)
@@ -283,7 +304,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
                 if _agree(stop.raised, dist_):
                     checkpoint(epoch, b + 1)
                     bar.close()
-                    raise Interrupted(f"stopped at epoch {epoch + 1}, batch {b + 1}; checkpoint saved in {ckpt}")
+                    raise Interrupted(
+                        f"stopped at epoch {epoch + 1}, batch {b + 1}; checkpoint saved in {ckpt}"
+                    )
             bar.close()
             start_batch = 0
             seconds = time.perf_counter() - t0
@@ -307,7 +330,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
                 _write_metrics(out, history)
                 row = history[-1]
                 log(
-                    f"epoch {epoch}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f}  "
+                    f"epoch {epoch}/{cfg.epochs}  train loss {row['train_loss']:.4f} "
+                    f"acc {row['train_acc']:.3f}  "
                     f"test loss {test_loss:.4f} acc {test_acc:.3f}  ({seconds:.1f} s)"
                 )
     if dist_.main:
@@ -356,7 +380,9 @@ def load_weights(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
     )
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     if missing or unexpected:
-        raise ValueError(f"{folder}: weights do not fit {meta['model']!r} (missing {missing}, unexpected {unexpected})")
+        raise ValueError(
+            f"{folder}: weights do not fit {meta['model']!r} (missing {missing}, unexpected {unexpected})"
+        )
     return model, meta
 
 
@@ -365,4 +391,10 @@ def evaluate_weights(folder: Path, data: str | None = None, device: str = "cpu")
     model, meta = load_weights(folder)
     test = load(data or meta["data"], "test", seed=meta.get("data_seed", 0))
     acc, loss = evaluate(model.to(device), test, device=device)
-    return {"weights": str(folder), "data": data or meta["data"], "test_acc": acc, "test_loss": loss, "n": len(test)}
+    return {
+        "weights": str(folder),
+        "data": data or meta["data"],
+        "test_acc": acc,
+        "test_loss": loss,
+        "n": len(test),
+    }

@@ -1,0 +1,422 @@
+"""Data sets, augmentation and batching: real counts, determinism, safe CIFAR reading, shard equality."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+import convattn.data.cifar as cifar_module
+from convattn.data import (
+    Augment,
+    ImageSet,
+    UnsafePickleError,
+    augment_batch,
+    batches,
+    default_augment,
+    list_datasets,
+    load,
+    num_batches,
+)
+from convattn.data.generated import FOREGROUND, PALETTE
+
+# ---------------------------------------------------------------------------------------------- digits
+
+
+def test_digits_are_the_1797_real_images_in_a_fixed_stratified_split():
+    from sklearn.datasets import load_digits
+
+    train, test = load("digits", "train"), load("digits", "test", seed=123)
+    assert (len(train), len(test)) == (1438, 359)
+    assert train.images.shape == (1438, 1, 8, 8) and test.images.shape == (359, 1, 8, 8)
+    assert train.images.dtype == torch.uint8 and int(train.images.max()) == 16 and train.max_value == 16
+    assert train.classes == tuple("0123456789") and train.num_classes == 10
+    # Together the splits hold every real image exactly once.
+    real = load_digits()
+    ours = torch.cat([train.images, test.images]).reshape(-1, 64).double().numpy()
+    assert np.array_equal(np.unique(ours, axis=0), np.unique(real.data, axis=0))
+    assert sorted(torch.cat([train.labels, test.labels]).tolist()) == sorted(real.target.tolist())
+    # Stratified: each class contributes round(20 %) of its images to test.
+    counts = np.bincount(real.target, minlength=10)
+    assert torch.bincount(test.labels, minlength=10).tolist() == [round(0.2 * c) for c in counts]
+    # Fixed: another call, another seed, same split.
+    again = load("digits", "test", seed=7)
+    assert torch.equal(again.images, test.images) and torch.equal(again.labels, test.labels)
+
+
+def test_test_split_is_normalised_with_train_statistics():
+    train, test = load("digits", "train"), load("digits", "test")
+    assert test.mean == train.mean and test.std == train.std
+    x, y = train.tensors()
+    assert x.dtype == torch.float32 and torch.equal(y, train.labels)
+    assert abs(float(x.mean())) < 1e-5 and abs(float(x.std()) - 1) < 1e-3
+
+
+# ------------------------------------------------------------------------------------------- generated
+
+
+@pytest.mark.parametrize(("name", "k"), [("shapes", 4), ("long_range", 2)])
+def test_generated_sets_are_deterministic_balanced_and_split_into_disjoint_streams(name, k):
+    sizes = {"n_train": 200, "n_test": 40}
+    train, test = load(name, "train", seed=1, **sizes), load(name, "test", seed=1, **sizes)
+    assert train.images.shape == (200, 3, 32, 32) and test.images.shape == (40, 3, 32, 32)
+    assert train.images.dtype == torch.uint8 and train.num_classes == k
+    assert torch.bincount(train.labels).tolist() == [200 // k] * k
+    assert torch.bincount(test.labels).tolist() == [40 // k] * k
+    again = load(name, "train", seed=1, **sizes)
+    assert torch.equal(again.images, train.images) and torch.equal(again.labels, train.labels)
+    assert not torch.equal(load(name, "train", seed=2, **sizes).images, train.images)
+    seen = {bytes(img.numpy()) for img in train.images}
+    assert not any(bytes(img.numpy()) in seen for img in test.images)
+    assert test.mean == train.mean
+
+
+def test_shapes_are_drawn_as_their_label():
+    data = load("shapes", "train", n_train=400)
+    masks = data.images.amax(dim=1) >= FOREGROUND  # (N, 32, 32): exactly the shape's pixels
+    for mask, label in zip(masks, data.labels.tolist(), strict=True):
+        rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
+        box = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        fill = float(box.float().mean())
+        name = data.classes[label]
+        if name == "square":
+            assert fill == 1.0
+        elif name == "circle":
+            assert 0.6 < fill < 0.95 and not box[0, 0] and not box[-1, -1]
+        elif name == "triangle":  # apex up: the top row is narrower than the base
+            assert int(box[0].sum()) < int(box[-1].sum()) == box.shape[1]
+        else:  # a plus sign: empty corners, full middle row and column
+            assert name == "cross" and not box[0, 0] and not box[-1, -1] and not box[0, -1]
+            assert bool(box.all(1).any()) and bool(box.all(0).any())
+
+
+def _markers(images):
+    """(top colour index, bottom colour index, top box, bottom box) of each long_range image."""
+    palette = torch.tensor(PALETTE, dtype=torch.uint8)
+    found = []
+    for img in images:
+        mask = img.amax(0) >= FOREGROUND  # (32, 32)
+        assert int(mask.sum()) == 2 * 16  # two 4x4 markers, nothing else
+        out = []
+        for half in (slice(0, 16), slice(16, 32)):
+            part = torch.zeros_like(mask)
+            part[half] = mask[half]
+            ys, xs = part.nonzero(as_tuple=True)
+            assert len(ys) == 16 and int(ys.max() - ys.min()) == 3 and int(xs.max() - xs.min()) == 3
+            colour = img[:, ys[0], xs[0]]
+            assert (img[:, ys, xs] == colour[:, None]).all()  # a solid marker
+            out.append((int((palette == colour).all(1).nonzero()), (int(ys.min()), int(xs.min()))))
+        found.append((out[0][0], out[1][0], out[0][1], out[1][1]))
+    return found
+
+
+def test_long_range_label_is_whether_two_far_apart_markers_share_a_colour():
+    data = load("long_range", "train", seed=3, n_train=1800)
+    markers = _markers(data.images)
+    for (top, bottom, (ty, tx), (by, bx)), label in zip(markers, data.labels.tolist(), strict=True):
+        assert label == int(top == bottom)
+        assert by - (ty + 4) >= 12 and (tx < 16) != (bx < 16)  # opposite corners, >= 12 pixels apart
+        assert abs(bx - tx) - 4 >= 12
+    # Each marker alone says nothing: P(same | its colour) is 1/2 for every colour, either marker.
+    labels = data.labels.double()
+    for which in (0, 1):
+        colours = torch.tensor([m[which] for m in markers])
+        for c in range(len(PALETTE)):
+            rate = float(labels[colours == c].mean())
+            assert abs(rate - 0.5) < 0.1, (which, c, rate)
+
+
+# ----------------------------------------------------------------------------------------------- cifar
+
+
+def _write(path, obj, protocol=pickle.DEFAULT_PROTOCOL):
+    path.write_bytes(pickle.dumps(obj, protocol=protocol))
+
+
+def _fake_cifar10(root, n=4, protocol=pickle.DEFAULT_PROTOCOL):
+    rng = np.random.default_rng(0)
+    for i, name in enumerate([*(f"data_batch_{j}" for j in range(1, 6)), "test_batch"]):
+        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        labels = [(i + j) % 10 for j in range(n)]
+        _write(root / name, {b"batch_label": name.encode(), b"data": data, b"labels": labels}, protocol)
+    _write(root / "batches.meta", {b"label_names": [f"class{j}".encode() for j in range(10)]}, protocol)
+
+
+class _Shell:
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+class _Eval:
+    def __reduce__(self):
+        return eval, ("__import__('os').system('true')",)
+
+
+@pytest.mark.parametrize("protocol", [4, 5])
+def test_cifar10_batches_load_in_their_published_layout(tmp_path, protocol):
+    _fake_cifar10(tmp_path, protocol=protocol)
+    train, test = load(f"cifar10:{tmp_path}", "train"), load(f"cifar10:{tmp_path}", "test")
+    assert train.images.shape == (20, 3, 32, 32) and test.images.shape == (4, 3, 32, 32)
+    assert train.images.dtype == torch.uint8 and train.classes[3] == "class3" and train.num_classes == 10
+    first = pickle.loads((tmp_path / "data_batch_1").read_bytes())
+    # Row-major R, G, B planes: pixel (c, y, x) is column c·1024 + y·32 + x.
+    assert np.array_equal(train.images[1].numpy(), first[b"data"][1].reshape(3, 32, 32))
+    assert train.labels[:4].tolist() == first[b"labels"] and train.labels.dtype == torch.int64
+    assert test.mean == train.mean
+
+
+def test_cifar100_uses_fine_labels(tmp_path):
+    data = np.zeros((3, 3072), dtype=np.uint8)
+    for name in ("train", "test"):
+        _write(tmp_path / name, {b"data": data, b"fine_labels": [0, 57, 99], b"coarse_labels": [0, 1, 2]})
+    _write(tmp_path / "meta", {b"fine_label_names": [f"f{i}".encode() for i in range(100)]})
+    test = load(f"cifar100:{tmp_path}", "test")
+    assert test.labels.tolist() == [0, 57, 99] and test.num_classes == 100 and test.classes[57] == "f57"
+
+
+@pytest.mark.parametrize(("payload", "named"), [(_Shell, "system"), (_Eval, "builtins.eval")])
+def test_a_malicious_batch_is_refused_without_running(tmp_path, payload, named):
+    _fake_cifar10(tmp_path)
+    canary = tmp_path / "pwned"
+    evil = payload(f"touch {canary}") if payload is _Shell else payload()
+    _write(tmp_path / "data_batch_1", {b"data": evil, b"labels": [0]})
+    with pytest.raises(
+        UnsafePickleError, match=rf"refusing to unpickle .*data_batch_1: it asks for .*{named}"
+    ):
+        load(f"cifar10:{tmp_path}", "train")
+    assert not canary.exists()
+
+
+def test_cifar_missing_corrupt_and_malformed_files_are_named(tmp_path):
+    _fake_cifar10(tmp_path)
+    spec = f"cifar10:{tmp_path}"
+    (tmp_path / "data_batch_3").unlink()
+    with pytest.raises(FileNotFoundError, match="data_batch_3"):
+        load(spec, "train")
+    _fake_cifar10(tmp_path)
+    raw = (tmp_path / "data_batch_2").read_bytes()
+    (tmp_path / "data_batch_2").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ValueError, match=r"corrupt CIFAR file .*data_batch_2"):
+        load(spec, "train")
+    _fake_cifar10(tmp_path)
+    _write(tmp_path / "test_batch", {b"data": np.zeros((2, 3000), np.uint8), b"labels": [0, 1]})
+    with pytest.raises(ValueError, match=r"test_batch.*\(N, 3072\) uint8"):
+        load(spec, "test")
+    _write(tmp_path / "test_batch", {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]})
+    with pytest.raises(ValueError, match=r"test_batch.*\[0, 10\)"):
+        load(spec, "test")
+    _write(tmp_path / "test_batch", {b"data": np.zeros((2, 3072), np.uint8)})
+    with pytest.raises(ValueError, match=r"test_batch.*b'labels'"):
+        load(spec, "test")
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        load(f"cifar10:{tmp_path / 'nowhere'}", "test")
+
+
+def test_cifar_checksums_are_checked_on_full_size_files(tmp_path, monkeypatch):
+    _fake_cifar10(tmp_path)
+    spec = f"cifar10:{tmp_path}"
+    assert len(load(spec, "train", verify="auto")) == 20  # small files are not the published ones
+    with pytest.raises(ValueError, match=r"checksum mismatch for .*data_batch_1"):
+        load(spec, "train", verify="strict")
+    monkeypatch.setitem(cifar_module.PUBLISHED_COUNT, "data_batch_4", 4)  # now it claims to be real
+    with pytest.raises(ValueError, match=r"checksum mismatch for .*data_batch_4"):
+        load(spec, "train")
+    assert len(load(spec, "train", verify="off")) == 20
+    # With the right sums every file (meta included) passes, in both checking modes.
+    for path in tmp_path.iterdir():
+        monkeypatch.setitem(cifar_module.MD5, path.name, hashlib.md5(path.read_bytes()).hexdigest())
+        monkeypatch.setitem(cifar_module.PUBLISHED_COUNT, path.name, 4)
+    assert len(load(spec, "test")) == len(load(spec, "test", verify="strict")) == 4
+    (tmp_path / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"x"] * 10}))
+    with pytest.raises(ValueError, match=r"checksum mismatch for .*batches\.meta"):
+        load(spec, "test")
+
+
+# ---------------------------------------------------------------------------------------------- folder
+
+
+def _png(path, colour, size=(10, 6), mode="RGB"):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, colour).save(path)
+
+
+def test_folder_of_class_subfolders_is_read_resized_and_split(tmp_path):
+    for i in range(5):
+        _png(tmp_path / "dog" / f"{i}.png", (0, 0, 255))
+        _png(tmp_path / "cat" / f"{i}.png", (255, 0, 0), size=(7, 13))
+    _png(tmp_path / "cat" / "grey.png", 128, mode="L")
+    (tmp_path / "cat" / "notes.txt").write_text("not an image")
+    train, test = load(f"folder:{tmp_path}", "train", image_size=8), load(f"folder:{tmp_path}", "test")
+    assert train.classes == ("cat", "dog") and train.images.shape == (9, 3, 8, 8)
+    assert test.images.shape == (2, 3, 32, 32) and sorted(test.labels.tolist()) == [0, 1]
+    colours = train.images[:, :, 4, 4]  # (N, 3): every image is one colour
+    for colour, label in zip(colours.tolist(), train.labels.tolist(), strict=True):
+        assert colour in ([255, 0, 0], [128, 128, 128]) if label == 0 else colour == [0, 0, 255]
+    assert load(f"folder:{tmp_path}", "test").labels.tolist() == test.labels.tolist()  # fixed split
+
+
+def test_folder_with_train_and_test_subfolders_keeps_the_users_split(tmp_path):
+    for split, n in (("train", 3), ("test", 2)):
+        for i in range(n):
+            _png(tmp_path / split / "a" / f"{i}.png", (10, 20, 30))
+            _png(tmp_path / split / "b" / f"{i}.jpg", (200, 100, 0))
+    train, test = load(f"folder:{tmp_path}", "train"), load(f"folder:{tmp_path}", "test")
+    assert (len(train), len(test)) == (6, 4) and test.classes == ("a", "b")
+    assert torch.bincount(test.labels).tolist() == [2, 2]
+    (tmp_path / "test" / "a" / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=r"bad\.png"):
+        load(f"folder:{tmp_path}", "test")
+
+
+# ------------------------------------------------------------------------------------ augment, batches
+
+
+def test_augment_crop_is_a_window_of_the_zero_padded_image_and_flip_a_mirror():
+    x = torch.rand(64, 2, 5, 7)
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(augment_batch(x, Augment(), g), x)
+    assert torch.equal(augment_batch(x, Augment(crop_pad=0), g), x)
+    out = augment_batch(x, Augment(crop_pad=2), torch.Generator().manual_seed(1))
+    assert out.shape == x.shape
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    shifts = set()
+    for i in range(64):
+        windows = [
+            (a, b)
+            for a in range(5)
+            for b in range(5)
+            if torch.equal(padded[i, :, a : a + 5, b : b + 7], out[i])
+        ]
+        assert windows, i
+        shifts.add(windows[0])
+    assert len(shifts) > 10
+    again = augment_batch(x, Augment(crop_pad=2), torch.Generator().manual_seed(1))
+    assert torch.equal(again, out)
+    flipped = augment_batch(x, Augment(flip=True), g)
+    same = (flipped == x).flatten(1).all(1)
+    mirrored = (flipped == x.flip(-1)).flatten(1).all(1)
+    assert (same | mirrored).all() and same.any() and mirrored.any()
+
+
+def _indexed(n):
+    """A set whose normalised pixel equals the sample's index, so batches reveal their indices."""
+    images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 2, 2).contiguous()
+    return ImageSet(images, torch.arange(n) % 3, ("a", "b", "c"), "indexed", "train", (0.0,), (1.0,), 1.0)
+
+
+def test_batches_cover_every_sample_once_per_epoch_in_an_order_set_by_seed_and_epoch():
+    data = _indexed(23)
+
+    def order(**kw):
+        return [x[:, 0, 0, 0].long().tolist() for x, _ in batches(data, 5, **kw)]
+
+    epoch0 = order(seed=0, epoch=0)
+    assert [len(b) for b in epoch0] == [5, 5, 5, 5, 3]
+    assert sorted(i for b in epoch0 for i in b) == list(range(23))
+    assert order(seed=0, epoch=0) == epoch0
+    assert order(seed=0, epoch=1) != epoch0 and order(seed=1, epoch=0) != epoch0
+    assert [len(b) for b in order(seed=0, epoch=0, drop_last=True)] == [5, 5, 5, 5]
+    assert [i for b in order(seed=0, epoch=0, shuffle=False) for i in b] == list(range(23))
+    assert order(seed=0, epoch=0, start=3) == epoch0[3:]  # resume mid-epoch
+    _, labels = next(iter(batches(data, 5, seed=0, epoch=0)))
+    assert labels.tolist() == [i % 3 for i in epoch0[0]]
+
+
+def test_batches_are_reproducible_with_augmentation():
+    data = load("shapes", "train", n_train=40)
+    aug = default_augment(data)
+    assert aug == Augment(crop_pad=4, flip=True) and default_augment(load("digits", "test")) == Augment(1)
+    first = list(batches(data, 16, seed=5, epoch=2, augment=aug))
+    again = list(batches(data, 16, seed=5, epoch=2, augment=aug))
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, again, strict=True))
+    assert first[0][0].shape == (16, 3, 32, 32) and first[0][0].dtype == torch.float32
+    other = next(iter(batches(data, 16, seed=5, epoch=3, augment=aug)))
+    assert not torch.equal(other[0], first[0][0])
+
+
+@pytest.mark.parametrize(("n", "drop_last"), [(22, False), (23, False), (23, True)])
+def test_ranks_together_see_the_single_process_global_batch(n, drop_last):
+    data = load("shapes", "train", n_train=n)
+    kw = {"seed": 9, "epoch": 4, "augment": Augment(crop_pad=2, flip=True), "drop_last": drop_last}
+    single = list(batches(data, 6, **kw))
+    ranks = [list(batches(data, 3, rank=r, world_size=2, **kw)) for r in range(2)]
+    assert (
+        len(ranks[0]) == len(ranks[1]) == len(single) == num_batches(n, 3, world_size=2, drop_last=drop_last)
+    )
+    for step, (x, y) in enumerate(single):
+        (x0, y0), (x1, y1) = ranks[0][step], ranks[1][step]
+        assert len(x0) == len(x1)  # every rank steps with the same batch size
+        both_x = torch.stack([x0, x1], 1).flatten(0, 1)  # interleave: rank 0, rank 1, rank 0, ...
+        both_y = torch.stack([y0, y1], 1).flatten(0, 1)
+        assert torch.equal(both_x[: len(x)], x) and torch.equal(both_y[: len(y)], y)
+        assert len(both_x) - len(x) == (1 if n % 2 and not drop_last and step == len(single) - 1 else 0)
+    seen = torch.cat([y for r in ranks for _, y in r])
+    assert len(seen) == (n + n % 2 if not drop_last else 18)
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 24])
+@pytest.mark.parametrize("world_size", [1, 3])
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_num_batches_counts_what_batches_yields(n, world_size, drop_last):
+    data = _indexed(n) if n else _indexed(1).subset(slice(0, 0))
+    kw = {"seed": 0, "epoch": 0, "world_size": world_size, "drop_last": drop_last}
+    got = [len(list(batches(data, 2, rank=r, **kw))) for r in range(world_size)]
+    assert got == [num_batches(n, 2, world_size=world_size, drop_last=drop_last)] * world_size
+
+
+# -------------------------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("spec", "options", "error", "words"),
+    [
+        ("digit", {}, ValueError, "did you mean 'digits'"),
+        ("longrange", {}, ValueError, "did you mean 'long_range'"),
+        ("imagenet", {}, ValueError, "unknown data set 'imagenet'"),
+        ("cifar10", {}, ValueError, "cifar10:PATH"),
+        ("digits:somewhere", {}, ValueError, "takes no path"),
+        ("digits", {"split": "val"}, ValueError, "split='val'"),
+        ("digits", {"n_train": 10}, ValueError, "n_train applies to generated sets only"),
+        ("shapes", {"n_test": 0}, ValueError, "n_test must be >= 1"),
+        ("digits", {"verify": "maybe"}, ValueError, "verify='maybe'"),
+        (3, {}, TypeError, "str"),
+    ],
+)
+def test_bad_load_arguments_are_named(spec, options, error, words):
+    split = options.pop("split", "train")
+    with pytest.raises(error, match=words):
+        load(spec, split, **options)
+
+
+def test_bad_batching_arguments_are_named():
+    data = _indexed(4)
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got batch_size=0"):
+        batches(data, 0, seed=0, epoch=0)
+    with pytest.raises(ValueError, match="rank=2"):
+        batches(data, 2, seed=0, epoch=0, rank=2, world_size=2)
+    with pytest.raises(ValueError, match="epoch=-1"):
+        batches(data, 2, seed=0, epoch=-1)
+    with pytest.raises(ValueError, match="crop_pad=-1"):
+        Augment(crop_pad=-1)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+        ImageSet(data.images, data.labels + 1, ("a", "b", "c"), "x", "train", (0.0,), (1.0,))
+
+
+def test_list_datasets_names_every_spec():
+    assert list_datasets() == [
+        "digits",
+        "shapes",
+        "long_range",
+        "cifar10:PATH",
+        "cifar100:PATH",
+        "folder:PATH",
+    ]
