@@ -52,7 +52,7 @@ def test_a_small_cnn_beats_90_percent_on_digits_within_a_minute(tmp_path):
 
 def test_resume_after_a_real_kill_ends_bit_identical(tmp_path):
     """Kill a training process (SIGKILL, no warning) once it has checkpointed, resume, compare."""
-    args = ["train", "--model", "attention_net_tiny", "--data", "digits", "--epochs", "4", "--threads", "1"]
+    args = ["train", "--model", "attention_net_tiny", "--data", "digits", "--epochs", "6", "--threads", "1"]
     subprocess.run(_cli(*args, "--out", str(tmp_path / "full")), check=True, env=ENV, capture_output=True)
     victim = subprocess.Popen(_cli(*args, "--out", str(tmp_path / "cut")), env=ENV, stderr=subprocess.PIPE)
     ckpt = tmp_path / "cut" / "checkpoint.pt"

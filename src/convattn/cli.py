@@ -235,7 +235,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except Interrupted as stop:
         print(f"{PROG}: {stop}; continue with --resume", file=sys.stderr)
         return 130
-    print(f"test accuracy {result.test_acc:.4f}  (run folder {result.out})")
+    import os
+
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, only the first process reports
+        print(f"test accuracy {result.test_acc:.4f}  (run folder {result.out})")
     return 0
 
 

@@ -125,13 +125,14 @@ def _prepare_folder(cfg: TrainConfig, resume: bool, main: bool) -> Path:
                 f"{out} holds a different run; --resume needs the same settings: {'; '.join(diff)}"
             )
         return out
+    if not main:  # the main process checks and creates the folder; the others wait at a barrier
+        return out
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(
             f"{out} already holds files; resume it with --resume or choose another --out (nothing changed)"
         )
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(saved, cfg.to_json().encode())
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(saved, cfg.to_json().encode())
     return out
 
 
@@ -216,6 +217,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = _prepare_folder(cfg, resume, dist_.main)
+    if dist_.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
     device = torch.device(cfg.device if cfg.device == "cpu" else f"cuda:{dist_.local_rank}")
     train_set = load(cfg.data, "train", seed=cfg.data_seed)
     test_set = load(cfg.data, "test", seed=cfg.data_seed)
@@ -336,6 +341,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
                 )
     if dist_.main:
         _export(out, model, cfg, train_set)
+    if dist_.world > 1:  # leave together: a process that exits while gloo still talks aborts
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
     final = history[-1] if history else {"test_acc": float("nan"), "test_loss": float("nan")}
     return RunResult(out, final["test_acc"], final["test_loss"], history)
 
