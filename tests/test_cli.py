@@ -150,3 +150,21 @@ def test_bench_quick_writes_a_sane_csv(tmp_path):
         assert r["torch"].startswith("2.") and r["cpu"]
     base = next(r for r in rows if r["op"] == "dwconv7_channels_last")
     assert float(base["fwd_ratio_to_dwconv"]) == 1.0
+
+
+def test_models_lists_presets_and_details_count_them(tmp_path):
+    result = _run("models", "cnn_*", "--details", "--csv", str(tmp_path / "m.csv"))
+    assert result.returncode == 0, result.stderr
+    assert "cnn_digits" in result.stdout and "56,554 params" in result.stdout
+    assert _run("models", "nothing*").returncode == 1
+
+
+def test_train_and_eval_refuse_bad_requests_in_one_line(tmp_path):
+    missing = _run("eval", "--weights", str(tmp_path / "nowhere"))
+    assert missing.returncode == 1 and "holds no exported model" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    typo = _run("train", "--model", "cnn_digit", "--out", str(tmp_path / "run"))
+    assert typo.returncode == 1 and "did you mean 'cnn_digits'" in typo.stderr
+    assert not (tmp_path / "run").exists()  # a mistyped name leaves no folder behind
+    data = _run("train", "--model", "cnn_digits", "--data", "digitz", "--out", str(tmp_path / "run2"))
+    assert data.returncode == 1 and "digitz" in data.stderr and "Traceback" not in data.stderr

@@ -160,3 +160,18 @@ def test_a_save_that_dies_midway_leaves_the_old_checkpoint(tmp_path, monkeypatch
 def test_bad_configs_are_named(tmp_path, kwargs, words):
     with pytest.raises(ValueError, match=words):
         _cfg(tmp_path, **kwargs)
+
+
+def test_weight_decay_spares_norms_biases_and_attention_centres():
+    from convattn.models.registry import create_model
+    from convattn.train.loop import _param_groups
+
+    model = create_model("attention_net_tiny")
+    decay, rest = _param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    spared = {names[id(p)] for p in rest["params"]}
+    assert {n for n in spared if "centres" in n or "spreads" in n}  # the quadratic encoding's own
+    assert all(p.ndim > 1 and not names[id(p)].endswith(("centres", "spreads")) for p in decay["params"])
+    assert all(names[id(p)].endswith(("bias", "weight", "centres", "spreads")) for p in rest["params"])
+    assert decay["weight_decay"] == 0.1 and rest["weight_decay"] == 0.0
+    assert len(decay["params"]) + len(rest["params"]) == len(list(model.parameters()))

@@ -261,9 +261,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
         print(f"no model matches {args.pattern!r}")
         return 1
     for row in rows:
-        line = f"{row['name']:<34} {row['family']:<12} {row['description']}"
+        line = f"{row['name']:<36} {row['family']:<12} {row['description']}"
         if args.details:
-            line = f"{row['name']:<34} {row['params']:>12,} params {row['macs']:>15,} MACs at {row['input']}"
+            line = f"{row['name']:<36} {row['params']:>12,} params {row['macs']:>15,} MACs at {row['input']}"
         print(line)
     if args.csv:
         write_csv(args.csv, rows)

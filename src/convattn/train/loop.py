@@ -216,11 +216,6 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
     dist_ = _init_distributed(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    out = _prepare_folder(cfg, resume, dist_.main)
-    if dist_.world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
     device = torch.device(cfg.device if cfg.device == "cpu" else f"cuda:{dist_.local_rank}")
     train_set = load(cfg.data, "train", seed=cfg.data_seed)
     test_set = load(cfg.data, "test", seed=cfg.data_seed)
@@ -230,6 +225,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
         cfg.model, num_classes=train_set.num_classes, in_chans=C, image_size=H, **cfg.model_options
     ).to(device)
     optimizer = _optimizer(model, cfg)
+    # Only now that the model and data are known good: a mistyped name leaves no folder behind.
+    out = _prepare_folder(cfg, resume, dist_.main)
+    if dist_.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
     per_rank = cfg.batch_size // dist_.world
     steps_per_epoch = len(train_set) // cfg.batch_size  # whole global batches: every rank steps alike
     if steps_per_epoch == 0:
