@@ -63,21 +63,43 @@ def test_no_command_prints_help(capsys):
     assert "COMMAND" in capsys.readouterr().out
 
 
-def test_study_quick_writes_its_run_folder(tmp_path):
+def test_study_quick_writes_its_run_folder_and_report(tmp_path):
     out = tmp_path / "run"
     result = _run("study", "--quick", "--out", str(out), "--threads", "1")
     assert result.returncode == 0, result.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     env = json.loads((out / "environment.json").read_text())
     assert env["torch_threads"] == 1
-    figures = [f for part in metrics.values() for f in part["figures"]]
+    figures = [(key, f) for key, part in metrics.items() for f in part["figures"]]
     assert len(figures) == 6
     assert metrics["conversion"]["all_round_trips_identical"]
-    for name in figures:
-        img = mpimg.imread(out / name)
+    page = (out / "report.html").read_text()
+    for key, name in figures:
+        img = mpimg.imread(out / key / name)
         assert min(img.shape[:2]) > 100
-        assert f"({name})" in (out / "summary.md").read_text()
+        assert f"({key}/{name})" in (out / "summary.md").read_text()
+    assert page.count('<img src="data:image/png;base64,') == 6 and "http" not in page.split("<body>")[1]
+    for key in metrics:
+        assert f'<section id="{key}">' in page and f'href="#{key}"' in page
     assert 0.0 <= metrics["seq2seq"]["test_exact_match"] <= 1.0
+    again = _run("report", str(out))
+    assert again.returncode == 0 and (out / "report.html").read_text() == page
+
+
+def test_an_interrupted_study_continues_from_its_finished_parts(tmp_path):
+    out = tmp_path / "run"
+    assert _run("study", "--quick", "--out", str(out), "--threads", "1").returncode == 0
+    kept = (out / "conversion" / "part.json").stat().st_mtime_ns
+    (out / "report.html").unlink()  # as if stopped before the end ...
+    (out / "seq2seq" / "part.json").unlink()  # ... with the last part half-written
+    stale = out / "seq2seq" / "stale.txt"
+    stale.write_text("half-written")
+    result = _run("study", "--quick", "--out", str(out), "--threads", "1")
+    assert result.returncode == 0, result.stderr
+    assert "continuing" in result.stderr and "kept from the earlier run" in result.stderr
+    assert (out / "conversion" / "part.json").stat().st_mtime_ns == kept  # finished part not redone
+    assert (out / "seq2seq" / "part.json").exists() and not stale.exists()  # half-written part redone
+    assert (out / "report.html").exists()
 
 
 def test_study_never_writes_into_a_used_folder(tmp_path):

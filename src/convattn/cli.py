@@ -42,7 +42,14 @@ def _cmd_study(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
     from convattn.study import StudyConfig, run_study
 
-    run_study(StudyConfig(out=args.out, quick=args.quick, seed=args.seed))
+    run_study(StudyConfig(out=args.out, quick=args.quick, seed=args.seed, fresh=args.fresh))
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from convattn.report import write_report
+
+    print(f"wrote {write_report(args.run_dir)}")
     return 0
 
 
@@ -294,12 +301,26 @@ def build_parser() -> argparse.ArgumentParser:
     study = sub.add_parser(
         "study",
         parents=[common],
-        help="run the whole study on embedded data and write a run folder",
-        description="Run every demo and experiment offline and write figures, metrics and a summary.",
+        help="run the whole study on embedded data and write a run folder with report.html",
+        description="Run every demo and experiment offline and write figures, tables, metrics and a "
+        "self-contained report.html. Run it again to continue an interrupted study.",
     )
-    study.add_argument("--out", type=Path, help="new run folder (default runs/study-<timestamp>)")
+    study.add_argument(
+        "--out",
+        type=Path,
+        help="run folder (default: continue the newest unfinished runs/study-*, or a new one)",
+    )
     study.add_argument("--quick", action="store_true", help="a small budget for a fast check")
+    study.add_argument(
+        "--fresh", action="store_true", help="start a new run folder instead of continuing an unfinished one"
+    )
     study.set_defaults(func=_cmd_study)
+
+    report = sub.add_parser(
+        "report", help="write a finished study's report.html and summary.md again from its files"
+    )
+    report.add_argument("run_dir", type=Path, help="a study run folder")
+    report.set_defaults(func=_cmd_report)
 
     demo = sub.add_parser(
         "demo",

@@ -1,8 +1,13 @@
-"""`convattn study`: run every demo and experiment of the project into one run folder.
+"""`convattn study`: run every demo and experiment of the project into one run folder, resumably.
 
-A run folder `runs/study-<timestamp>/` holds each part's figures (PNG), `metrics.json` with every
-number, `environment.json` (versions, threads, device) and `summary.md`, which states the results
-from this run's numbers. An existing folder is never written into: a new name is chosen instead.
+A run folder `runs/study-<timestamp>/` holds `study.json` (the settings), `environment.json`, one
+sub-folder per part with its figures (PNG), tables (CSV and Markdown) and `part.json` (its numbers, its
+claim and the paragraph written from them), `metrics.json`, `summary.md` and `report.html`.
+
+Resumable: a part's `part.json` is written last and atomically, so it marks a finished part. Running
+the same command again continues the newest unfinished run folder with the same settings: finished
+parts are kept, a half-written part is redone. `fresh=True` starts a new folder. A folder the user names
+is continued only when it holds a study with the same settings, and is otherwise never written into.
 
 Parts so far:
     conversion: Conv2d layers turned into exactly equivalent attention (Theorem 1) and back.
@@ -13,6 +18,7 @@ Parts so far:
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -23,8 +29,10 @@ from typing import Any, TextIO
 
 from convattn.demos import attention_pooling, conversion, seq2seq
 from convattn.environment import environment
+from convattn.report import write_report
+from convattn.train.checkpoint import atomic_write_bytes
 
-__all__ = ["StudyConfig", "new_run_dir", "run_study"]
+__all__ = ["Part", "StudyConfig", "find_run_dir", "new_run_dir", "run_study"]
 
 
 @dataclass(frozen=True)
@@ -32,14 +40,35 @@ class StudyConfig:
     """What to run and where.
 
     Args:
-        out: run folder to create; by default `runs/study-<timestamp>` under the working directory.
+        out: run folder; by default the newest unfinished `runs/study-*` with these settings, or a new
+            `runs/study-<timestamp>`.
         quick: a smaller budget for every part (the tests use it).
         seed: seed of every part.
+        fresh: start a new run folder even if an unfinished one exists.
     """
 
     out: Path | None = None
     quick: bool = False
     seed: int = 0
+    fresh: bool = False
+
+    def settings(self) -> dict[str, Any]:
+        """What must match for a run folder to be continued."""
+        return {"quick": self.quick, "seed": self.seed}
+
+
+@dataclass(frozen=True)
+class Part:
+    """One section of the study: it runs into its folder and returns its metrics.
+
+    `describe(metrics)` returns (claim, paragraph, figures, tables): the claim from the literature, a
+    paragraph written from this run's numbers, [(png, caption)] and [(csv, caption)] in the folder.
+    """
+
+    key: str
+    title: str
+    run: Callable[[Path], dict[str, Any]]
+    describe: Callable[[dict[str, Any]], tuple[str, str, list[tuple[str, str]], list[tuple[str, str]]]]
 
 
 def new_run_dir(out: Path | None, prefix: str = "study") -> Path:
@@ -60,89 +89,145 @@ def new_run_dir(out: Path | None, prefix: str = "study") -> Path:
     return candidate
 
 
-def _parts(cfg: StudyConfig) -> list[tuple[str, str, Callable[[Path], dict[str, Any]]]]:
+def _holds_study(folder: Path, settings: dict[str, Any]) -> bool:
+    try:
+        saved = json.loads((folder / "study.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return bool(saved.get("settings") == settings)
+
+
+def find_run_dir(cfg: StudyConfig) -> tuple[Path, bool]:
+    """(folder, continued): the folder to run in, and whether it continues an earlier run."""
+    if cfg.out is not None:
+        out = Path(cfg.out)
+        if not cfg.fresh and out.is_dir() and _holds_study(out, cfg.settings()):
+            return out, True
+        return new_run_dir(out), False
+    if not cfg.fresh:
+        earlier = sorted(Path("runs").glob("study-*"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for folder in earlier:
+            if _holds_study(folder, cfg.settings()) and not (folder / "report.html").exists():
+                return folder, True
+    return new_run_dir(None), False
+
+
+def _parts(cfg: StudyConfig) -> list[Part]:
     pooling = attention_pooling.PoolingDemoConfig(seed=cfg.seed)
     s2s = seq2seq.Seq2SeqDemoConfig(seed=cfg.seed)
     if cfg.quick:
         s2s = seq2seq.Seq2SeqDemoConfig(seed=cfg.seed, steps=150, train_size=1000, test_size=100)
     return [
-        (
-            "conversion",
-            "Theorem 1: Conv2d as self-attention and back",
-            lambda d: conversion.run(d, seed=cfg.seed),
-        ),
-        (
-            "attention_pooling",
-            "Nadaraya–Watson attention pooling",
-            lambda d: attention_pooling.run(d, pooling),
-        ),
-        ("seq2seq", "Transformer on string reversal", lambda d: seq2seq.run(d, s2s)),
-    ]
+        Part("conversion", "Attention can express convolution (Theorem 1)",
+             lambda d: conversion.run(d, seed=cfg.seed), _describe_conversion),
+        Part("attention_pooling", "Attention basics: Nadaraya–Watson attention pooling",
+             lambda d: attention_pooling.run(d, pooling), _describe_pooling),
+        Part("seq2seq", "Attention basics: a Transformer reverses strings",
+             lambda d: seq2seq.run(d, s2s), _describe_seq2seq),
+    ]  # fmt: skip
 
 
-def _summary(metrics: dict[str, Any], env: dict[str, Any]) -> str:
-    pool, s2s, conv = metrics["attention_pooling"], metrics["seq2seq"], metrics["conversion"]
-    better = pool["test_mse_parametric"] < pool["test_mse_nonparametric"]
-    lines = [
-        "# convattn study",
-        "",
-        f"convattn {env['convattn']}, torch {env['torch']}, {env['torch_threads']} threads, "
-        f"{env['cuda'] or 'CPU'}.",
-        "",
-        "## Attention can express convolution (Theorem 1)",
-        "",
-        f"Each of {len(conv['rows'])} Conv2d layers (strides, dilations, even and non-square kernels, the "
-        "four padding modes, groups, no bias) became multi-head self-attention with one quadratic head per "
-        f"kernel tap. Largest error against the conv: {conv['worst_float32']:.1e} in float32, "
-        f"{conv['worst_float64']:.1e} in float64. Converting back gave "
-        + (
-            "identical convolutions every time." if conv["all_round_trips_identical"] else "a different conv."
-        ),
-        "",
-        conversion.markdown_table(conv["rows"]),
-        "![heads](conv_heads.png)",
-        "![centres](conv_centres.png)",
-        "",
-        "## Attention pooling (Nadaraya–Watson)",
-        "",
-        f"A learned kernel width w = {pool['learned_width']:.2f} (leave-one-out training) gives test "
-        f"MSE {pool['test_mse_parametric']:.3f} against the true curve, versus "
-        f"{pool['test_mse_nonparametric']:.3f} for the fixed Gaussian kernel (w = 1): the learned "
-        f"attention is {'sharper and closer to the curve' if better else 'not better here'}.",
-        "",
-        "![fitted curves](nadaraya_watson.png)",
-        "![attention weights](nadaraya_watson_weights.png)",
-        "",
-        "## Transformer: reversing token strings",
-        "",
-        f"Trained {s2s['config']['steps']} steps in {s2s['train_seconds']:.1f} s; loss "
-        f"{s2s['first_loss']:.3f} -> {s2s['final_loss']:.3f}. On {s2s['config']['test_size']} held-out "
-        f"strings greedy decoding reaches exact match {s2s['test_exact_match']:.1%} and BLEU-2 "
-        f"{s2s['test_bleu']:.3f}.",
-        "",
-        "![attention heat-maps](transformer_attention.png)",
-        "![training loss](transformer_loss.png)",
-        "",
+def _describe_conversion(m: dict[str, Any]) -> tuple[str, str, list[tuple[str, str]], list[tuple[str, str]]]:
+    claim = (
+        "Cordonnier et al. (2020, Theorem 1): a multi-head self-attention layer with K² heads and a "
+        "relative positional encoding can express any K×K convolution exactly."
+    )
+    exact = m["worst_float64"] < 1e-10
+    text = (
+        f"This run supports the claim{'' if exact else ' only approximately'}: each of {len(m['rows'])} "
+        "Conv2d layers (strides, dilations, even and non-square kernels, the four padding modes, groups, "
+        "no bias) became attention with one quadratic head per kernel tap. The largest error against the "
+        f"conv is {m['worst_float32']:.1e} in float32 and {m['worst_float64']:.1e} in float64. Converting "
+        "back gave "
+        + ("identical convolutions every time." if m["all_round_trips_identical"] else "a different conv.")
+    )
+    figures = [
+        ("conv_heads.png", "A 3×3 conv as attention: the attention of the centre query, one head per tap."),
+        ("conv_centres.png", "The same layer's head centres Δ with their 1-σ ellipses."),
     ]
-    return "\n".join(lines)
+    return claim, text, figures, [("conversion.csv", "Conversion error per Conv2d configuration.")]
+
+
+def _describe_pooling(m: dict[str, Any]) -> tuple[str, str, list[tuple[str, str]], list[tuple[str, str]]]:
+    claim = (
+        "Dive into Deep Learning (§11.2): attention pooling is Nadaraya–Watson regression, and a learned "
+        "kernel width sharpens the attention and fits the data better than a fixed one."
+    )
+    better = m["test_mse_parametric"] < m["test_mse_nonparametric"]
+    text = (
+        f"{'Supported' if better else 'Not supported'} here: the learned width w = {m['learned_width']:.2f} "
+        f"gives test MSE {m['test_mse_parametric']:.3f} against the true curve, versus "
+        f"{m['test_mse_nonparametric']:.3f} for the fixed Gaussian kernel (w = 1)."
+    )
+    figures = [
+        ("nadaraya_watson.png", "Truth, the fixed-width and the learned-width estimators."),
+        ("nadaraya_watson_weights.png", "Attention weights of each test input over the training inputs."),
+    ]
+    return claim, text, figures, []
+
+
+def _describe_seq2seq(m: dict[str, Any]) -> tuple[str, str, list[tuple[str, str]], list[tuple[str, str]]]:
+    claim = "Dive into Deep Learning (§11.7): an encoder–decoder Transformer learns sequence transduction."
+    text = (
+        f"Trained {m['config']['steps']} steps in {m['train_seconds']:.1f} s; loss {m['first_loss']:.3f} -> "
+        f"{m['final_loss']:.3f}. On {m['config']['test_size']} held-out strings, greedy decoding reaches "
+        f"exact match {m['test_exact_match']:.1%} and BLEU-2 {m['test_bleu']:.3f}."
+    )
+    figures = [
+        ("transformer_attention.png", "Encoder–decoder attention of a held-out string: the anti-diagonal."),
+        ("transformer_loss.png", "Training loss."),
+    ]
+    return claim, text, figures, []
+
+
+def _run_part(part: Part, run_dir: Path, log: TextIO) -> dict[str, Any]:
+    """The finished part's record (part.json), running the part first if it is not finished."""
+    folder = run_dir / part.key
+    done = folder / "part.json"
+    if done.exists():
+        print(f"      kept from the earlier run ({part.key}/part.json)", file=log, flush=True)
+        return dict(json.loads(done.read_text()))
+    if folder.exists():  # half-written by an interrupted run: redo it
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    start = time.perf_counter()
+    metrics = part.run(folder)
+    metrics["seconds"] = time.perf_counter() - start
+    claim, text, figures, tables = part.describe(metrics)
+    record = {
+        "key": part.key,
+        "title": part.title,
+        "claim": claim,
+        "text": text,
+        "figures": [{"file": f, "caption": c} for f, c in figures],
+        "tables": [{"file": f, "caption": c} for f, c in tables],
+        "metrics": metrics,
+    }
+    atomic_write_bytes(done, json.dumps(record, indent=2).encode())  # written last: marks the part finished
+    print(f"      done in {metrics['seconds']:.1f} s", file=log, flush=True)
+    return record
 
 
 def run_study(cfg: StudyConfig | None = None, *, log: TextIO | None = None) -> Path:
-    """Run every part into a new run folder and return its path."""
+    """Run (or continue) every part, then write metrics.json, summary.md and report.html."""
     cfg = cfg or StudyConfig()
     log = sys.stderr if log is None else log
-    run_dir = new_run_dir(cfg.out)
+    run_dir, continued = find_run_dir(cfg)
+    if continued:
+        print(f"continuing {run_dir}", file=log, flush=True)
+    else:
+        atomic_write_bytes(
+            run_dir / "study.json", json.dumps({"settings": cfg.settings()}, indent=2).encode()
+        )
     env = environment()
     (run_dir / "environment.json").write_text(json.dumps(env, indent=2))
-    metrics: dict[str, Any] = {}
     parts = _parts(cfg)
-    for i, (key, title, fn) in enumerate(parts, 1):
-        print(f"[{i}/{len(parts)}] {title} ...", file=log, flush=True)
-        start = time.perf_counter()
-        metrics[key] = fn(run_dir)
-        metrics[key]["seconds"] = time.perf_counter() - start
-        print(f"      done in {metrics[key]['seconds']:.1f} s", file=log, flush=True)
+    records = {}
+    for i, part in enumerate(parts, 1):
+        print(f"[{i}/{len(parts)}] {part.title} ...", file=log, flush=True)
+        records[part.key] = _run_part(part, run_dir, log)
+    metrics = {key: rec["metrics"] for key, rec in records.items()}
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (run_dir / "summary.md").write_text(_summary(metrics, env))
-    print(f"wrote {run_dir}", file=log, flush=True)
+    write_report(run_dir)
+    print(f"wrote {run_dir / 'report.html'}", file=log, flush=True)
     return run_dir
