@@ -70,15 +70,21 @@ def test_study_quick_writes_its_run_folder_and_report(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     env = json.loads((out / "environment.json").read_text())
     assert env["torch_threads"] == 1
-    figures = [(key, f) for key, part in metrics.items() for f in part["figures"]]
-    assert len(figures) == 6
+    parts = {key: json.loads((out / key / "part.json").read_text()) for key in metrics}
+    figures = [(key, f["file"]) for key, part in parts.items() for f in part["figures"]]
+    assert len(figures) == 7
+    compare = metrics["cnn_vs_attention"]
+    assert {r["kind"] for r in compare["rows"]} == {"CNN", "attention"}
+    assert all(
+        0 <= r["test_acc_mean"] <= 1 and r["params"] > 0 and r["macs_per_image"] > 0 for r in compare["rows"]
+    )
     assert metrics["conversion"]["all_round_trips_identical"]
     page = (out / "report.html").read_text()
     for key, name in figures:
         img = mpimg.imread(out / key / name)
         assert min(img.shape[:2]) > 100
         assert f"({key}/{name})" in (out / "summary.md").read_text()
-    assert page.count('<img src="data:image/png;base64,') == 6 and "http" not in page.split("<body>")[1]
+    assert page.count('<img src="data:image/png;base64,') == 7 and "http" not in page.split("<body>")[1]
     for key in metrics:
         assert f'<section id="{key}">' in page and f'href="#{key}"' in page
     assert 0.0 <= metrics["seq2seq"]["test_exact_match"] <= 1.0

@@ -100,3 +100,29 @@ def line_plot(
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def bar_plot(
+    labels: list[str],
+    values: list[float],
+    path: Path,
+    *,
+    errors: list[float] | None = None,
+    ylabel: str = "",
+    title: str | None = None,
+    ylim: tuple[float, float] | None = None,
+) -> Path:
+    """Horizontal bars with optional error bars (one per label), largest label count readable."""
+    fig, ax = plt.subplots(figsize=(6.0, 0.35 * len(labels) + 1.2))
+    pos = np.arange(len(labels))
+    ax.barh(pos, values, xerr=errors, color="#4c78a8", ecolor="#333", capsize=3)
+    ax.set_yticks(pos, labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(ylabel)
+    if ylim:
+        ax.set_xlim(*ylim)
+    if title:
+        ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return save_figure(fig, path)

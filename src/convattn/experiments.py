@@ -1,0 +1,153 @@
+"""Experiments of the study built on the trainer: CNN vs self-attention under one budget.
+
+`compare_models` trains every contender with the same data, budget, optimiser and seeds, and measures
+test accuracy (mean ± std over seeds), parameters, multiply-adds with attention counted, and training and
+inference images per second on this machine. Each training run lives in its own run folder, so a
+finished run is never redone and an interrupted one resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from convattn.data import load
+from convattn.flops import count_macs
+from convattn.models.registry import create_model
+from convattn.models.summary import count_parameters
+from convattn.plotting import bar_plot
+from convattn.records import write_csv
+from convattn.train import TrainConfig, train
+
+__all__ = ["DIGITS_CONTENDERS", "Contender", "compare_models"]
+
+
+@dataclass(frozen=True)
+class Contender:
+    """A model of the comparison: a label, a registry name, its options, and whether it is a CNN."""
+
+    label: str
+    model: str
+    options: dict[str, Any] = field(default_factory=dict)
+    cnn: bool = False
+
+
+_DW = {"kernel_size": 7}
+_HEADS4 = {"kernel_size": 7, "num_heads": 4}
+DIGITS_CONTENDERS = (
+    Contender("CNN (3 conv layers)", "cnn_digits", cnn=True),
+    Contender("ResNet, 3×3 conv", "resnet_digits", cnn=True),
+    Contender(
+        "ResNet, 7×7 depth-wise conv", "resnet_digits", {"mixer": "dwconv", "mixer_options": _DW}, cnn=True
+    ),
+    Contender(
+        "ResNet, dynamic depth-wise conv",
+        "resnet_digits",
+        {"mixer": "dynamic_dwconv", "mixer_options": _DW},
+        cnn=True,
+    ),
+    Contender("ResNet, SASA 7×7 attention", "resnet_digits", {"mixer": "sasa", "mixer_options": _HEADS4}),
+    Contender(
+        "ResNet, window attention 4×4",
+        "resnet_digits",
+        {"mixer": "window", "mixer_options": {"window": 4, "num_heads": 4}},
+    ),
+    Contender("Attention net, quadratic", "attention_digits", {"encoding": "quadratic"}),
+    Contender("Attention net, learned relative", "attention_digits", {"encoding": "relative"}),
+    Contender("ViT, patch 2", "vit_digits"),
+)
+
+
+def _run(cfg: TrainConfig) -> list[dict[str, Any]]:
+    """The epochs' metrics of a training run: reused when finished, resumed when interrupted."""
+    out = Path(cfg.out)
+    if (out / "model.safetensors").exists():
+        return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    resume = (out / "config.json").exists()
+    return train(cfg, resume=resume, log=lambda s: None).history
+
+
+@torch.no_grad()
+def _inference_rate(model: torch.nn.Module, images: torch.Tensor, repeats: int = 5) -> float:
+    model.eval()
+    model(images)  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        model(images)
+        times.append(time.perf_counter() - t)
+    return len(images) / statistics.median(times)
+
+
+def compare_models(
+    out_dir: Path,
+    contenders: tuple[Contender, ...] = DIGITS_CONTENDERS,
+    *,
+    data: str = "digits",
+    epochs: int = 15,
+    seeds: tuple[int, ...] = (0, 1),
+    batch_size: int = 64,
+    lr: float = 2e-3,
+) -> dict[str, Any]:
+    """Train every contender under one budget; write compare.csv and compare_accuracy.png."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    test = load(data, "test")
+    x = test.tensors()[0][:256]  # (N, C, H, W) normalised test images for the speed and MAC probes
+    rows: list[dict[str, Any]] = []
+    for c in contenders:
+        accs, rates = [], []
+        for seed in seeds:
+            tag = hashlib.sha256(c.label.encode()).hexdigest()[:8]  # stable across processes
+            folder = out_dir / "runs" / f"{c.model}-{tag}-s{seed}"
+            cfg = TrainConfig(
+                model=c.model, data=data, epochs=epochs, out=str(folder), model_options=c.options,
+                batch_size=batch_size, lr=lr, seed=seed,
+            )  # fmt: skip
+            history = _run(cfg)
+            accs.append(history[-1]["test_acc"])
+            rates.append(statistics.median(h["images_per_s"] for h in history))
+        model = create_model(
+            c.model, num_classes=test.num_classes, in_chans=x.shape[1], image_size=x.shape[-1], **c.options
+        )
+        rows.append(
+            {
+                "model": c.label,
+                "kind": "CNN" if c.cnn else "attention",
+                "test_acc_mean": round(statistics.fmean(accs), 4),
+                "test_acc_std": round(statistics.stdev(accs), 4) if len(accs) > 1 else 0.0,
+                "seeds": len(accs),
+                "params": count_parameters(model),
+                "macs_per_image": count_macs(model.eval(), x[:1]),
+                "train_images_per_s": round(statistics.fmean(rates)),
+                "inference_images_per_s": round(_inference_rate(model, x)),
+            }
+        )
+    write_csv(out_dir / "compare.csv", rows)
+    bar_plot(
+        [r["model"] for r in rows],
+        [r["test_acc_mean"] for r in rows],
+        out_dir / "compare_accuracy.png",
+        errors=[r["test_acc_std"] for r in rows],
+        ylabel=f"test accuracy ({data}, {epochs} epochs, {len(seeds)} seed(s))",
+        ylim=(0.0, 1.0),
+    )
+    best_cnn = max((r for r in rows if r["kind"] == "CNN"), key=lambda r: r["test_acc_mean"])
+    best_att = max((r for r in rows if r["kind"] == "attention"), key=lambda r: r["test_acc_mean"])
+    return {
+        "rows": rows,
+        "data": data,
+        "epochs": epochs,
+        "seeds": list(seeds),
+        "best_cnn": best_cnn["model"],
+        "best_cnn_acc": best_cnn["test_acc_mean"],
+        "best_attention": best_att["model"],
+        "best_attention_acc": best_att["test_acc_mean"],
+        "threads": torch.get_num_threads(),
+    }
