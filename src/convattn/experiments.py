@@ -26,7 +26,7 @@ from convattn.plotting import bar_plot
 from convattn.records import write_csv
 from convattn.train import TrainConfig, train
 
-__all__ = ["DIGITS_CONTENDERS", "Contender", "compare_models"]
+__all__ = ["DIGITS_CONTENDERS", "LOCALITY_CONTENDERS", "Contender", "compare_models"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,15 @@ DIGITS_CONTENDERS = (
     Contender("Attention net, quadratic", "attention_digits", {"encoding": "quadratic"}),
     Contender("Attention net, learned relative", "attention_digits", {"encoding": "relative"}),
     Contender("ViT, patch 2", "vit_digits"),
+)
+# For the 32×32 generated sets: small kernels and local attention against global attention.
+LOCALITY_CONTENDERS = (
+    Contender("CNN (3×3 convs)", "cnn_digits", cnn=True),
+    Contender("ResNet, 3×3 conv", "resnet_digits", cnn=True),
+    Contender(
+        "ResNet, SASA 7×7 local attention", "resnet_digits", {"mixer": "sasa", "mixer_options": _HEADS4}
+    ),
+    Contender("ViT, patch 2 (global attention)", "vit_digits"),
 )
 
 

@@ -98,7 +98,7 @@ def write_report(run_dir: Path) -> Path:
             table_no += 1
             caption = f"Table {table_no}. {tab['caption']}"
             rows = _read_csv(folder / tab["file"])
-            (folder / Path(tab["file"]).with_suffix(".md").name).write_text(markdown_table(rows))
+            (folder / tab["file"]).with_suffix(".md").write_text(markdown_table(rows))
             body.append(_html_table(rows, caption))
             md += [markdown_table(rows), caption, ""]
         body.append("</section>")
