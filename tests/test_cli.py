@@ -72,7 +72,7 @@ def test_study_quick_writes_its_run_folder_and_report(tmp_path):
     assert env["torch_threads"] == 1
     parts = {key: json.loads((out / key / "part.json").read_text()) for key in metrics}
     figures = [(key, f["file"]) for key, part in parts.items() for f in part["figures"]]
-    assert len(figures) == 9
+    assert len(figures) == 10
     compare = metrics["cnn_vs_attention"]
     assert {r["kind"] for r in compare["rows"]} == {"CNN", "attention"}
     assert all(
@@ -84,7 +84,7 @@ def test_study_quick_writes_its_run_folder_and_report(tmp_path):
         img = mpimg.imread(out / key / name)
         assert min(img.shape[:2]) > 100
         assert f"({key}/{name})" in (out / "summary.md").read_text()
-    assert page.count('<img src="data:image/png;base64,') == 9 and "http" not in page.split("<body>")[1]
+    assert page.count('<img src="data:image/png;base64,') == 10 and "http" not in page.split("<body>")[1]
     for key in metrics:
         assert f'<section id="{key}">' in page and f'href="#{key}"' in page
     assert 0.0 <= metrics["seq2seq"]["test_exact_match"] <= 1.0

@@ -26,7 +26,7 @@ from convattn.plotting import bar_plot
 from convattn.records import write_csv
 from convattn.train import TrainConfig, train
 
-__all__ = ["DIGITS_CONTENDERS", "LOCALITY_CONTENDERS", "Contender", "compare_models"]
+__all__ = ["DIGITS_CONTENDERS", "LOCALITY_CONTENDERS", "Contender", "compare_models", "operators"]
 
 
 @dataclass(frozen=True)
@@ -158,5 +158,47 @@ def compare_models(
         "best_cnn_acc": best_cnn["test_acc_mean"],
         "best_attention": best_att["model"],
         "best_attention_acc": best_att["test_acc_mean"],
+        "threads": torch.get_num_threads(),
+    }
+
+
+def operators(out_dir: Path, *, quick: bool = False) -> dict[str, Any]:
+    """The DWNet property table, measured, and a benchmark of the operators (ratios to a 7×7 dwconv).
+
+    Writes properties.csv, bench.csv and bench_ratios.png. The benchmark is `convattn bench` at one
+    size (32×32, batch 8; quick: 16×16, batch 2), operators alternating, medians over the repeats.
+    """
+    from convattn.bench import BenchConfig, run_bench
+    from convattn.properties import property_table
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    props = [p.row() for p in property_table()]
+    write_csv(out_dir / "properties.csv", props)
+    cfg = BenchConfig.quick() if quick else BenchConfig(sizes=(32,), repeats=7, warmup=2)
+    rows = run_bench(cfg, log=lambda s: None)
+    keep = ("op", "size", "fwd_ms", "fwdbwd_ms", "fwd_ratio_to_dwconv", "fwdbwd_ratio_to_dwconv",
+            "peak_train_mib", "macs", "repeats", "threads")  # fmt: skip
+    table = [
+        {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items() if k in keep} for r in rows
+    ]
+    write_csv(out_dir / "bench.csv", table)
+    timed = [r for r in table if r["fwdbwd_ratio_to_dwconv"] == r["fwdbwd_ratio_to_dwconv"]]  # not NaN
+    bar_plot(
+        [str(r["op"]) for r in timed],
+        [float(r["fwdbwd_ratio_to_dwconv"]) for r in timed],
+        out_dir / "bench_ratios.png",
+        ylabel="forward+backward time / 7×7 depth-wise conv (channels_last), log scale",
+        log=True,
+    )
+    ratio = {r["op"]: r["fwdbwd_ratio_to_dwconv"] for r in table}
+    return {
+        "properties": props,
+        "bench": table,
+        "size": cfg.sizes[0],
+        "batch": cfg.batch,
+        "repeats": cfg.repeats,
+        "na2d_k7_fwdbwd_ratio": ratio.get("na2d_k7"),
+        "window_w7_fwdbwd_ratio": ratio.get("window_w7"),
+        "unfold_fwdbwd_ratio": ratio.get("unfold_local_k7"),
         "threads": torch.get_num_threads(),
     }

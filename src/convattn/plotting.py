@@ -111,8 +111,9 @@ def bar_plot(
     ylabel: str = "",
     title: str | None = None,
     ylim: tuple[float, float] | None = None,
+    log: bool = False,
 ) -> Path:
-    """Horizontal bars with optional error bars (one per label), largest label count readable."""
+    """Horizontal bars with optional error bars (one per label); `log` puts the values on a log axis."""
     fig, ax = plt.subplots(figsize=(6.0, 0.35 * len(labels) + 1.2))
     pos = np.arange(len(labels))
     ax.barh(pos, values, xerr=errors, color="#4c78a8", ecolor="#333", capsize=3)
@@ -121,6 +122,8 @@ def bar_plot(
     ax.set_xlabel(ylabel)
     if ylim:
         ax.set_xlim(*ylim)
+    if log:
+        ax.set_xscale("log")
     if title:
         ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)

@@ -29,7 +29,7 @@ from typing import Any, TextIO
 
 from convattn.demos import attention_pooling, conversion, seq2seq
 from convattn.environment import environment
-from convattn.experiments import LOCALITY_CONTENDERS, compare_models
+from convattn.experiments import LOCALITY_CONTENDERS, compare_models, operators
 from convattn.report import write_report
 from convattn.train.checkpoint import atomic_write_bytes
 
@@ -128,6 +128,8 @@ def _parts(cfg: StudyConfig) -> list[Part]:
              lambda d: compare_models(d, epochs=epochs, seeds=seeds), _describe_compare),
         Part("locality", "Locality vs long range",
              lambda d: _locality(d, 1 if cfg.quick else 5, cfg.seed, cfg.quick), _describe_locality),
+        Part("operators", "Operators: properties and speed",
+             lambda d: operators(d, quick=cfg.quick), _describe_operators),
         Part("seq2seq", "Attention basics: a Transformer reverses strings",
              lambda d: seq2seq.run(d, s2s), _describe_seq2seq),
     ]  # fmt: skip
@@ -177,6 +179,39 @@ def _describe_locality(m: dict[str, Any]) -> tuple[str, str, list[tuple[str, str
     tables = [
         (f"{d}/compare.csv", f"Models on {d}: accuracy, size, cost and speed.")
         for d in ("shapes", "long_range")
+    ]
+    return claim, text, figures, tables
+
+
+def _describe_operators(m: dict[str, Any]) -> tuple[str, str, list[tuple[str, str]], list[tuple[str, str]]]:
+    claim = (
+        "Han et al. 2022 (DWNet): local attention is a channel-wise, sparsely connected aggregation like a "
+        "depth-wise conv; they differ in weight sharing (across a head's channels vs across positions) and "
+        "in dynamic weights."
+    )
+    rows = {r["mixer"]: r for r in m["properties"]}
+    dw, sasa = rows["dwconv"], rows["sasa"]
+    holds = (
+        not dw["channel_mixing"] and not sasa["channel_mixing"] and dw["support"].startswith("local")
+        and sasa["support"].startswith("local") and dw["shared_across_positions"]
+        and sasa["shared_across_channels"] and sasa["dynamic"] and not dw["dynamic"]
+    )  # fmt: skip
+    text = (
+        f"{'Supported' if holds else 'Not supported'} by the measured table: depth-wise conv is "
+        f"{dw['support']}, without channel mixing, shared across positions, static; SASA is "
+        f"{sasa['support']}, without channel mixing, shared across a head's channels, dynamic. "
+        f"Speed ({m['size']}×{m['size']}, batch {m['batch']}, medians of {m['repeats']}, "
+        f"{m['threads']} threads), "
+        "forward+backward relative to a 7×7 depth-wise conv: neighbourhood attention k = 7 "
+        f"{m['na2d_k7_fwdbwd_ratio']:.1f}×, window attention {m['window_w7_fwdbwd_ratio']:.1f}×, the unfold "
+        f"implementation of common ports {m['unfold_fwdbwd_ratio']:.0f}×."
+    )
+    figures = [
+        ("bench_ratios.png", "Forward+backward time of every operator relative to a 7×7 depth-wise conv.")
+    ]
+    tables = [
+        ("properties.csv", "The DWNet property table, measured with autograd on each operator."),
+        ("bench.csv", "Operator benchmark: medians, ratios to the depth-wise conv, peak memory, MACs."),
     ]
     return claim, text, figures, tables
 
