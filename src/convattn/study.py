@@ -30,8 +30,8 @@ from typing import Any, TextIO
 from convattn.demos import attention_pooling, conversion, seq2seq
 from convattn.environment import environment
 from convattn.experiments import LOCALITY_CONTENDERS, compare_models, operators
+from convattn.records import atomic_write_bytes
 from convattn.report import write_report
-from convattn.train.checkpoint import atomic_write_bytes
 
 __all__ = ["Part", "StudyConfig", "find_run_dir", "new_run_dir", "run_study"]
 

@@ -165,14 +165,7 @@ class DWNet(nn.Module):
 def _register(
     name: str, description: str, *, image_size: int = 32, num_classes: int = 10, **preset: Any
 ) -> None:
-    """Register a DWNet preset; overrides given to `create_model` replace its keywords."""
-
-    def build(**overrides: Any) -> DWNet:
-        kwargs = {"image_size": image_size, "num_classes": num_classes, **preset}
-        return DWNet(**{**kwargs, **overrides})
-
-    build.__name__ = build.__qualname__ = name
-    build.__doc__ = description
+    """Register a DWNet preset: the registry passes image_size, num_classes (and in_chans) on."""
     patch = preset["patch_size"]
     register_model(
         name,
@@ -183,7 +176,7 @@ def _register(
         divisor=patch,
         min_size=patch,
         **preset,
-    )(build)
+    )(DWNet)
 
 
 _FULL: dict[str, Any] = {"image_size": 224, "num_classes": 1000, "patch_size": 4, "drop_path_rate": 0.2}

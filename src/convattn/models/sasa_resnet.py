@@ -192,17 +192,10 @@ class SASAResNet(nn.Module):
 def _register(
     name: str, description: str, *, image_size: int = 224, num_classes: int = 1000, **preset: Any
 ) -> None:
-    """Register a SASAResNet preset; overrides given to `create_model` replace its keywords."""
-
-    def build(**overrides: Any) -> SASAResNet:
-        kwargs = {"image_size": image_size, "num_classes": num_classes, **preset}
-        return SASAResNet(**{**kwargs, **overrides})
-
-    build.__name__ = build.__qualname__ = name
-    build.__doc__ = description
+    """Register a SASAResNet preset: the registry passes image_size, num_classes (and in_chans) on."""
     register_model(
         name, "sasa_resnet", description=description, image_size=image_size, num_classes=num_classes, **preset
-    )(build)
+    )(SASAResNet)
 
 
 _ATTENTION: dict[str, Any] = {"mixer": "sasa", "stem": "attention"}

@@ -253,14 +253,7 @@ def init_linear(model: nn.Module) -> None:
 def _register(
     name: str, description: str, *, image_size: int = 32, num_classes: int = 10, **preset: Any
 ) -> None:
-    """Register a SwinTransformer preset; overrides given to `create_model` replace its keywords."""
-
-    def build(**overrides: Any) -> SwinTransformer:
-        kwargs = {"image_size": image_size, "num_classes": num_classes, **preset}
-        return SwinTransformer(**{**kwargs, **overrides})
-
-    build.__name__ = build.__qualname__ = name
-    build.__doc__ = description
+    """Register a SwinTransformer preset: the registry passes image_size, num_classes (and in_chans) on."""
     patch = preset["patch_size"]
     register_model(
         name,
@@ -271,7 +264,7 @@ def _register(
         divisor=patch,
         min_size=patch,
         **preset,
-    )(build)
+    )(SwinTransformer)
 
 
 _register(

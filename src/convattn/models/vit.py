@@ -235,26 +235,19 @@ def _register(
     num_classes: int = 10,
     **preset: Any,
 ) -> None:
-    """Register a VisionTransformer preset; overrides given to `create_model` replace its keywords."""
-
-    def build(**overrides: Any) -> VisionTransformer:
-        kwargs = {"image_size": image_size, "in_chans": in_chans, "num_classes": num_classes, **preset}
-        return VisionTransformer(**{**kwargs, **overrides})
-
-    build.__name__ = build.__qualname__ = name
-    build.__doc__ = description
+    """Register a VisionTransformer preset: the registry passes image_size, num_classes (and in_chans) on."""
     patch = preset["patch_size"]
     register_model(
         name,
         "vit",
         description=description,
         image_size=image_size,
-        in_chans=in_chans,
         num_classes=num_classes,
+        in_chans=in_chans,
         divisor=patch,
         min_size=patch,
         **preset,
-    )(build)
+    )(VisionTransformer)
 
 
 _register(

@@ -7,7 +7,6 @@ convattn checkpoint before anything is restored.
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -15,33 +14,11 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["FORMAT", "atomic_write_bytes", "load_checkpoint", "rng_state", "save_checkpoint", "set_rng_state"]
+from convattn.records import atomic_write_bytes
+
+__all__ = ["FORMAT", "load_checkpoint", "rng_state", "save_checkpoint", "set_rng_state"]
 
 FORMAT = "convattn-checkpoint-1"
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Replace `path` by `data` atomically (temporary file in the same folder, fsync, rename)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

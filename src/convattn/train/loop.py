@@ -28,11 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from convattn.data import Augment, ImageSet, batches, load
+from convattn.data import Augment, ImageSet, batches, default_augment, load
 from convattn.models.registry import create_model
-from convattn.records import write_csv
+from convattn.records import atomic_write_bytes, write_csv
 from convattn.train.checkpoint import (
-    atomic_write_bytes,
     load_checkpoint,
     rng_state,
     save_checkpoint,
@@ -194,8 +193,8 @@ def _write_metrics(out: Path, history: list[dict[str, Any]]) -> None:
 
 
 def _augment(cfg: TrainConfig, data: ImageSet) -> Augment:
-    side = data.images.shape[-1]
-    pad = cfg.crop_pad if cfg.crop_pad >= 0 else (4 if side >= 32 else 1 if side >= 8 else 0)
+    """The config's crop padding and flip; crop_pad=-1 takes the data set's default padding."""
+    pad = cfg.crop_pad if cfg.crop_pad >= 0 else default_augment(data).crop_pad
     return Augment(crop_pad=pad, flip=cfg.flip)
 
 
