@@ -26,7 +26,14 @@ from convattn.plotting import bar_plot
 from convattn.records import write_csv
 from convattn.train import TrainConfig, train
 
-__all__ = ["DIGITS_CONTENDERS", "LOCALITY_CONTENDERS", "Contender", "compare_models", "operators"]
+__all__ = [
+    "DIGITS_CONTENDERS",
+    "LOCALITY_CONTENDERS",
+    "Contender",
+    "compare_models",
+    "operators",
+    "run_training",
+]
 
 
 @dataclass(frozen=True)
@@ -74,8 +81,9 @@ LOCALITY_CONTENDERS = (
 )
 
 
-def _run(cfg: TrainConfig) -> list[dict[str, Any]]:
-    """The epochs' metrics of a training run: reused when finished, resumed when interrupted."""
+def run_training(cfg: TrainConfig) -> list[dict[str, Any]]:
+    """The epochs' metrics of the run `cfg`: reused when its folder holds a finished run, resumed when
+    it holds an interrupted one, trained otherwise (silently)."""
     out = Path(cfg.out)
     if (out / "model.safetensors").exists():
         return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -119,7 +127,7 @@ def compare_models(
                 model=c.model, data=data, epochs=epochs, out=str(folder), model_options=c.options,
                 batch_size=batch_size, lr=lr, seed=seed,
             )  # fmt: skip
-            history = _run(cfg)
+            history = run_training(cfg)
             accs.append(history[-1]["test_acc"])
             rates.append(statistics.median(h["images_per_s"] for h in history))
         model = create_model(
