@@ -47,9 +47,9 @@ def _cmd_study(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from convattn.report import write_report
+    from convattn.study import redraw
 
-    print(f"wrote {write_report(args.run_dir)}")
+    print(f"wrote {redraw(args.run_dir)}")
     return 0
 
 
@@ -317,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     study.set_defaults(func=_cmd_study)
 
     report = sub.add_parser(
-        "report", help="write a finished study's report.html and summary.md again from its files"
+        "report",
+        help="draw a finished study's figures again from its CSV files and write report.html and summary.md",
     )
     report.add_argument("run_dir", type=Path, help="a study run folder")
     report.set_defaults(func=_cmd_report)

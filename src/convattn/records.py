@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_bytes", "write_csv"]
+__all__ = ["atomic_write_bytes", "read_csv", "read_panels", "write_csv", "write_panels"]
 
 
 def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
@@ -22,6 +22,70 @@ def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return path
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV with a header, as dicts of strings."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_panels(
+    path: Path, panels: Sequence[tuple[Any, str, Sequence[str] | None, Sequence[str] | None]]
+) -> Path:
+    """Write heat-map panels (2-D values, title, row labels or None, column labels or None) as one CSV.
+
+    Long format, one row per cell: panel, title, row, col, row_label, col_label, value. `read_panels`
+    gives the panels back, so a figure can be drawn again from the file alone.
+    """
+    rows = []
+    for p, (values, title, row_labels, col_labels) in enumerate(panels):
+        data = (
+            values.detach().cpu().double().tolist()
+            if hasattr(values, "detach")
+            else [list(r) for r in values]
+        )
+        for i, line in enumerate(data):
+            for j, v in enumerate(line):
+                rows.append(
+                    {
+                        "panel": p,
+                        "title": title,
+                        "row": i,
+                        "col": j,
+                        "row_label": "" if row_labels is None else row_labels[i],
+                        "col_label": "" if col_labels is None else col_labels[j],
+                        "value": repr(float(v)),
+                    }
+                )
+    return write_csv(path, rows)
+
+
+def read_panels(path: Path) -> list[tuple[list[list[float]], str, list[str] | None, list[str] | None]]:
+    """The panels `write_panels` wrote: [(values as nested lists, title, row labels, column labels)]."""
+    cells: dict[int, list[dict[str, str]]] = {}
+    for r in read_csv(path):
+        cells.setdefault(int(r["panel"]), []).append(r)
+    panels = []
+    for p in sorted(cells):
+        group = cells[p]
+        n_rows = 1 + max(int(r["row"]) for r in group)
+        n_cols = 1 + max(int(r["col"]) for r in group)
+        values = [[0.0] * n_cols for _ in range(n_rows)]
+        row_labels, col_labels = [""] * n_rows, [""] * n_cols
+        for r in group:
+            i, j = int(r["row"]), int(r["col"])
+            values[i][j] = float(r["value"])
+            row_labels[i], col_labels[j] = r["row_label"], r["col_label"]
+        panels.append(
+            (
+                values,
+                group[0]["title"],
+                row_labels if any(row_labels) else None,
+                col_labels if any(col_labels) else None,
+            )
+        )
+    return panels
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -29,11 +29,11 @@ from typing import Any, TextIO
 
 from convattn.demos import attention_pooling, conversion, seq2seq
 from convattn.environment import environment
-from convattn.experiments import LOCALITY_CONTENDERS, compare_models, operators
+from convattn.experiments import LOCALITY_CONTENDERS, compare_models, operators, plot_compare, plot_operators
 from convattn.records import atomic_write_bytes
 from convattn.report import write_report
 
-__all__ = ["Part", "StudyConfig", "find_run_dir", "new_run_dir", "run_study"]
+__all__ = ["PLOTS", "Part", "StudyConfig", "find_run_dir", "new_run_dir", "redraw", "run_study"]
 
 
 @dataclass(frozen=True)
@@ -62,14 +62,32 @@ class StudyConfig:
 class Part:
     """One section of the study: it runs into its folder and returns its metrics.
 
-    `describe(metrics)` returns (claim, paragraph, figures, tables): the claim from the literature, a
-    paragraph written from this run's numbers, [(png, caption)] and [(csv, caption)] in the folder.
+    `run(folder)` writes the part's tables and plot data as CSV and draws its figures; `describe(metrics)`
+    returns (claim, paragraph, figures, tables): the claim from the literature, a paragraph written from
+    this run's numbers, [(png, caption)] and [(csv, caption)] in the folder. The figures are drawn by
+    `PLOTS[key](folder)` from the folder's CSV files alone, so `convattn report` can draw them again.
     """
 
     key: str
     title: str
     run: Callable[[Path], dict[str, Any]]
     describe: Callable[[dict[str, Any]], tuple[str, str, list[tuple[str, str]], list[tuple[str, str]]]]
+
+
+def _plot_locality(folder: Path) -> None:
+    for data in ("shapes", "long_range"):
+        plot_compare(folder / data)
+
+
+# Every part's figures, drawn from the CSV files in its folder (and nothing else).
+PLOTS: dict[str, Callable[[Path], None]] = {
+    "conversion": conversion.plot,
+    "attention_pooling": attention_pooling.plot,
+    "cnn_vs_attention": plot_compare,
+    "locality": _plot_locality,
+    "operators": plot_operators,
+    "seq2seq": seq2seq.plot,
+}
 
 
 def new_run_dir(out: Path | None, prefix: str = "study") -> Path:
@@ -235,7 +253,7 @@ def _describe_compare(m: dict[str, Any]) -> tuple[str, str, list[tuple[str, str]
         f"schedule and batch, {n} seed{'s' if n > 1 else ''} each ({m['threads']} threads). Here {verdict}: "
         f"{m['best_cnn']} reaches {m['best_cnn_acc']:.1%} and {m['best_attention']} "
         f"{m['best_attention_acc']:.1%} test accuracy. Parameters, multiply-adds (attention products "
-        "included) and images per second on this machine are in the table."
+        f"included) and images per second on this machine are in the table. {m['timing']}"
     )
     figures = [("compare_accuracy.png", "Test accuracy per model (mean ± std over seeds), same budget.")]
     return claim, text, figures, [("compare.csv", "CNN vs self-attention: accuracy, size, cost and speed.")]
@@ -347,3 +365,17 @@ def run_study(cfg: StudyConfig | None = None, *, log: TextIO | None = None) -> P
     write_report(run_dir)
     print(f"wrote {run_dir / 'report.html'}", file=log, flush=True)
     return run_dir
+
+
+def redraw(run_dir: Path) -> Path:
+    """Draw every figure of a finished study again from its CSV files, then write its report again."""
+    run_dir = Path(run_dir)
+    try:
+        order = list(json.loads((run_dir / "metrics.json").read_text()))
+    except (OSError, json.JSONDecodeError) as err:
+        raise FileNotFoundError(f"{run_dir} holds no finished study (metrics.json: {err})") from err
+    for key in order:
+        if key not in PLOTS:
+            raise ValueError(f"{run_dir} has a part {key!r} this version of convattn cannot draw")
+        PLOTS[key](run_dir / key)
+    return write_report(run_dir)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,7 +17,17 @@ from torch import Tensor
 from convattn.layers.mhsa2d import MultiHeadSelfAttention2d
 from convattn.plotting import plt, save_figure
 
-__all__ = ["mass_levels", "plot_attention_heads", "plot_quadratic_centres"]
+__all__ = [
+    "centres_from_rows",
+    "centres_to_rows",
+    "draw_attention_heads",
+    "draw_centres",
+    "heads_from_rows",
+    "heads_to_rows",
+    "mass_levels",
+    "plot_attention_heads",
+    "plot_quadratic_centres",
+]
 
 
 def mass_levels(probs: Tensor, masses: tuple[float, ...] = (0.5, 0.9)) -> list[float]:
@@ -80,6 +91,14 @@ def plot_attention_heads(
     H, W = probe.shape[-2:]
     query = query or (H // 2, W // 2)
     probs = layer.attention_probs(probe, query)[0]  # (heads, H, W)
+    title = title or f"{layer.encoding}: attention of pixel {query} (contours: 50% and 90% of the mass)"
+    return draw_attention_heads(probs, query, path, window=window, title=title)
+
+
+def draw_attention_heads(
+    probs: Tensor, query: tuple[int, int], path: Path, *, window: int = 11, title: str
+) -> Path:
+    """Draw (heads, H, W) attention probabilities of the pixel `query`, one panel per head, cropped."""
     heads = probs.shape[0]
     ncols = math.ceil(math.sqrt(heads))
     nrows = math.ceil(heads / ncols)
@@ -99,12 +118,39 @@ def plot_attention_heads(
             ax.contour(grid, grid, crop, levels=levels, colors=["#d62728", "#ff7f0e"], linewidths=0.8)
         ax.plot([0], [0], marker="s", ms=4, mfc="none", mec="black", mew=0.8)  # the query pixel
         ax.set_title(f"head {h}", fontsize=7)
-    fig.suptitle(
-        title or f"{layer.encoding}: attention of pixel {query} (contours: 50% and 90% of the mass)",
-        fontsize=8,
-    )
+    fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def heads_to_rows(probs: Tensor, query: tuple[int, int]) -> list[dict[str, Any]]:
+    """(heads, H, W) attention of `query` as CSV rows: head, query_row, query_col, key_row, key_col, prob."""
+    heads, H, W = probs.shape
+    flat = probs.detach().double().cpu().tolist()
+    return [
+        {
+            "head": h,
+            "query_row": query[0],
+            "query_col": query[1],
+            "key_row": i,
+            "key_col": j,
+            "prob": flat[h][i][j],
+        }
+        for h in range(heads)
+        for i in range(H)
+        for j in range(W)
+    ]
+
+
+def heads_from_rows(rows: list[dict[str, str]]) -> tuple[Tensor, tuple[int, int]]:
+    """The (heads, H, W) probabilities and the query of `heads_to_rows` rows read back from a CSV."""
+    heads = 1 + max(int(r["head"]) for r in rows)
+    H = 1 + max(int(r["key_row"]) for r in rows)
+    W = 1 + max(int(r["key_col"]) for r in rows)
+    probs = torch.zeros(heads, H, W, dtype=torch.float64)
+    for r in rows:
+        probs[int(r["head"]), int(r["key_row"]), int(r["key_col"])] = float(r["prob"])
+    return probs, (int(rows[0]["query_row"]), int(rows[0]["query_col"]))
 
 
 def plot_quadratic_centres(layer: MultiHeadSelfAttention2d, path: Path, *, title: str | None = None) -> Path:
@@ -113,6 +159,12 @@ def plot_quadratic_centres(layer: MultiHeadSelfAttention2d, path: Path, *, title
         raise ValueError(f"centres exist for quadratic encodings only, this layer has {layer.encoding!r}")
     centres = layer.centres.detach().double().cpu()  # (h, 2): (row, col)
     cov = torch.linalg.inv(layer.inverse_covariance().detach().double().cpu())  # (h, 2, 2) Σ
+    return draw_centres(centres, cov, path, title=title or "quadratic heads: centres Δ and 1-σ ellipses")
+
+
+def draw_centres(centres: Tensor, cov: Tensor, path: Path, *, title: str) -> Path:
+    """Draw centres (heads, 2), as (row, col) offsets, with the 1-σ ellipses of covariances (heads, 2, 2)."""
+    centres, cov = centres.double(), cov.double()
     fig, ax = plt.subplots(figsize=(4.2, 4.2))
     t = torch.linspace(0, 2 * math.pi, 60, dtype=torch.float64)
     circle = torch.stack([t.sin(), t.cos()])  # (2, 60): (row, col)
@@ -137,6 +189,29 @@ def plot_quadratic_centres(layer: MultiHeadSelfAttention2d, path: Path, *, title
     ax.set_xlabel("column offset")
     ax.set_ylabel("row offset")
     ax.legend(fontsize=7, loc="upper right")
-    ax.set_title(title or "quadratic heads: centres Δ and 1-σ ellipses", fontsize=9)
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def centres_to_rows(centres: Tensor, cov: Tensor) -> list[dict[str, Any]]:
+    """Centres (heads, 2) and covariances (heads, 2, 2) as CSV rows (head, centre_row, centre_col, cov_*)."""
+    c, s = centres.detach().double().cpu().tolist(), cov.detach().double().cpu().tolist()
+    return [
+        {"head": h, "centre_row": c[h][0], "centre_col": c[h][1], "cov_rr": s[h][0][0], "cov_rc": s[h][0][1],
+         "cov_cc": s[h][1][1]}
+        for h in range(len(c))
+    ]  # fmt: skip
+
+
+def centres_from_rows(rows: list[dict[str, str]]) -> tuple[Tensor, Tensor]:
+    """Centres (heads, 2) and covariances (heads, 2, 2) from `centres_to_rows` rows read from a CSV."""
+    rows = sorted(rows, key=lambda r: int(r["head"]))
+    centres = torch.tensor(
+        [[float(r["centre_row"]), float(r["centre_col"])] for r in rows], dtype=torch.float64
+    )
+    cov = torch.tensor(
+        [[[float(r["cov_rr"]), float(r["cov_rc"])], [float(r["cov_rc"]), float(r["cov_cc"])]] for r in rows],
+        dtype=torch.float64,
+    )
+    return centres, cov

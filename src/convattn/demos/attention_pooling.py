@@ -17,6 +17,7 @@ from torch import Tensor
 
 from convattn.layers.kernel_regression import NadarayaWatson, leave_one_out, nadaraya_watson
 from convattn.plotting import heatmaps, line_plot
+from convattn.records import read_csv, read_panels, write_csv, write_panels
 
 __all__ = ["PoolingDemoConfig", "make_toy_data", "run", "target_function", "train_parametric"]
 
@@ -65,6 +66,25 @@ def train_parametric(
     return model, losses
 
 
+def plot(out_dir: Path) -> None:
+    """Draw nadaraya_watson.png and nadaraya_watson_weights.png from the part's two CSV files."""
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    points: dict[str, tuple[list[float], list[float]]] = {}
+    for r in read_csv(out_dir / "nadaraya_watson.csv"):
+        xs, ys = (points if r["kind"] == "points" else series).setdefault(r["series"], ([], []))
+        xs.append(float(r["x"]))
+        ys.append(float(r["y"]))
+    line_plot(series, out_dir / "nadaraya_watson.png", xlabel="x", ylabel="y",
+              title="Nadaraya–Watson attention pooling", points=points)  # fmt: skip
+    heatmaps(
+        read_panels(out_dir / "nadaraya_watson_weights.csv"),
+        out_dir / "nadaraya_watson_weights.png",
+        ncols=2,
+        xlabel="sorted training inputs (keys)",
+        ylabel="test inputs (queries)",
+    )
+
+
 def run(out_dir: Path, cfg: PoolingDemoConfig | None = None) -> dict[str, Any]:
     """Fit both estimators, write `nadaraya_watson.png` and `..._weights.png`, return the metrics."""
     cfg = cfg or PoolingDemoConfig()
@@ -74,28 +94,25 @@ def run(out_dir: Path, cfg: PoolingDemoConfig | None = None) -> dict[str, Any]:
     model, losses = train_parametric(cfg, x_train, y_train)
     with torch.no_grad():
         y_p, w_p = nadaraya_watson(x_test, x_train, y_train, model.w)
-    line_plot(
-        {
-            "truth": (x_test, y_test),
-            "non-parametric (w = 1)": (x_test, y_np),
-            f"parametric (w = {model.w.item():.2f})": (x_test, y_p),
-        },
-        out_dir / "nadaraya_watson.png",
-        xlabel="x",
-        ylabel="y",
-        title="Nadaraya–Watson attention pooling",
-        points={"training samples": (x_train, y_train)},
-    )
-    heatmaps(
+    width = f"w = {model.w.item():.2f}"
+    curves = [("line", "truth", x_test, y_test), ("line", "non-parametric (w = 1)", x_test, y_np)]
+    curves += [
+        ("line", f"parametric ({width})", x_test, y_p),
+        ("points", "training samples", x_train, y_train),
+    ]
+    write_csv(
+        out_dir / "nadaraya_watson.csv",
         [
-            (w_np, "non-parametric (w = 1)", None, None),
-            (w_p, f"parametric (w = {model.w.item():.2f})", None, None),
+            {"kind": kind, "series": name, "x": float(a), "y": float(b)}
+            for kind, name, xs, ys in curves
+            for a, b in zip(xs.tolist(), ys.tolist(), strict=True)
         ],
-        out_dir / "nadaraya_watson_weights.png",
-        ncols=2,
-        xlabel="sorted training inputs (keys)",
-        ylabel="test inputs (queries)",
     )
+    write_panels(
+        out_dir / "nadaraya_watson_weights.csv",
+        [(w_np, "non-parametric (w = 1)", None, None), (w_p, f"parametric ({width})", None, None)],
+    )
+    plot(out_dir)
     return {
         "config": asdict(cfg),
         "learned_width": model.w.item(),

@@ -9,8 +9,15 @@ import torch
 from torch import nn
 
 from convattn.convert import CONV_TABLE, check_conversion, conv_to_attention
-from convattn.records import write_csv
-from convattn.viz import plot_attention_heads, plot_quadratic_centres
+from convattn.records import read_csv, write_csv
+from convattn.viz import (
+    centres_from_rows,
+    centres_to_rows,
+    draw_attention_heads,
+    draw_centres,
+    heads_from_rows,
+    heads_to_rows,
+)
 
 __all__ = ["markdown_table", "run"]
 
@@ -29,6 +36,15 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(out_dir: Path) -> None:
+    """Draw conv_heads.png and conv_centres.png from conv_heads.csv and conv_centres.csv."""
+    title = "3x3 conv as attention"
+    probs, query = heads_from_rows(read_csv(out_dir / "conv_heads.csv"))
+    draw_attention_heads(probs, query, out_dir / "conv_heads.png", title=f"{title}: one head per tap")
+    centres, cov = centres_from_rows(read_csv(out_dir / "conv_centres.csv"))
+    draw_centres(centres, cov, out_dir / "conv_centres.png", title=f"{title}: head centres")
+
+
 def run(out_dir: Path, *, seed: int = 0, size: tuple[int, int] = (16, 16)) -> dict[str, Any]:
     """Write `conversion.csv`/`.md`, `conv_heads.png` and `conv_centres.png`; return the rows."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -37,9 +53,11 @@ def run(out_dir: Path, *, seed: int = 0, size: tuple[int, int] = (16, 16)) -> di
     (out_dir / "conversion.md").write_text(markdown_table(rows))
     torch.manual_seed(seed)
     layer = conv_to_attention(nn.Conv2d(8, 8, 3, padding=1)).attention
-    title = "3x3 conv as attention"
-    plot_attention_heads(layer, out_dir / "conv_heads.png", size=(11, 11), title=f"{title}: one head per tap")
-    plot_quadratic_centres(layer, out_dir / "conv_centres.png", title=f"{title}: head centres")
+    probe = torch.zeros(1, layer.in_channels, 11, 11)  # position-only: the attention ignores the values
+    write_csv(out_dir / "conv_heads.csv", heads_to_rows(layer.attention_probs(probe, (5, 5))[0], (5, 5)))
+    cov = torch.linalg.inv(layer.inverse_covariance().detach().double())  # (heads, 2, 2) Σ
+    write_csv(out_dir / "conv_centres.csv", centres_to_rows(layer.centres, cov))
+    plot(out_dir)
     return {
         "rows": rows,
         "worst_float32": max(float(r["max_error_float32"]) for r in rows),

@@ -21,7 +21,8 @@ from torch import Tensor
 
 from convattn.metrics import bleu, exact_match
 from convattn.models.transformer import Transformer, TransformerConfig
-from convattn.plotting import heatmaps, line_plot
+from convattn.plotting import Panel, heatmaps, line_plot
+from convattn.records import read_csv, read_panels, write_csv, write_panels
 
 __all__ = [
     "BOS",
@@ -185,8 +186,8 @@ def evaluate(model: Transformer, data: ReversalData, max_len: int) -> dict[str, 
     }
 
 
-def plot_attention(model: Transformer, data: ReversalData, index: int, path: Path) -> None:
-    """Heat-maps of encoder self-attention and decoder cross-attention (last block, every head)."""
+def attention_panels(model: Transformer, data: ReversalData, index: int) -> list[Panel]:
+    """Heat-map panels of encoder self-attention and decoder cross-attention (last block, every head)."""
     src, n = data.src[index : index + 1], data.src_len[index : index + 1]
     tokens = model.greedy_decode(src, n, bos=BOS, eos=EOS, max_len=src.shape[1])  # (1, T)
     tgt_in = torch.cat([torch.tensor([[BOS]]), tokens[:, :-1]], dim=1)  # (1, T)
@@ -203,13 +204,27 @@ def plot_attention(model: Transformer, data: ReversalData, index: int, path: Pat
     heads = enc.shape[1]
     panels = [(enc[0, h, :S, :S], f"encoder self-attn, head {h}", src_lbl, src_lbl) for h in range(heads)]
     panels += [(cross[0, h, :T, :S], f"enc-dec attn, head {h}", out_lbl, src_lbl) for h in range(heads)]
+    return panels
+
+
+def plot(out_dir: Path) -> None:
+    """Draw transformer_attention.png and transformer_loss.png from the part's CSV files."""
+    panels = read_panels(out_dir / "transformer_attention.csv")
     heatmaps(
         panels,
-        path,
-        ncols=heads,
+        out_dir / "transformer_attention.png",
+        ncols=len(panels) // 2,
         xlabel="key (source token)",
         ylabel="query",
         suptitle="Last block on a held-out string; enc-dec rows are labelled with the token each step emits",
+    )
+    loss = read_csv(out_dir / "transformer_loss.csv")
+    line_plot(
+        {"training loss": ([int(r["step"]) for r in loss], [float(r["loss"]) for r in loss])},
+        out_dir / "transformer_loss.png",
+        xlabel="step",
+        ylabel="cross-entropy",
+        logy=True,
     )
 
 
@@ -223,14 +238,9 @@ def run(out_dir: Path, cfg: Seq2SeqDemoConfig | None = None) -> dict[str, Any]:
     model, losses = train(cfg, train_data)
     seconds = time.perf_counter() - start
     scores = evaluate(model, test, cfg.max_len)
-    plot_attention(model, test, 0, out_dir / "transformer_attention.png")
-    line_plot(
-        {"training loss": (list(range(1, len(losses) + 1)), losses)},
-        out_dir / "transformer_loss.png",
-        xlabel="step",
-        ylabel="cross-entropy",
-        logy=True,
-    )
+    write_panels(out_dir / "transformer_attention.csv", attention_panels(model, test, 0))
+    write_csv(out_dir / "transformer_loss.csv", [{"step": i, "loss": v} for i, v in enumerate(losses, 1)])
+    plot(out_dir)
     return {
         "task": "reverse",
         "config": asdict(cfg),
