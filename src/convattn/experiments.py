@@ -12,6 +12,9 @@ import hashlib
 import json
 import statistics
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,14 +96,51 @@ LOCALITY_CONTENDERS = (
 )
 
 
+_PROGRESS: ContextVar[Callable[[str], None] | None] = ContextVar("progress", default=None)
+
+
+@contextmanager
+def progress_to(sink: Callable[[str], None]) -> Iterator[None]:
+    """Within the block, every training run of `run_training` reports a line to `sink` when it ends
+    (and, for long runs, an epoch line at most every 30 seconds)."""
+    token = _PROGRESS.set(sink)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
+def _run_name(cfg: TrainConfig) -> str:
+    options = ", ".join(f"{k}={v}" for k, v in cfg.model_options.items() if not isinstance(v, dict))
+    subset = f", {cfg.n_train} images" if getattr(cfg, "n_train", 0) else ""
+    return f"{cfg.model}{f' ({options})' if options else ''} on {cfg.data}{subset}, seed {cfg.seed}"
+
+
 def run_training(cfg: TrainConfig) -> list[dict[str, Any]]:
     """The epochs' metrics of the run `cfg`: reused when its folder holds a finished run, resumed when
-    it holds an interrupted one, trained otherwise (silently)."""
+    it holds an interrupted one, trained otherwise (reporting to the `progress_to` sink, if any)."""
     out = Path(cfg.out)
+    sink = _PROGRESS.get()
+    name = _run_name(cfg)
     if (out / "model.safetensors").exists():
-        return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        if sink:
+            sink(f"kept {name}: test accuracy {history[-1]['test_acc']:.1%}")
+        return history
     resume = (out / "config.json").exists()
-    return train(cfg, resume=resume, log=lambda s: None).history
+    start = last = time.perf_counter()
+
+    def epoch_line(line: str) -> None:
+        nonlocal last
+        if sink and time.perf_counter() - last >= 30.0:
+            sink(f"{name}: {line}")
+            last = time.perf_counter()
+
+    history = train(cfg, resume=resume, log=epoch_line).history
+    if sink:
+        took, verb = time.perf_counter() - start, "resumed" if resume else "trained"
+        sink(f"{verb} {name}: test accuracy {history[-1]['test_acc']:.1%} ({took:.1f} s)")
+    return history
 
 
 INFERENCE_REPEATS = 5

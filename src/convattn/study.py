@@ -29,7 +29,14 @@ from typing import Any, TextIO
 
 from convattn.demos import attention_pooling, conversion, seq2seq
 from convattn.environment import environment
-from convattn.experiments import LOCALITY_CONTENDERS, compare_models, operators, plot_compare, plot_operators
+from convattn.experiments import (
+    LOCALITY_CONTENDERS,
+    compare_models,
+    operators,
+    plot_compare,
+    plot_operators,
+    progress_to,
+)
 from convattn.records import atomic_write_bytes
 from convattn.report import write_report
 
@@ -325,7 +332,8 @@ def _run_part(part: Part, run_dir: Path, log: TextIO) -> dict[str, Any]:
                 shutil.rmtree(item) if item.is_dir() else item.unlink()
     folder.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    metrics = part.run(folder)
+    with progress_to(lambda line: print(f"      {line}", file=log, flush=True)):
+        metrics = part.run(folder)
     metrics["seconds"] = time.perf_counter() - start
     claim, text, figures, tables = part.describe(metrics)
     record = {

@@ -202,7 +202,9 @@ def attention_panels(model: Transformer, data: ReversalData, index: int) -> list
     src_lbl = [names.get(t, str(t - FIRST_SYMBOL)) for t in src[0, :S].tolist()]
     out_lbl = [names.get(t, str(t - FIRST_SYMBOL)) for t in tokens[0].tolist()]
     heads = enc.shape[1]
-    panels = [(enc[0, h, :S, :S], f"encoder self-attn, head {h}", src_lbl, src_lbl) for h in range(heads)]
+    panels: list[Panel] = [
+        (enc[0, h, :S, :S], f"encoder self-attn, head {h}", src_lbl, src_lbl) for h in range(heads)
+    ]
     panels += [(cross[0, h, :T, :S], f"enc-dec attn, head {h}", out_lbl, src_lbl) for h in range(heads)]
     return panels
 
