@@ -1,6 +1,11 @@
-"""Shared test set-up: one torch thread (two busy threads on two cores thrash) and fixed seeds."""
+"""Shared test set-up: one torch thread (two busy threads on two cores thrash), fixed seeds, and one
+quick study run per test session for the tests that read its run folder."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,3 +16,18 @@ torch.set_num_threads(1)
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def quick_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run folder of `convattn study --quick --threads 1`, run once per session in a subprocess."""
+    out = tmp_path_factory.mktemp("quick_study") / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "convattn", "study", "--quick", "--out", str(out), "--threads", "1"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert result.returncode == 0, f"the quick study failed (exit {result.returncode}):\n{result.stderr}"
+    return out

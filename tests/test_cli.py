@@ -15,10 +15,12 @@ from convattn.cli import main
 
 EXPECTED_PARTS = [
     "conversion",
-    "attention_pooling",
+    "learns_conv",
     "cnn_vs_attention",
+    "data_efficiency",
     "locality",
     "operators",
+    "attention_pooling",
     "seq2seq",
 ]
 

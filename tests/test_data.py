@@ -385,7 +385,7 @@ def test_num_batches_counts_what_batches_yields(n, world_size, drop_last):
         ("cifar10", {}, ValueError, "cifar10:PATH"),
         ("digits:somewhere", {}, ValueError, "takes no path"),
         ("digits", {"split": "val"}, ValueError, "split='val'"),
-        ("digits", {"n_train": 10}, ValueError, "n_train applies to generated sets only"),
+        ("digits", {"n_test": 10}, ValueError, "n_test applies to generated sets only"),
         ("shapes", {"n_test": 0}, ValueError, "n_test must be >= 1"),
         ("digits", {"verify": "maybe"}, ValueError, "verify='maybe'"),
         (3, {}, TypeError, "str"),

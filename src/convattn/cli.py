@@ -24,8 +24,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
-def _threads(value: str) -> int:
-    n = int(value)
+def _positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
     return n
@@ -42,7 +45,11 @@ def _cmd_study(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
     from convattn.study import StudyConfig, run_study
 
-    run_study(StudyConfig(out=args.out, quick=args.quick, seed=args.seed, fresh=args.fresh))
+    cfg = StudyConfig(
+        out=args.out, quick=args.quick, seed=args.seed, fresh=args.fresh, data=args.data, epochs=args.epochs,
+        device=args.device,
+    )  # fmt: skip
+    run_study(cfg)
     return 0
 
 
@@ -296,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     common = _Parser(add_help=False)
     common.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
-    common.add_argument("--threads", type=_threads, help="torch CPU threads (default: torch's choice)")
+    common.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's choice)")
 
     study = sub.add_parser(
         "study",
@@ -314,6 +321,18 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument(
         "--fresh", action="store_true", help="start a new run folder instead of continuing an unfinished one"
     )
+    study.add_argument(
+        "--data",
+        metavar="cifar10:PATH",
+        help="the paper-scale study: Cordonnier et al.'s CIFAR-10 comparison with their recipe, on the "
+        "python-pickle batches in PATH, next to the published numbers",
+    )
+    study.add_argument(
+        "--epochs",
+        type=_positive_int,
+        help="epochs of the main comparison (default: the study's budget; 300 with --data)",
+    )
+    study.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device of the training runs")
     study.set_defaults(func=_cmd_study)
 
     report = sub.add_parser(

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,12 @@ DIGITS_CONTENDERS = (
     ),
     Contender("ViT, patch 2", "vit_digits"),
 )
+# The quick study's comparison: one model of each family, and the two attention nets the study draws.
+QUICK_CONTENDERS = tuple(
+    c for c in DIGITS_CONTENDERS
+    if c.label in ("CNN (3 conv layers)", "ResNet, 3×3 conv", "ResNet, SASA 7×7 attention", "ViT, patch 2")
+    or c.options.get("encoding") in ("quadratic", "relative", "relative_content")
+)  # fmt: skip
 # For the 32×32 generated sets: small kernels and local attention against global attention.
 LOCALITY_CONTENDERS = (
     Contender("CNN (3×3 convs)", "cnn_digits", cnn=True),
@@ -112,14 +118,39 @@ def progress_to(sink: Callable[[str], None]) -> Iterator[None]:
 
 def _run_name(cfg: TrainConfig) -> str:
     options = ", ".join(f"{k}={v}" for k, v in cfg.model_options.items() if not isinstance(v, dict))
-    subset = f", {cfg.n_train} images" if getattr(cfg, "n_train", 0) else ""
+    subset = f", {cfg.n_train} images" if cfg.n_train else ""
     return f"{cfg.model}{f' ({options})' if options else ''} on {cfg.data}{subset}, seed {cfg.seed}"
 
 
+_STORE: ContextVar[Path | None] = ContextVar("store", default=None)
+
+
+@contextmanager
+def shared_runs(root: Path) -> Iterator[None]:
+    """Within the block, `run_training` keeps every run in root/<model>-<hash of its config> instead of
+    the config's `out`: parts of a study that ask for the same training run share one."""
+    token = _STORE.set(Path(root))
+    try:
+        yield
+    finally:
+        _STORE.reset(token)
+
+
+def run_folder(cfg: TrainConfig) -> Path:
+    """Where `run_training(cfg)` keeps the run: cfg.out, or the shared folder inside `shared_runs`."""
+    root = _STORE.get()
+    if root is None:
+        return Path(cfg.out)
+    fields = {k: v for k, v in asdict(cfg).items() if k != "out"}
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+    return root / f"{cfg.model}-{digest}"
+
+
 def run_training(cfg: TrainConfig) -> list[dict[str, Any]]:
-    """The epochs' metrics of the run `cfg`: reused when its folder holds a finished run, resumed when
-    it holds an interrupted one, trained otherwise (reporting to the `progress_to` sink, if any)."""
-    out = Path(cfg.out)
+    """The epochs' metrics of the run `cfg`: reused when its folder (`run_folder`) holds a finished run,
+    resumed when it holds an interrupted one, trained otherwise (reporting to `progress_to`'s sink)."""
+    out = run_folder(cfg)
+    cfg = replace(cfg, out=str(out))
     sink = _PROGRESS.get()
     name = _run_name(cfg)
     if (out / "model.safetensors").exists():
@@ -146,14 +177,22 @@ def run_training(cfg: TrainConfig) -> list[dict[str, Any]]:
 INFERENCE_REPEATS = 5
 
 
+def _device_name(device: str) -> str:
+    return torch.cuda.get_device_name() if device == "cuda" else "the CPU"
+
+
 @torch.no_grad()
 def _inference_rate(model: torch.nn.Module, images: torch.Tensor, repeats: int = INFERENCE_REPEATS) -> float:
     model.eval()
     model(images)  # warm-up
     times = []
     for _ in range(repeats):
+        if images.is_cuda:
+            torch.cuda.synchronize()
         t = time.perf_counter()
         model(images)
+        if images.is_cuda:
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
     return len(images) / statistics.median(times)
 
@@ -181,6 +220,8 @@ def compare_models(
     seeds: tuple[int, ...] = (0, 1),
     batch_size: int = 64,
     lr: float = 2e-3,
+    device: str = "cpu",
+    n_train: int = 0,
 ) -> dict[str, Any]:
     """Train every contender under one budget; write compare.csv and compare_accuracy.png."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -188,16 +229,17 @@ def compare_models(
     x = test.tensors()[0][:256]  # (N, C, H, W) normalised test images for the speed and MAC probes
     rows: list[dict[str, Any]] = []
     for c in contenders:
-        accs, rates = [], []
+        accs, train_accs, rates = [], [], []
         for seed in seeds:
             tag = hashlib.sha256(c.label.encode()).hexdigest()[:8]  # stable across processes
             folder = out_dir / "runs" / f"{c.model}-{tag}-s{seed}"
             cfg = TrainConfig(
                 model=c.model, data=data, epochs=epochs, out=str(folder), model_options=c.options,
-                batch_size=batch_size, lr=lr, seed=seed,
+                batch_size=batch_size, lr=lr, seed=seed, device=device, n_train=n_train,
             )  # fmt: skip
             history = run_training(cfg)
             accs.append(history[-1]["test_acc"])
+            train_accs.append(history[-1]["train_acc"])
             rates.append(statistics.median(h["images_per_s"] for h in history))
         model = create_model(
             c.model, num_classes=test.num_classes, in_chans=x.shape[1], image_size=x.shape[-1], **c.options
@@ -210,11 +252,12 @@ def compare_models(
                 "epochs": epochs,
                 "test_acc_mean": round(statistics.fmean(accs), 4),
                 "test_acc_std": round(statistics.stdev(accs), 4) if len(accs) > 1 else 0.0,
+                "train_acc_mean": round(statistics.fmean(train_accs), 4),
                 "seeds": len(accs),
                 "params": count_parameters(model),
                 "macs_per_image": count_macs(model.eval(), x[:1]),
                 "train_images_per_s": round(statistics.fmean(rates)),
-                "inference_images_per_s": round(_inference_rate(model, x)),
+                "inference_images_per_s": round(_inference_rate(model.to(device), x.to(device))),
             }
         )
     write_csv(out_dir / "compare.csv", rows)
@@ -235,7 +278,7 @@ def compare_models(
             f"Training images/s: the median over the {epochs} epochs of a run of whole-epoch throughput "
             "(data, augmentation, forward, backward, update), averaged over the seeds. Inference images/s: "
             f"the median of {INFERENCE_REPEATS} timed passes over {len(x)} test images after a warm-up. "
-            f"Both on the CPU with {torch.get_num_threads()} torch thread(s)."
+            f"Both on {_device_name(device)} with {torch.get_num_threads()} torch thread(s)."
         ),
     }
 

@@ -18,24 +18,30 @@ Parts so far:
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from convattn import data_efficiency, learns_conv, paper
 from convattn.demos import attention_pooling, conversion, seq2seq
 from convattn.environment import environment
 from convattn.experiments import (
+    DIGITS_CONTENDERS,
     LOCALITY_CONTENDERS,
+    QUICK_CONTENDERS,
     compare_models,
     operators,
     plot_compare,
     plot_operators,
     progress_to,
+    shared_runs,
 )
 from convattn.records import atomic_write_bytes
 from convattn.report import write_report
@@ -53,16 +59,36 @@ class StudyConfig:
         quick: a smaller budget for every part (the tests use it).
         seed: seed of every part.
         fresh: start a new run folder even if an unfinished one exists.
+        data: None for the study on embedded data; "cifar10:PATH" for the paper-scale study (Cordonnier
+            et al.'s CIFAR-10 comparison with their recipe, next to their published numbers).
+        epochs: epochs of the main comparison (default: the study's budget; the paper's 300 with `data`).
+        device: "cpu" or "cuda" for the training runs.
     """
 
     out: Path | None = None
     quick: bool = False
     seed: int = 0
     fresh: bool = False
+    data: str | None = None
+    epochs: int | None = None
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.epochs is not None and (isinstance(self.epochs, bool) or not isinstance(self.epochs, int)
+                                        or self.epochs < 1):  # fmt: skip
+            raise ValueError(f"epochs must be a positive int, got epochs={self.epochs!r}")
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got device={self.device!r}")
+        if self.data is not None and not self.data.startswith(("cifar10:", "cifar100:")):
+            raise ValueError(
+                f"--data takes cifar10:PATH (the paper-scale study), got {self.data!r}; "
+                "without --data the study runs on the embedded digits and generated sets"
+            )
 
     def settings(self) -> dict[str, Any]:
         """What must match for a run folder to be continued."""
-        return {"quick": self.quick, "seed": self.seed}
+        return {"quick": self.quick, "seed": self.seed, "data": self.data, "epochs": self.epochs,
+                "device": self.device}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -86,9 +112,15 @@ def _plot_locality(folder: Path) -> None:
         plot_compare(folder / data)
 
 
+# Parts whose training runs span every process under torchrun.
+DISTRIBUTED = frozenset({"paper"})
+
 # Every part's figures, drawn from the CSV files in its folder (and nothing else).
 PLOTS: dict[str, Callable[[Path], None]] = {
     "conversion": conversion.plot,
+    "learns_conv": learns_conv.plot,
+    "data_efficiency": data_efficiency.plot,
+    "paper": paper.plot,
     "attention_pooling": attention_pooling.plot,
     "cnn_vs_attention": plot_compare,
     "locality": _plot_locality,
@@ -138,35 +170,66 @@ def find_run_dir(cfg: StudyConfig) -> tuple[Path, bool]:
     return new_run_dir(None), False
 
 
+COMPARE_EPOCHS = 8  # the digits comparison: epochs and seeds of every model
+COMPARE_SEEDS = 2
+LOCALITY_EPOCHS = 5
+LOCALITY_QUICK_IMAGES = 512  # of the generated sets' 2,000 training images
+
+
 def _parts(cfg: StudyConfig) -> list[Part]:
+    conversion_part = Part("conversion", "Attention can express convolution (Theorem 1)",
+                           lambda d: conversion.run(d, seed=cfg.seed), _describe_conversion)  # fmt: skip
+    if cfg.data is not None:
+        data = cfg.data
+        return [
+            conversion_part,
+            Part("paper", "CIFAR-10 at paper scale: ResNet-18 vs the attention-only networks",
+                 lambda d: paper.run(d, data=data, epochs=cfg.epochs, device=cfg.device, seed=cfg.seed),
+                 paper.describe),
+        ]  # fmt: skip
+    q = cfg.quick
     pooling = attention_pooling.PoolingDemoConfig(seed=cfg.seed)
     s2s = seq2seq.Seq2SeqDemoConfig(seed=cfg.seed)
-    if cfg.quick:
+    if q:
         s2s = seq2seq.Seq2SeqDemoConfig(seed=cfg.seed, steps=150, train_size=1000, test_size=100)
-    epochs, seeds = (2, (cfg.seed,)) if cfg.quick else (15, (cfg.seed, cfg.seed + 1))
+    # One budget for the comparison, the learned-convolution nets and the data-efficiency curve, so
+    # that their common runs (the attention nets; the whole-data points) train once, shared.
+    seeds = tuple(cfg.seed + i for i in range(1 if q else COMPARE_SEEDS))
+    epochs = cfg.epochs or (1 if q else COMPARE_EPOCHS)
+    contenders = QUICK_CONTENDERS if q else DIGITS_CONTENDERS
+    de = data_efficiency
+    fractions = de.FRACTIONS_QUICK if q else de.FRACTIONS_FULL
     return [
-        Part("conversion", "Attention can express convolution (Theorem 1)",
-             lambda d: conversion.run(d, seed=cfg.seed), _describe_conversion),
+        conversion_part,
+        Part("learns_conv", "Does attention learn convolution?",
+             lambda d: learns_conv.run(d, epochs=epochs, seed=cfg.seed, quick=q), learns_conv.describe),
+        Part("cnn_vs_attention", "CNN vs self-attention on the digits",
+             lambda d: compare_models(d, contenders, epochs=epochs, seeds=seeds, device=cfg.device),
+             _describe_compare),
+        Part("data_efficiency", "Data efficiency: accuracy vs training-set size",
+             lambda d: de.run(d, fractions=fractions, epochs=epochs, seeds=seeds, quick=q),
+             de.describe),
+        Part("locality", "Locality vs long range",
+             lambda d: _locality(d, 1 if q else LOCALITY_EPOCHS, cfg.seed, q, cfg.device),
+             _describe_locality),
+        Part("operators", "Operators: properties and speed",
+             lambda d: operators(d, quick=q), _describe_operators),
         Part("attention_pooling", "Attention basics: Nadaraya–Watson attention pooling",
              lambda d: attention_pooling.run(d, pooling), _describe_pooling),
-        Part("cnn_vs_attention", "CNN vs self-attention on the digits",
-             lambda d: compare_models(d, epochs=epochs, seeds=seeds), _describe_compare),
-        Part("locality", "Locality vs long range",
-             lambda d: _locality(d, 1 if cfg.quick else 5, cfg.seed, cfg.quick), _describe_locality),
-        Part("operators", "Operators: properties and speed",
-             lambda d: operators(d, quick=cfg.quick), _describe_operators),
         Part("seq2seq", "Attention basics: a Transformer reverses strings",
              lambda d: seq2seq.run(d, s2s), _describe_seq2seq),
     ]  # fmt: skip
 
 
-def _locality(folder: Path, epochs: int, seed: int, quick: bool) -> dict[str, Any]:
+def _locality(folder: Path, epochs: int, seed: int, quick: bool, device: str) -> dict[str, Any]:
     """The same models on a task where locality matters and on one where it does not (quick: CNN, ViT)."""
     models = (LOCALITY_CONTENDERS[0], LOCALITY_CONTENDERS[-1]) if quick else LOCALITY_CONTENDERS
+    n_train = LOCALITY_QUICK_IMAGES if quick else 0
     return {
-        data: compare_models(folder / data, models, data=data, epochs=epochs, seeds=(seed,))
+        data: compare_models(folder / data, models, data=data, epochs=epochs, seeds=(seed,), device=device,
+                             n_train=n_train)
         for data in ("shapes", "long_range")
-    }
+    }  # fmt: skip
 
 
 def _describe_locality(m: dict[str, Any]) -> tuple[str, str, list[tuple[str, str]], list[tuple[str, str]]]:
@@ -255,12 +318,26 @@ def _describe_compare(m: dict[str, Any]) -> tuple[str, str, list[tuple[str, str]
     else:
         verdict = f"the best attention model leads the best CNN by {-100 * gap:.1f} points"
     n = len(m["seeds"])
+    rows = m["rows"]
+    fit = {k: [r["train_acc_mean"] for r in rows if r["kind"] == k] for k in ("CNN", "attention")}
+    if min(fit["attention"]) < 0.9 <= min(fit["CNN"]):
+        fitting = (
+            " The attention models underfit at this budget: their running training accuracy in the last "
+            f"epoch is {min(fit['attention']):.0%}–{max(fit['attention']):.0%}, against "
+            f"{min(fit['CNN']):.0%}–{max(fit['CNN']):.0%} for the CNNs, so the gap measures how fast they "
+            "learn as much as what they can learn."
+        )
+    else:
+        fitting = (
+            f" Running training accuracy in the last epoch: CNNs {min(fit['CNN']):.0%}–{max(fit['CNN']):.0%},"
+            f" attention models {min(fit['attention']):.0%}–{max(fit['attention']):.0%}."
+        )
     text = (
         f"Every model trained {m['epochs']} epochs on the 1,438 training digits with AdamW, the same "
         f"schedule and batch, {n} seed{'s' if n > 1 else ''} each ({m['threads']} threads). Here {verdict}: "
         f"{m['best_cnn']} reaches {m['best_cnn_acc']:.1%} and {m['best_attention']} "
         f"{m['best_attention_acc']:.1%} test accuracy. Parameters, multiply-adds (attention products "
-        f"included) and images per second on this machine are in the table. {m['timing']}"
+        f"included) and images per second on this machine are in the table.{fitting} {m['timing']}"
     )
     figures = [("compare_accuracy.png", "Test accuracy per model (mean ± std over seeds), same budget.")]
     return claim, text, figures, [("compare.csv", "CNN vs self-attention: accuracy, size, cost and speed.")]
@@ -319,7 +396,7 @@ def _describe_seq2seq(m: dict[str, Any]) -> tuple[str, str, list[tuple[str, str]
     return claim, text, figures, []
 
 
-def _run_part(part: Part, run_dir: Path, log: TextIO) -> dict[str, Any]:
+def _run_part(part: Part, run_dir: Path, log: TextIO, share: bool) -> dict[str, Any]:
     """The finished part's record (part.json), running the part first if it is not finished."""
     folder = run_dir / part.key
     done = folder / "part.json"
@@ -332,7 +409,9 @@ def _run_part(part: Part, run_dir: Path, log: TextIO) -> dict[str, Any]:
                 shutil.rmtree(item) if item.is_dir() else item.unlink()
     folder.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    with progress_to(lambda line: print(f"      {line}", file=log, flush=True)):
+    # Parts share training runs through run_dir/runs (a run two parts ask for trains once).
+    store = shared_runs(run_dir / "runs") if share else nullcontext()
+    with progress_to(lambda line: print(f"      {line}", file=log, flush=True)), store:
         metrics = part.run(folder)
     metrics["seconds"] = time.perf_counter() - start
     claim, text, figures, tables = part.describe(metrics)
@@ -350,10 +429,39 @@ def _run_part(part: Part, run_dir: Path, log: TextIO) -> dict[str, Any]:
     return record
 
 
+def _follow(cfg: StudyConfig, run_dir: Path, wait_s: float = 600.0) -> Path:
+    """A torchrun process other than the first: train with it, write nothing of the study's own.
+
+    It waits for the first process to set the folder up, then runs the distributed parts (their
+    training runs need every process); the first process writes every file.
+    """
+    deadline = time.monotonic() + wait_s
+    while not (run_dir / "study.json").exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the first process did not set up {run_dir} within {wait_s:.0f} s")
+        time.sleep(0.5)
+    for part in _parts(cfg):
+        if part.key in DISTRIBUTED and not (run_dir / part.key / "part.json").exists():
+            part.run(run_dir / part.key)
+    return run_dir
+
+
 def run_study(cfg: StudyConfig | None = None, *, log: TextIO | None = None) -> Path:
     """Run (or continue) every part, then write metrics.json, summary.md and report.html."""
     cfg = cfg or StudyConfig()
     log = sys.stderr if log is None else log
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        if cfg.data is None:
+            raise ValueError(
+                "the study on embedded data runs in one process; torchrun is for --data cifar10:PATH"
+            )
+        if cfg.out is None:
+            raise ValueError(
+                "under torchrun, name the run folder with --out: every process must use the same one"
+            )
+        if rank != 0:
+            return _follow(cfg, Path(cfg.out))
     run_dir, continued = find_run_dir(cfg)
     if continued:
         print(f"continuing {run_dir}", file=log, flush=True)
@@ -367,7 +475,7 @@ def run_study(cfg: StudyConfig | None = None, *, log: TextIO | None = None) -> P
     records = {}
     for i, part in enumerate(parts, 1):
         print(f"[{i}/{len(parts)}] {part.title} ...", file=log, flush=True)
-        records[part.key] = _run_part(part, run_dir, log)
+        records[part.key] = _run_part(part, run_dir, log, share=cfg.data is None)
     metrics = {key: rec["metrics"] for key, rec in records.items()}
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     write_report(run_dir)

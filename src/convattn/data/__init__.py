@@ -11,6 +11,13 @@
   restricted unpickler and checked against the published MD5 sums.
 * ``folder:PATH`` — your images, one sub-folder per class (optionally under PATH/train and PATH/test).
 
+``n_train`` trains on fewer images, for learning curves. A generated set is generated at that size. A
+fixed set (digits, CIFAR, folder) keeps a class-stratified subset of its training split, chosen by
+`subset_order`: the first ``n_train`` images of one seeded order, so the subset is the same for the same
+``(n_train, seed)`` and the subset of a smaller ``n_train`` lies inside that of a larger one (nested: a
+learning curve adds images, it never swaps them). The subset keeps the normalisation statistics of the
+whole training split, so the test split is the same, tensor for tensor, whatever ``n_train``.
+
 Example:
     >>> train = load("digits", "train")
     >>> for x, y in batches(train, 64, seed=0, epoch=0, augment=default_augment(train)):
@@ -22,6 +29,7 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from convattn.data.augment import Augment, augment_batch, batches, default_augment, num_batches
@@ -42,6 +50,7 @@ __all__ = [
     "list_datasets",
     "load",
     "num_batches",
+    "subset_order",
 ]
 
 GENERATED = {"shapes": (shape_images, SHAPE_CLASSES), "long_range": (long_range_images, LONG_RANGE_CLASSES)}
@@ -82,6 +91,56 @@ def _generated(name: str, seed: int, n_train: int | None, n_test: int | None) ->
     return make_splits(name, train, test, classes)
 
 
+def subset_order(labels: np.ndarray, seed: int, n: int) -> np.ndarray:
+    """The first `n` items of a seeded, class-stratified order of `labels`: an (n,) index array.
+
+    Within each class the items are ranked by a hash of (seed, index), as in `stratified_split`, so no
+    library's random generator is involved. The classes are then interleaved greedily: item k + 1 comes
+    from the class furthest below its proportional share (k + 1) · n_c / N (ties: the lower label), so every
+    prefix is as close to the class proportions as one image allows, and a prefix of a prefix is a
+    prefix: the subsets are nested.
+
+    Args:
+        labels: (N,) int class labels.
+        seed: picks the order within each class.
+        n: how many items to take, 0 <= n <= N.
+    """
+    labels = np.asarray(labels)
+    if not 0 <= n <= len(labels):
+        raise ValueError(f"n must lie in [0, {len(labels)}], got {n=}")
+    rank = np.array([derive_seed("subset", seed, i) for i in range(len(labels))], dtype=np.int64)
+    classes = np.unique(labels)
+    queues = []  # (n_c,) indices of each class, in rank order
+    for c in classes:
+        members = np.flatnonzero(labels == c)
+        queues.append(members[np.argsort(rank[members], kind="stable")])
+    sizes = np.array([len(q) for q in queues], dtype=np.int64)
+    taken = np.zeros(len(classes), dtype=np.int64)
+    order = np.empty(n, dtype=np.int64)
+    for k in range(n):
+        # Shortfall below the share (k + 1) · n_c / N, times N to stay in integers; argmax takes the lowest
+        # label among ties, and a full class never has the largest shortfall (its share is at most n_c).
+        shortfall = (k + 1) * sizes - taken * len(labels)
+        c = int(np.argmax(shortfall))
+        order[k] = queues[c][taken[c]]
+        taken[c] += 1
+    return order
+
+
+def _train_subset(pair: tuple[ImageSet, ImageSet], n_train: int, seed: int) -> tuple[ImageSet, ImageSet]:
+    """(a stratified subset of n_train training images, the test split untouched); see the module doc."""
+    train, test = pair
+    if n_train > len(train):
+        raise ValueError(f"n_train={n_train} exceeds the {len(train)} training images of {train.name}")
+    if n_train < train.num_classes:
+        raise ValueError(
+            f"n_train={n_train} is below the {train.num_classes} classes of {train.name}: a class-stratified "
+            "subset needs at least one image per class"
+        )
+    index = np.sort(subset_order(train.labels.numpy(), seed, n_train))  # keep the split's own order
+    return train.subset(torch.from_numpy(index)), test
+
+
 def load(
     name_or_spec: str,
     split: str,
@@ -98,8 +157,10 @@ def load(
         name_or_spec: "digits", "shapes", "long_range", "cifar10:PATH", "cifar100:PATH" or "folder:PATH".
         split: "train" or "test".
         seed: the seed of a generated set (same seed, bit-identical images); the other sets have a
-            fixed split and ignore it.
-        n_train: number of training images of a generated set (default 2000).
+            fixed split and use it only to pick an `n_train` subset.
+        n_train: number of training images (default: a generated set's 2000, a fixed set's whole
+            training split); a fixed set keeps a nested class-stratified subset (see the module doc). It
+            never changes the test images, nor, for a fixed set, their normalisation.
         n_test: number of test images of a generated set (default 500).
         image_size: side images of "folder:PATH" are resized to.
         verify: CIFAR checksums: "auto" (files with the published image count), "strict" or "off".
@@ -109,7 +170,8 @@ def load(
 
     Raises:
         ValueError: an unknown name (close names are suggested), a bad split, options that do not apply
-            to the set, or a missing/corrupt/unsafe file (FileNotFoundError for missing ones).
+            to the set, an `n_train` above the training split or below its number of classes, or a
+            missing/corrupt/unsafe file (FileNotFoundError for missing ones).
     """
     name, path = _parse(name_or_spec)
     if split not in SPLITS:
@@ -118,8 +180,8 @@ def load(
         raise TypeError(f"seed must be an int, got seed={seed!r}")
     for option, value in (("n_train", n_train), ("n_test", n_test)):
         if value is not None:
-            if name not in GENERATED:
-                raise ValueError(f"{option} applies to generated sets only, got {option}={value} for {name}")
+            if name not in GENERATED and option == "n_test":
+                raise ValueError(f"n_test applies to generated sets only, got n_test={value} for {name}")
             check_positive_int(option, value)
     check_positive_int("image_size", image_size)
     if verify not in VERIFY_MODES:
@@ -132,4 +194,6 @@ def load(
         pair = load_folder(Path(path), image_size=image_size)
     else:
         pair = load_cifar(name, Path(path), verify=verify)
+    if n_train is not None and name not in GENERATED:
+        pair = _train_subset(pair, n_train, seed)
     return pair[SPLITS.index(split)]

@@ -35,7 +35,10 @@ class TrainConfig:
         seed: of the model, the shuffle order, the augmentation and dropout.
         threads: torch CPU threads (0: torch's default); runs are bit-reproducible at a fixed count.
         device: "cpu" or "cuda".
-        data_seed: seed of generated data sets.
+        data_seed: seed of generated data sets, and of the `n_train` subset of a fixed one.
+        n_train: train on this many images (0: the whole training split); a fixed data set keeps a
+            nested class-stratified subset of its training split, a generated one is generated at this
+            size (`convattn.data.load`). The test split is always the whole one.
     """
 
     model: str
@@ -57,6 +60,7 @@ class TrainConfig:
     threads: int = 0
     device: str = "cpu"
     data_seed: int = 0
+    n_train: int = 0  # the default keeps config.json files written before the field loadable
 
     def __post_init__(self) -> None:
         def positive(name: str, value: Any) -> None:
@@ -65,6 +69,10 @@ class TrainConfig:
 
         positive("epochs", self.epochs)
         positive("batch_size", self.batch_size)
+        if isinstance(self.n_train, bool) or not isinstance(self.n_train, int) or self.n_train < 0:
+            raise ValueError(
+                f"n_train must be an int >= 0 (0: the whole training split), got n_train={self.n_train!r}"
+            )
         if not isinstance(self.lr, (int, float)) or not self.lr > 0:
             raise ValueError(f"lr must be positive, got lr={self.lr!r}")
         if self.optimizer not in OPTIMIZERS:

@@ -216,8 +216,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device if cfg.device == "cpu" else f"cuda:{dist_.local_rank}")
-    train_set = load(cfg.data, "train", seed=cfg.data_seed)
-    test_set = load(cfg.data, "test", seed=cfg.data_seed)
+    # n_train goes to both loads: it never changes the test images, but a generated set normalises its
+    # test split with the statistics of the training images actually generated.
+    n_train = cfg.n_train or None
+    train_set = load(cfg.data, "train", seed=cfg.data_seed, n_train=n_train)
+    test_set = load(cfg.data, "test", seed=cfg.data_seed, n_train=n_train)
     torch.manual_seed(cfg.seed)
     C, H = train_set.images.shape[1:3]
     model = create_model(
@@ -364,6 +367,7 @@ def _export(out: Path, model: nn.Module, cfg: TrainConfig, data: ImageSet) -> No
         "image_size": int(data.images.shape[-1]),
         "data": cfg.data,
         "data_seed": cfg.data_seed,
+        "n_train": cfg.n_train,
     }
     atomic_write_bytes(out / "model.json", json.dumps(meta, indent=2, sort_keys=True).encode())
 
@@ -399,7 +403,8 @@ def load_weights(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
 def evaluate_weights(folder: Path, data: str | None = None, device: str = "cpu") -> dict[str, Any]:
     """Test accuracy and loss of the model exported in `folder`, on its own data set or on `data`."""
     model, meta = load_weights(folder)
-    test = load(data or meta["data"], "test", seed=meta.get("data_seed", 0))
+    n_train = None if data else meta.get("n_train") or None  # the normalisation the model trained with
+    test = load(data or meta["data"], "test", seed=meta.get("data_seed", 0), n_train=n_train)
     acc, loss = evaluate(model.to(device), test, device=device)
     return {
         "weights": str(folder),

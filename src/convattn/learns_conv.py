@@ -1,0 +1,612 @@
+"""Does attention learn convolution? Head centres of attention-only nets, at initialisation and trained.
+
+Cordonnier et al. 2020 (§4, Figs. 3–5) train an attention-only network with the quadratic encoding
+(eq. 9) and find heads whose centres Δ^(h) spread around the query like the taps of a K×K convolution,
+narrow in the early layers; with learned relative encodings the heads attend to localised patterns
+around the query. Here `attention_digits` (hidden 64, 2 layers, 9 heads, 8×8 maps) is trained on the
+digits with the quadratic and the learned relative encoding, and every head of every layer is measured
+in the run's own initial model (re-created exactly as the trainer seeds it) and in the trained one.
+
+Measures of a head:
+    centre Δ, width σ   quadratic only: the parameters; σ = √(tr Σ / 2), the per-axis standard
+                        deviation of the Gaussian score (σ = 1/|s| for the isotropic Σ⁻¹ = s² I).
+    empirical centre c  c = E_q E_{k~p(·|q)} [k - q]: the expected key offset (key minus query) under
+                        the attention, averaged over the interior queries q (at least `MARGIN` pixels
+                        from every border) and over a batch of test images.
+    empirical spread    √(E_q E_k ‖k - q - c‖²): the root-mean-square distance of the attended offsets
+                        from c (a 2-D radius: √2 σ for an isotropic Gaussian far from the borders).
+
+Grid-likeness of a layer (`grid_likeness`): with K² heads, the best one-to-one assignment of the head
+centres to the K×K convolution offsets {-(K-1)/2, ..., (K-1)/2}² (for K = 3: {-1, 0, 1}²) that
+minimises the summed Euclidean distance (Hungarian algorithm), reported as the mean distance in pixels
+of the centres to their assigned offsets (0: the heads form a K×K conv grid exactly) and the fraction
+of heads within `GRID_TOL` = 0.5 px of theirs. The centres are Δ for the quadratic net and the
+empirical centres for the learned relative one. References: the initial model of the same run, and
+random centres drawn as the quadratic initialisation draws them (N(0, 2²) per coordinate).
+
+Files: centres.csv (one row per model, stage, layer and head), attention_maps.csv (every head's
+attention of the query pixel `(H // 2, W // 2)` over the whole map), grid_likeness.csv (one row per
+model, stage and layer, with the references); `plot(folder)` draws every PNG from these CSVs alone.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor, nn
+
+from convattn.data import load
+from convattn.experiments import run_folder, run_training
+from convattn.layers.mhsa2d import MultiHeadSelfAttention2d, pixel_positions
+from convattn.models.attention_net import AttentionLayer, AttentionNet
+from convattn.models.registry import create_model
+from convattn.plotting import plt, save_figure
+from convattn.records import write_csv
+from convattn.train import TrainConfig, load_weights
+from convattn.viz import mass_levels
+
+__all__ = [
+    "EPOCHS_FULL",
+    "EPOCHS_QUICK",
+    "GridFit",
+    "describe",
+    "empirical_centres",
+    "grid_likeness",
+    "initial_model",
+    "plot",
+    "random_grid_reference",
+    "run",
+]
+
+MODEL = "attention_digits"
+ENCODINGS = ("quadratic", "relative")
+EPOCHS_FULL = 20  # ~1.2 s per epoch and model on 2 threads: both nets train in about 50 s
+EPOCHS_QUICK = 1
+TEST_IMAGES = (256, 32)  # full, quick: the images the attention is averaged over
+MARGIN = 2  # interior queries lie at least this many pixels from every border
+GRID_TOL = 0.5  # px: a head "sits on the grid" within this distance of its offset
+MOVE_TOL = 0.05  # px: smaller changes of a mean distance or spread count as "unchanged"
+INIT_CENTRE_STD = 2.0  # the quadratic initialisation draws centres ~ N(0, 2²) (reference code)
+RANDOM_DRAWS = 2000
+STAGES = ("init", "trained")
+CSV_FILES = ("centres.csv", "attention_maps.csv", "grid_likeness.csv")
+
+
+# -- pure measures ----------------------------------------------------------------------------------
+
+
+def grid_offsets(kernel: int) -> np.ndarray:
+    """(K², 2) (row, col) offsets of a K×K convolution centred on the query, row-major."""
+    axis = np.arange(kernel, dtype=np.float64) - (kernel - 1) / 2
+    rows, cols = np.meshgrid(axis, axis, indexing="ij")
+    return np.stack([rows.ravel(), cols.ravel()], axis=1)  # (K², 2)
+
+
+@dataclass(frozen=True)
+class GridFit:
+    """The best one-to-one match of K² head centres to the K×K conv offsets.
+
+    Attributes:
+        mean_distance: mean Euclidean distance (px) of the centres to their assigned offsets.
+        fraction_within: fraction of the heads within `tol` px of their offset.
+        offsets: (K², 2) the offset assigned to each head, in head order.
+        distances: (K²,) each head's distance to its offset.
+    """
+
+    mean_distance: float
+    fraction_within: float
+    offsets: np.ndarray
+    distances: np.ndarray
+
+
+def grid_likeness(centres: Any, *, tol: float = GRID_TOL) -> GridFit:
+    """Match K² head centres (K², 2) one-to-one to the K×K offsets, minimising the summed distance."""
+    c = np.asarray(centres, dtype=np.float64)
+    if c.ndim != 2 or c.shape[1] != 2 or c.shape[0] == 0:
+        raise ValueError(f"centres must have shape (heads, 2), got shape {c.shape}")
+    kernel = math.isqrt(c.shape[0])
+    if kernel * kernel != c.shape[0]:
+        raise ValueError(f"grid_likeness needs a square number of heads (K²), got heads={c.shape[0]}")
+    if not np.isfinite(c).all():
+        raise ValueError("centres must be finite")
+    grid = grid_offsets(kernel)
+    cost = np.linalg.norm(c[:, None, :] - grid[None, :, :], axis=-1)  # (heads, K²)
+    heads, taps = linear_sum_assignment(cost)
+    distances = cost[heads, taps]
+    return GridFit(float(distances.mean()), float((distances <= tol).mean()), grid[taps], distances)
+
+
+def random_grid_reference(
+    heads: int, *, std: float = INIT_CENTRE_STD, draws: int = RANDOM_DRAWS, seed: int = 0
+) -> tuple[float, float]:
+    """(mean, 5th percentile) of the grid-likeness distance of `heads` centres drawn ~ N(0, std²)."""
+    rng = np.random.default_rng(seed)
+    values = [grid_likeness(rng.normal(0.0, std, size=(heads, 2))).mean_distance for _ in range(draws)]
+    return float(np.mean(values)), float(np.percentile(values, 5))
+
+
+def empirical_centres(maps: Tensor, queries: Sequence[tuple[int, int]]) -> tuple[Tensor, Tensor]:
+    """Every head's empirical centre (heads, 2) and spread (heads,) from its attention maps.
+
+    Args:
+        maps: (Q, heads, H, W) attention of each query over the map (each sums to 1).
+        queries: the Q query pixels (row, col).
+    """
+    if maps.dim() != 4 or maps.shape[0] != len(queries):
+        raise ValueError(f"maps must be (Q={len(queries)}, heads, H, W), got shape {tuple(maps.shape)}")
+    H, W = maps.shape[-2:]
+    pos = pixel_positions(H, W, dtype=torch.float64, device=maps.device)  # (T, 2)
+    q = torch.tensor(queries, dtype=torch.float64, device=maps.device).reshape(-1, 2)  # (Q, 2)
+    delta = pos[None] - q[:, None]  # (Q, T, 2): key - query
+    p = maps.double().flatten(2)  # (Q, heads, T)
+    p = p / p.sum(-1, keepdim=True)
+    centre = torch.einsum("qht,qtd->hd", p, delta) / len(queries)  # (heads, 2)
+    second = torch.einsum("qht,qt->h", p, (delta**2).sum(-1)) / len(queries)  # (heads,)
+    # E‖δ - c‖² = E‖δ‖² - ‖c‖² because c is the mean of δ over the queries and the attention.
+    return centre, (second - (centre**2).sum(-1)).clamp(min=0).sqrt()
+
+
+def interior_queries(height: int, width: int, margin: int = MARGIN) -> list[tuple[int, int]]:
+    """The pixels at least `margin` from every border of an height×width map, row-major."""
+    if not 0 <= margin or 2 * margin >= min(height, width):
+        raise ValueError(f"no interior pixels with {margin=} in a {height}x{width} map")
+    return [(i, j) for i in range(margin, height - margin) for j in range(margin, width - margin)]
+
+
+# -- models and measurements ------------------------------------------------------------------------
+
+
+def initial_model(cfg: TrainConfig) -> nn.Module:
+    """The model `train(cfg)` starts from: same data shapes, `torch.manual_seed(cfg.seed)`, same build.
+
+    The global RNG state is restored afterwards, so calling this has no side effects.
+    """
+    train_set = load(cfg.data, "train", seed=cfg.data_seed)
+    C, H = train_set.images.shape[1:3]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return create_model(
+            cfg.model, num_classes=train_set.num_classes, in_chans=C, image_size=H, **cfg.model_options
+        )
+
+
+def _config(folder: Path, encoding: str, epochs: int, seed: int) -> TrainConfig:
+    out = folder / "runs" / f"{MODEL}-{encoding}-e{epochs}-s{seed}"
+    return TrainConfig(
+        model=MODEL,
+        data="digits",
+        epochs=epochs,
+        out=str(out),
+        model_options={"encoding": encoding},
+        seed=seed,
+    )
+
+
+@torch.no_grad()
+def _query_maps(layer: MultiHeadSelfAttention2d, x: Tensor, queries: list[tuple[int, int]]) -> Tensor:
+    """(Q, heads, H, W): each query's attention, averaged over the images of x."""
+    return torch.stack([layer.attention_probs(x, q).mean(0) for q in queries])
+
+
+def _quadratic_params(layer: MultiHeadSelfAttention2d) -> tuple[Tensor, Tensor]:
+    """Δ (heads, 2) and σ = √(tr Σ / 2) (heads,) of a quadratic layer."""
+    cov = torch.linalg.inv(layer.inverse_covariance().detach().double())  # (heads, 2, 2) Σ
+    return layer.centres.detach().double(), (torch.diagonal(cov, dim1=1, dim2=2).sum(-1) / 2).sqrt()
+
+
+def _centre_rows(layer: MultiHeadSelfAttention2d, x: Tensor, tag: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per head of `layer` on inputs x (B, C, H, W): its centre, width, empirical centre, spread."""
+    queries = interior_queries(*x.shape[-2:])
+    emp, spread = empirical_centres(_query_maps(layer, x, queries), queries)
+    quadratic = layer.encoding.startswith("quadratic")
+    # Without Δ the drawn circle is the empirical per-axis deviation, comparable to the quadratic σ.
+    centre, width = _quadratic_params(layer) if quadratic else (emp, spread / math.sqrt(2))
+    return [
+        {
+            **tag,
+            "head": h,
+            "centre_source": "parameter" if quadratic else "empirical",
+            "centre_row": round(float(centre[h, 0]), 5),
+            "centre_col": round(float(centre[h, 1]), 5),
+            "width": round(float(width[h]), 5),
+            "empirical_row": round(float(emp[h, 0]), 5),
+            "empirical_col": round(float(emp[h, 1]), 5),
+            "empirical_spread": round(float(spread[h]), 5),
+        }
+        for h in range(layer.num_heads)
+    ]
+
+
+def _map_rows(layer: MultiHeadSelfAttention2d, x: Tensor, tag: dict[str, Any]) -> list[dict[str, Any]]:
+    """The attention of the centre pixel (H // 2, W // 2), one row per head and key pixel."""
+    H, W = x.shape[-2:]
+    qr, qc = H // 2, W // 2
+    probs = _query_maps(layer, x, [(qr, qc)])[0]  # (heads, H, W)
+    return [
+        {**tag, "head": h, "query_row": qr, "query_col": qc, "key_row": i, "key_col": j,
+         "prob": round(float(probs[h, i, j]), 6)}
+        for h in range(layer.num_heads)
+        for i in range(H)
+        for j in range(W)
+    ]  # fmt: skip
+
+
+@torch.no_grad()
+def _measure(model: nn.Module, x: Tensor, encoding: str, stage: str) -> tuple[list[dict], list[dict]]:
+    """(centre rows, attention-map rows) of every head of every layer of `model` on images x."""
+    if not isinstance(model, AttentionNet):
+        raise TypeError(f"expected an AttentionNet, got {type(model).__name__}")
+    model.eval()
+    feats = model.features(x)  # the input of every attention layer, (B, hidden, H, W)
+    centre_rows: list[dict] = []
+    map_rows: list[dict] = []
+    for index, block in enumerate(model.layers):
+        layer = cast(AttentionLayer, block).attention
+        tag = {"model": MODEL, "encoding": encoding, "stage": stage, "layer": index}
+        centre_rows += _centre_rows(layer, feats[index], tag)
+        map_rows += _map_rows(layer, feats[index], tag)
+    return centre_rows, map_rows
+
+
+def _uniform_spread(height: int, width: int) -> float:
+    """The empirical spread of a head attending uniformly over the map (the least localised head)."""
+    queries = interior_queries(height, width)
+    maps = torch.ones(len(queries), 1, height, width, dtype=torch.float64)
+    return float(empirical_centres(maps, queries)[1][0])
+
+
+def _grid_rows(centre_rows: list[dict], reference: tuple[float, float], uniform: float) -> list[dict]:
+    """One grid-likeness row per (model, stage, layer), from the centre rows."""
+    groups: dict[tuple[str, str, int], list[dict]] = {}
+    for r in centre_rows:
+        groups.setdefault((r["encoding"], r["stage"], int(r["layer"])), []).append(r)
+    rows = []
+    for (encoding, stage, layer), heads in groups.items():
+        fit = grid_likeness([[float(r["centre_row"]), float(r["centre_col"])] for r in heads])
+        emp = grid_likeness([[float(r["empirical_row"]), float(r["empirical_col"])] for r in heads])
+        rows.append({
+            "model": MODEL, "encoding": encoding, "stage": stage, "layer": layer,
+            "centre_source": heads[0]["centre_source"], "heads": len(heads),
+            "mean_distance": round(fit.mean_distance, 5), "fraction_within": round(fit.fraction_within, 5),
+            "mean_distance_empirical": round(emp.mean_distance, 5),
+            "fraction_within_empirical": round(emp.fraction_within, 5),
+            "mean_width": round(float(np.mean([float(r["width"]) for r in heads])), 5),
+            "mean_empirical_spread": round(float(np.mean([float(r["empirical_spread"]) for r in heads])), 5),
+            "uniform_spread": round(uniform, 5),
+            "random_mean_distance": round(reference[0], 5), "random_p05_distance": round(reference[1], 5),
+        })  # fmt: skip
+    return rows
+
+
+def _shift(centre_rows: list[dict], encoding: str) -> list[float]:
+    """How far each head's centre moved between initialisation and training (px)."""
+    at = {
+        (r["stage"], r["layer"], r["head"]): (r["centre_row"], r["centre_col"])
+        for r in centre_rows
+        if r["encoding"] == encoding
+    }
+    return [
+        math.dist(c, at["init", layer, head]) for (stage, layer, head), c in at.items() if stage == "trained"
+    ]
+
+
+def _summary(grid_rows: list[dict], centre_rows: list[dict], encoding: str, acc: float) -> dict[str, Any]:
+    """The numbers `describe` needs for one model: per-layer fits and their means init vs trained."""
+    mine = [r for r in grid_rows if r["encoding"] == encoding]
+    out: dict[str, Any] = {"test_acc": acc, "centre_source": mine[0]["centre_source"], "layers": mine}
+    for stage in STAGES:
+        rows = [r for r in mine if r["stage"] == stage]
+        out[f"mean_distance_{stage}"] = float(np.mean([r["mean_distance"] for r in rows]))
+        out[f"fraction_within_{stage}"] = float(np.mean([r["fraction_within"] for r in rows]))
+        out[f"mean_spread_{stage}"] = float(np.mean([r["mean_empirical_spread"] for r in rows]))
+        out[f"mean_width_{stage}"] = float(np.mean([r["mean_width"] for r in rows]))
+        out[f"distance_per_layer_{stage}"] = [r["mean_distance"] for r in rows]
+        out[f"width_per_layer_{stage}"] = [r["mean_width"] for r in rows]
+        out[f"spread_per_layer_{stage}"] = [r["mean_empirical_spread"] for r in rows]
+    shifts = _shift(centre_rows, encoding)
+    out["centre_shift_mean"], out["centre_shift_max"] = float(np.mean(shifts)), float(np.max(shifts))
+    d_init, d_trained = out["mean_distance_init"], out["mean_distance_trained"]
+    out["verdict"] = (
+        "grid" if d_trained <= GRID_TOL
+        else "closer" if d_init - d_trained > MOVE_TOL
+        else "farther" if d_trained - d_init > MOVE_TOL
+        else "unchanged"
+    )  # fmt: skip
+    return out
+
+
+def run(folder: Path, *, epochs: int, seed: int, quick: bool) -> dict[str, Any]:
+    """Train both nets (or reuse their run folders), measure every head, write the CSVs and PNGs.
+
+    Args:
+        folder: the section's folder; training runs live in folder/"runs".
+        epochs: training epochs of each net (`EPOCHS_FULL`, `EPOCHS_QUICK`).
+        seed: seed of the training runs (and so of the initial models).
+        quick: average the attention over fewer test images.
+
+    Returns:
+        JSON-serialisable metrics: per model the per-layer grid-likeness, its means at init and trained,
+        the centre shift and a verdict; the random and uniform references; settings.
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be a positive int, got {epochs=!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed=!r}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    x = load("digits", "test").tensors()[0][: TEST_IMAGES[1] if quick else TEST_IMAGES[0]]  # (N, 1, 8, 8)
+    centre_rows: list[dict] = []
+    map_rows: list[dict] = []
+    accs = {}
+    for encoding in ENCODINGS:
+        cfg = _config(folder, encoding, epochs, seed)
+        accs[encoding] = float(run_training(cfg)[-1]["test_acc"])
+        trained, _ = load_weights(run_folder(cfg))
+        for stage, model in zip(STAGES, (initial_model(cfg), trained), strict=True):
+            c, m = _measure(model, x, encoding, stage)
+            centre_rows += c
+            map_rows += m
+    heads = sum(1 for r in centre_rows if r["stage"] == "init" and r["layer"] == 0) // len(ENCODINGS)
+    reference = random_grid_reference(heads, seed=seed)
+    uniform = _uniform_spread(
+        1 + max(r["key_row"] for r in map_rows), 1 + max(r["key_col"] for r in map_rows)
+    )
+    grid_rows = _grid_rows(centre_rows, reference, uniform)
+    for name, rows in zip(CSV_FILES, (centre_rows, map_rows, grid_rows), strict=True):
+        write_csv(folder / name, rows)
+    plot(folder)
+    return {
+        "model": MODEL,
+        "encodings": list(ENCODINGS),
+        "epochs": epochs,
+        "seed": seed,
+        "quick": quick,
+        "test_images": len(x),
+        "heads": heads,
+        "margin": MARGIN,
+        "grid_tol": GRID_TOL,
+        "random_mean_distance": reference[0],
+        "random_p05_distance": reference[1],
+        "uniform_spread": uniform,
+        "collapsed_distance": grid_likeness(np.zeros((heads, 2))).mean_distance,
+        "models": {e: _summary(grid_rows, centre_rows, e, accs[e]) for e in ENCODINGS},
+        "figures": _figure_names(),
+        "tables": list(CSV_FILES),
+        "threads": torch.get_num_threads(),
+    }
+
+
+# -- figures, from the CSVs alone -------------------------------------------------------------------
+
+
+def _figure_names(encodings: Sequence[str] = ENCODINGS) -> list[str]:
+    names = [f"{kind}_{e}.png" for e in encodings for kind in ("centres", "attention")]
+    return [*names, "grid_likeness.png"]
+
+
+def _read(folder: Path, name: str) -> list[dict[str, str]]:
+    path = folder / name
+    if not path.exists():
+        raise FileNotFoundError(f"{name} is missing from {folder}: run() writes it before plotting")
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _draw_centres(ax: Any, rows: list[dict[str, str]], span: float) -> None:
+    """One panel: each head's centre with its 1-σ circle, the K×K offsets (+) and the query (square)."""
+    cmap = plt.get_cmap("tab10")
+    grid = grid_offsets(math.isqrt(len(rows)))
+    ax.plot(grid[:, 1], grid[:, 0], "+", color="0.55", ms=7, mew=1.0, zorder=1)
+    for r in rows:
+        h, row, col = int(r["head"]), float(r["centre_row"]), float(r["centre_col"])
+        colour = cmap(h % 10)
+        ax.add_patch(plt.Circle((col, row), float(r["width"]), fill=False, color=colour, lw=0.8, alpha=0.8))
+        ax.plot(col, row, "o", ms=3, color=colour, zorder=3)
+        ax.annotate(str(h), (col, row), fontsize=6, xytext=(2, 2), textcoords="offset points")
+    ax.plot([0], [0], marker="s", ms=7, mfc="none", mec="#d62728", zorder=4)
+    ax.set_xlim(-span, span)
+    ax.set_ylim(span, -span)  # rows grow downwards, as in the image
+    ax.set_aspect("equal")
+    ax.grid(alpha=0.3)
+    ax.tick_params(labelsize=6)
+
+
+def _plot_centres(rows: list[dict[str, str]], encoding: str, path: Path) -> None:
+    """Fig. 4 layout: one panel per layer, a row per stage (init, trained)."""
+    layers = sorted({int(r["layer"]) for r in rows})
+    span = max(
+        2.5,
+        *(max(abs(float(r["centre_row"])), abs(float(r["centre_col"]))) + float(r["width"]) for r in rows),
+    )
+    fig, axes = plt.subplots(len(STAGES), len(layers), figsize=(2.8 * len(layers), 2.8 * len(STAGES)),
+                             squeeze=False)  # fmt: skip
+    for s, stage in enumerate(STAGES):
+        for c, layer in enumerate(layers):
+            mine = [r for r in rows if r["stage"] == stage and int(r["layer"]) == layer]
+            fit = grid_likeness([[float(r["centre_row"]), float(r["centre_col"])] for r in mine])
+            ax = axes[s, c]
+            _draw_centres(ax, mine, span)
+            ax.set_title(f"{stage}, layer {layer}: {fit.mean_distance:.2f} px from the grid", fontsize=7)
+    source = rows[0]["centre_source"]
+    fig.suptitle(f"{encoding}: head centres ({source}) with 1-σ circles; + conv offsets, □ query", fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def _plot_maps(rows: list[dict[str, str]], encoding: str, path: Path) -> None:
+    """Fig. 5/6 layout: a row per (stage, layer), a column per head; the query pixel's attention."""
+    layers = sorted({int(r["layer"]) for r in rows})
+    heads = sorted({int(r["head"]) for r in rows})
+    H = 1 + max(int(r["key_row"]) for r in rows)
+    W = 1 + max(int(r["key_col"]) for r in rows)
+    qr, qc = int(rows[0]["query_row"]), int(rows[0]["query_col"])
+    maps: dict[tuple[str, int, int], np.ndarray] = {}
+    for r in rows:
+        key = (r["stage"], int(r["layer"]), int(r["head"]))
+        maps.setdefault(key, np.zeros((H, W)))[int(r["key_row"]), int(r["key_col"])] = float(r["prob"])
+    panels = [(stage, layer) for stage in STAGES for layer in layers]
+    fig, axes = plt.subplots(len(panels), len(heads), figsize=(1.15 * len(heads), 1.2 * len(panels)),
+                             squeeze=False)  # fmt: skip
+    extent = (-qc - 0.5, W - 1 - qc + 0.5, H - 1 - qr + 0.5, -qr - 0.5)
+    xs, ys = np.arange(W) - qc, np.arange(H) - qr
+    for p, (stage, layer) in enumerate(panels):
+        for h in heads:
+            ax, arr = axes[p, h], maps[stage, layer, h]
+            # A floor on vmax keeps (nearly) uniform maps pale instead of saturated; they get no contours.
+            ax.imshow(arr, cmap="Blues", vmin=0.0, vmax=max(arr.max(), 4.0 / arr.size), extent=extent)
+            levels = mass_levels(torch.from_numpy(arr))
+            if arr.max() >= 2.0 / arr.size and levels[0] < levels[1] < arr.max():
+                ax.contour(xs, ys, arr, levels=levels, colors=["#d62728", "#ff7f0e"], linewidths=0.7)
+            ax.plot([0], [0], marker="s", ms=3, mfc="none", mec="black", mew=0.6)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if p == 0:
+                ax.set_title(f"head {h}", fontsize=7)
+            if h == heads[0]:
+                ax.set_ylabel(f"{stage}\nlayer {layer}", fontsize=7)
+    fig.suptitle(
+        f"{encoding}: attention of pixel ({qr}, {qc}) per head (contours: 50% and 90% of the mass)",
+        fontsize=8,
+    )
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def _plot_grid(rows: list[dict[str, str]], path: Path) -> None:
+    """Grid-likeness per layer, init vs trained, against random centres and the on-grid tolerance."""
+    encodings = list(dict.fromkeys(r["encoding"] for r in rows))
+    fig, axes = plt.subplots(
+        1, len(encodings), figsize=(3.3 * len(encodings), 2.9), sharey=True, squeeze=False
+    )
+    for ax, encoding in zip(axes[0], encodings, strict=True):
+        mine = [r for r in rows if r["encoding"] == encoding]
+        layers = sorted({int(r["layer"]) for r in mine})
+        pos = np.arange(len(layers))
+        for k, (stage, colour) in enumerate(zip(STAGES, ("#bbbbbb", "#4c78a8"), strict=True)):
+            d = {int(r["layer"]): float(r["mean_distance"]) for r in mine if r["stage"] == stage}
+            ax.bar(pos + (k - 0.5) * 0.38, [d[layer] for layer in layers], 0.38, color=colour, label=stage)
+        ax.axhline(float(mine[0]["random_mean_distance"]), ls="--", color="#d62728", lw=0.9,
+                   label="random centres (mean)")  # fmt: skip
+        ax.axhline(float(mine[0]["random_p05_distance"]), ls=":", color="#d62728", lw=0.9,
+                   label="random centres (5th pct.)")  # fmt: skip
+        ax.axhline(GRID_TOL, ls="-.", color="#2ca02c", lw=0.9, label=f"on-grid tolerance {GRID_TOL} px")
+        ax.set_xticks(pos, [f"layer {layer}" for layer in layers], fontsize=7)
+        ax.set_title(f"{encoding} ({mine[0]['centre_source']} centres)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0, 0].set_ylabel("mean distance to the 3×3 grid (px)", fontsize=7)
+    axes[0, 0].legend(fontsize=6)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot(folder: Path) -> None:
+    """Draw every PNG of the section from the CSVs in `folder` (no model, no training; deterministic)."""
+    folder = Path(folder)
+    centres, maps, grid = (_read(folder, name) for name in CSV_FILES)
+    for encoding in dict.fromkeys(r["encoding"] for r in centres):
+        _plot_centres([r for r in centres if r["encoding"] == encoding], encoding,
+                      folder / f"centres_{encoding}.png")  # fmt: skip
+        _plot_maps([r for r in maps if r["encoding"] == encoding], encoding,
+                   folder / f"attention_{encoding}.png")  # fmt: skip
+    _plot_grid(grid, folder / "grid_likeness.png")
+
+
+# -- the study's paragraph --------------------------------------------------------------------------
+
+CLAIM = (
+    "Cordonnier et al. (2020, §4, Figs. 3–5): an attention-only network with the quadratic encoding "
+    "learns heads whose centres Δ spread out around the query like the taps of a K×K convolution (with "
+    "small widths in the early layers), and with learned relative encodings the heads also attend to "
+    "localised patterns around the query."
+)
+
+
+def _model_sentence(name: str, m: dict[str, Any], metrics: dict[str, Any]) -> str:
+    d0, d1 = m["mean_distance_init"], m["mean_distance_trained"]
+    where = {
+        "grid": "which is on the grid",
+        "closer": f"closer to a grid than at initialisation by {d0 - d1:.2f} px but still off it",
+        "farther": f"farther from a grid than at initialisation by {d1 - d0:.2f} px",
+        "unchanged": "no closer to a grid than at initialisation",
+    }[m["verdict"]]
+
+    def listed(key: str) -> str:
+        return ", ".join(f"{v:.2f}" for v in m[key])
+
+    per_layer = listed("distance_per_layer_trained")
+    if m["centre_source"] == "parameter":
+        widths = (
+            f"; the widths σ per layer went from {listed('width_per_layer_init')} to "
+            f"{listed('width_per_layer_trained')} px"
+        )
+    else:
+        widths = ""
+    s0, s1 = listed("spread_per_layer_init"), listed("spread_per_layer_trained")
+    return (
+        f"{name} ({m['centre_source']} centres, test accuracy {m['test_acc']:.1%}): the heads lie "
+        f"{d0:.2f} px from their best-matched 3×3 offsets at initialisation and {d1:.2f} px trained "
+        f"(per layer {per_layer}; {m['fraction_within_trained']:.0%} of heads within "
+        f"{metrics['grid_tol']} px), "
+        f"{where}; the centres moved {m['centre_shift_mean']:.2f} px on average (at most "
+        f"{m['centre_shift_max']:.2f}){widths}; the attention's spread per layer went from {s0} to {s1} px."
+    )
+
+
+def describe(metrics: dict[str, Any]) -> tuple[str, str, list[tuple[str, str]], list[tuple[str, str]]]:
+    """(claim, paragraph from this run's numbers, [(png, caption)], [(csv, caption)]) of the section."""
+    missing = [k for k in ("models", "epochs", "random_mean_distance", "uniform_spread") if k not in metrics]
+    if missing:
+        raise ValueError(f"metrics lack {missing}: pass the dict run() returned")
+    models = metrics["models"]
+    names = {"quadratic": "Quadratic encoding", "relative": "Learned relative encoding"}
+    quad, rel = models.get("quadratic"), models.get("relative")
+    if quad is None or quad["verdict"] in ("unchanged", "farther"):
+        verdict = "This run does not support the claim: the quadratic heads did not move towards a conv grid"
+    elif quad["verdict"] == "closer":
+        verdict = (
+            "This run supports the claim only in its direction: the quadratic heads moved towards a grid"
+        )
+    else:
+        verdict = "This run supports the claim: the quadratic heads sit on a 3×3 conv grid"
+    if rel is not None:
+        s0, s1, u = rel["mean_spread_init"], rel["mean_spread_trained"], metrics["uniform_spread"]
+        localised = "became more" if s1 < s0 - MOVE_TOL else "did not become"
+        verdict += (
+            f"; the learned relative heads {localised} localised than at initialisation (mean spread "
+            f"{s0:.2f} -> {s1:.2f} px, {s1 / u:.0%} of uniform attention's)."
+        )
+    text = (
+        f"Two {metrics['model']} nets ({metrics['heads']} heads per layer, 8×8 maps) trained "
+        f"{metrics['epochs']} epochs on the digits; a layer's grid-likeness is the mean distance of its head "
+        "centres to the 3×3 offsets {-1, 0, 1}² under the best one-to-one assignment (0 = a 3×3 conv), "
+        f"against {metrics['random_mean_distance']:.2f} px for random centres drawn like the quadratic "
+        f"initialisation (5th percentile {metrics['random_p05_distance']:.2f} px) and "
+        f"{metrics['collapsed_distance']:.2f} px for all centres on the query; spreads are RMS "
+        f"distances of the attended offsets from the head's centre (uniform attention: "
+        f"{metrics['uniform_spread']:.2f} px). "
+        + " ".join(_model_sentence(names.get(e, e), m, metrics) for e, m in models.items())
+        + f" {verdict}"
+    )
+    figures = []
+    for e in models:
+        figures += [
+            (
+                f"centres_{e}.png",
+                f"{names.get(e, e)}: head centres and 1-σ circles per layer, init and trained.",
+            ),
+            (f"attention_{e}.png", f"{names.get(e, e)}: attention of the centre pixel per head and layer."),
+        ]
+    figures.append(("grid_likeness.png", "Grid-likeness per layer, init vs trained, against random centres."))
+    tables = [
+        ("grid_likeness.csv", "Grid-likeness and spread per model, stage and layer, with references."),
+    ]
+    return CLAIM, text, figures, tables
