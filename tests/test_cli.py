@@ -60,6 +60,8 @@ def test_version():
         ["frobnicate"],
         ["demo", "nothing"],
         ["study", "--threads", "0"],
+        ["study", "--epochs", "many"],
+        ["study", "--device", "tpu"],
     ],
 )
 def test_bad_arguments_give_one_line_and_exit_2(args, capsys):
@@ -113,6 +115,19 @@ def test_study_quick_writes_its_run_folder_and_report(quick_study, tmp_path):
     assert again.returncode == 0, again.stderr
     assert all(p.read_bytes() == data for p, data in pngs.items())
     assert (out / "report.html").read_text() == page
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--data", "digits"], "cifar10:PATH"),
+        (["--data", "cifar10:/nowhere/at/all", "--epochs", "1"], "/nowhere/at/all"),
+    ],
+)
+def test_study_refuses_bad_data_in_one_line(tmp_path, args, words):
+    result = _run("study", "--out", str(tmp_path / "run"), *args)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1 and words in result.stderr
+    assert not (tmp_path / "run" / "paper").exists()
 
 
 def test_report_of_a_folder_without_a_study_is_one_line(tmp_path):

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from convattn import data_efficiency, learns_conv, paper
+from convattn.data import load
 from convattn.demos import attention_pooling, conversion, seq2seq
 from convattn.environment import environment
 from convattn.experiments import (
@@ -450,6 +451,8 @@ def run_study(cfg: StudyConfig | None = None, *, log: TextIO | None = None) -> P
     """Run (or continue) every part, then write metrics.json, summary.md and report.html."""
     cfg = cfg or StudyConfig()
     log = sys.stderr if log is None else log
+    if cfg.data is not None:
+        load(cfg.data, "test")  # a wrong path or a damaged batch is refused before any folder is made
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
         if cfg.data is None:

@@ -90,6 +90,7 @@ class _Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    owns_group: bool = False  # this run made the process group, and destroys it at the end
 
     @property
     def main(self) -> bool:
@@ -103,9 +104,10 @@ def _init_distributed(cfg: TrainConfig) -> _Dist:
         return _Dist()
     import torch.distributed as dist
 
-    if not dist.is_initialized():
+    owns = not dist.is_initialized()  # a caller that trains several runs keeps one group up for all
+    if owns:
         dist.init_process_group("nccl" if cfg.device == "cuda" else "gloo")
-    d = _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    d = _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), owns)
     if cfg.batch_size % d.world:
         raise ValueError(f"batch_size={cfg.batch_size} must divide evenly over {d.world} processes")
     return d
@@ -347,8 +349,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
     if dist_.world > 1:  # leave together: a process that exits while gloo still talks aborts
         import torch.distributed as dist
 
+        net = model  # drop the DDP wrapper before its group goes
         dist.barrier()
-        dist.destroy_process_group()
+        if dist_.owns_group:
+            dist.destroy_process_group()
     final = history[-1] if history else {"test_acc": float("nan"), "test_loss": float("nan")}
     return RunResult(out, final["test_acc"], final["test_loss"], history)
 
