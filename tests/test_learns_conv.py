@@ -14,7 +14,6 @@ import torch
 from convattn import learns_conv
 from convattn.layers.mhsa2d import MultiHeadSelfAttention2d
 from convattn.learns_conv import (
-    EPOCHS_QUICK,
     describe,
     empirical_centres,
     grid_likeness,
@@ -176,7 +175,7 @@ def test_initial_model_is_the_one_train_starts_from(tmp_path, monkeypatch, encod
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory) -> tuple[Path, dict]:
     folder = tmp_path_factory.mktemp("learns_conv")
-    return folder, run(folder, epochs=EPOCHS_QUICK, seed=0, quick=True)
+    return folder, run(folder, epochs=1, seed=0, quick=True)
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -199,7 +198,7 @@ def test_run_writes_the_tables_and_json_metrics(quick_run):
     for m in metrics["models"].values():
         assert 0 <= m["mean_distance_trained"] and m["verdict"] in ("grid", "closer", "farther", "unchanged")
     # The init rows are this run's own initial model: Δ of its first layer.
-    cfg = learns_conv._config(folder, "quadratic", EPOCHS_QUICK, 0)
+    cfg = learns_conv._config(folder, "quadratic", 1, 0)
     delta = initial_model(cfg).layers[0].attention.centres.detach().double()
     mine = [r for r in centres if r["encoding"] == "quadratic" and r["stage"] == "init" and r["layer"] == "0"]
     got = torch.tensor([[float(r["centre_row"]), float(r["centre_col"])] for r in mine], dtype=torch.float64)

@@ -37,14 +37,10 @@ from convattn.records import read_csv, write_csv
 from convattn.train import TrainConfig
 
 __all__ = [
-    "EPOCHS_FULL",
-    "EPOCHS_QUICK",
     "EPOCH_CAP",
     "FRACTIONS_FULL",
     "FRACTIONS_QUICK",
     "MODELS",
-    "SEEDS_FULL",
-    "SEEDS_QUICK",
     "crossing",
     "describe",
     "epochs_for",
@@ -54,12 +50,8 @@ __all__ = [
 
 DATA = "digits"
 BATCH_SIZE = 64
-FRACTIONS_FULL = (0.1, 0.2, 0.4, 1.0)  # 144, 288, 575 and 1,438 images: about evenly spaced on a log axis
+FRACTIONS_FULL = (0.1, 0.3, 1.0)  # 144, 431 and 1,438 images: about evenly spaced on a log axis
 FRACTIONS_QUICK = (0.1, 1.0)
-EPOCHS_FULL = 4  # 88 steps of 64 images per run
-EPOCHS_QUICK = 1
-SEEDS_FULL = (0, 1)
-SEEDS_QUICK = (0,)
 EPOCH_CAP = 20  # at most this many times `epochs` epochs per run (see the module docstring)
 UNDERFIT = 0.9  # below this training accuracy on the smallest subset, a model is short of steps, not data
 _Curve = tuple[list[float], list[int], list[float]]  # fractions, training images, mean test accuracy
@@ -160,17 +152,21 @@ def _check_run_args(
     return sizes
 
 
-def _train(folder: Path, c: Contender, n: int, n_full: int, epochs: int, seed: int) -> dict[str, Any]:
+def _train(
+    folder: Path, c: Contender, n: int, n_full: int, epochs: int, eval_every: int, seed: int
+) -> dict[str, Any]:
     """The last epoch's metrics of one run, trained, resumed or reused; refuses a folder of another run.
 
     The whole training split is asked for as n_train=0, the trainer's default, so that the run is the
-    same run as the comparison's (a study shares it between its parts).
+    same run as the comparison's (a study shares it between its parts). A small subset trains many
+    short epochs: it is tested every `eval_every` epochs (and after the last), so that evaluation does
+    not cost more than its training.
     """
     whole = n == n_full
     cfg = TrainConfig(
         model=c.model, data=DATA, epochs=epochs, out=str(folder / "runs" / f"{c.model}-n{n}-s{seed}"),
         model_options=c.options, batch_size=BATCH_SIZE, seed=seed, data_seed=0 if whole else seed,
-        n_train=0 if whole else n,
+        n_train=0 if whole else n, eval_every=eval_every,
     )  # fmt: skip
     saved = run_folder(cfg) / "config.json"
     if saved.exists() and (diff := TrainConfig.load(saved).differences(cfg)):
@@ -205,7 +201,8 @@ def run(
     for c in MODELS:
         for f, n in zip(fractions, sizes, strict=True):
             n_epochs = epochs_for(n, max(sizes), epochs)
-            last = [_train(folder, c, n, n_full, n_epochs, seed) for seed in seeds]
+            every = max(1, n_epochs // epochs)  # about as many tests as the largest subset's run has
+            last = [_train(folder, c, n, n_full, n_epochs, every, seed) for seed in seeds]
             acc = [h["test_acc"] for h in last]
             rows.append(
                 {

@@ -173,7 +173,7 @@ def find_run_dir(cfg: StudyConfig) -> tuple[Path, bool]:
 
 COMPARE_EPOCHS = 8  # the digits comparison: epochs and seeds of every model
 COMPARE_SEEDS = 2
-LOCALITY_EPOCHS = 5
+LOCALITY_EPOCHS = 3
 LOCALITY_QUICK_IMAGES = 512  # of the generated sets' 2,000 training images
 
 
@@ -334,8 +334,9 @@ def _describe_compare(m: dict[str, Any]) -> tuple[str, str, list[tuple[str, str]
             f" attention models {min(fit['attention']):.0%}–{max(fit['attention']):.0%}."
         )
     text = (
-        f"Every model trained {m['epochs']} epochs on the 1,438 training digits with AdamW, the same "
-        f"schedule and batch, {n} seed{'s' if n > 1 else ''} each ({m['threads']} threads). Here {verdict}: "
+        f"Every model trained {m['epochs']} epoch{'s' if m['epochs'] != 1 else ''} on the 1,438 training "
+        f"digits with AdamW, the same schedule and batch, {n} seed{'s' if n > 1 else ''} each "
+        f"({m['threads']} thread{'s' if m['threads'] != 1 else ''}). Here {verdict}: "
         f"{m['best_cnn']} reaches {m['best_cnn_acc']:.1%} and {m['best_attention']} "
         f"{m['best_attention_acc']:.1%} test accuracy. Parameters, multiply-adds (attention products "
         f"included) and images per second on this machine are in the table.{fitting} {m['timing']}"

@@ -60,6 +60,7 @@ class TrainConfig:
     threads: int = 0
     device: str = "cpu"
     data_seed: int = 0
+    eval_every: int = 1
     n_train: int = 0  # the default keeps config.json files written before the field loadable
 
     def __post_init__(self) -> None:
@@ -69,6 +70,7 @@ class TrainConfig:
 
         positive("epochs", self.epochs)
         positive("batch_size", self.batch_size)
+        positive("eval_every", self.eval_every)
         if isinstance(self.n_train, bool) or not isinstance(self.n_train, int) or self.n_train < 0:
             raise ValueError(
                 f"n_train must be an int >= 0 (0: the whole training split), got n_train={self.n_train!r}"

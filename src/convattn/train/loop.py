@@ -320,7 +320,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
             bar.close()
             start_batch = 0
             seconds = time.perf_counter() - t0
-            test_acc, test_loss = evaluate(model, test_set, device=cfg.device) if dist_.main else (0.0, 0.0)
+            # The test split every eval_every epochs and after the last; None in between.
+            due = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+            test_acc, test_loss = (None, None) if not due else (
+                evaluate(model, test_set, device=cfg.device) if dist_.main else (0.0, 0.0)
+            )  # fmt: skip
             history.append(
                 {
                     "epoch": epoch + 1,
@@ -339,10 +343,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
             if dist_.main:
                 _write_metrics(out, history)
                 row = history[-1]
+                tested = "" if test_acc is None else f"  test loss {test_loss:.4f} acc {test_acc:.3f}"
                 log(
                     f"epoch {epoch}/{cfg.epochs}  train loss {row['train_loss']:.4f} "
-                    f"acc {row['train_acc']:.3f}  "
-                    f"test loss {test_loss:.4f} acc {test_acc:.3f}  ({seconds:.1f} s)"
+                    f"acc {row['train_acc']:.3f}{tested}  ({seconds:.1f} s)"
                 )
     if dist_.main:
         _export(out, model, cfg, train_set)
