@@ -182,7 +182,8 @@ def _device_name(device: str) -> str:
 
 
 @torch.no_grad()
-def _inference_rate(model: torch.nn.Module, images: torch.Tensor, repeats: int = INFERENCE_REPEATS) -> float:
+def inference_rate(model: torch.nn.Module, images: torch.Tensor, repeats: int = INFERENCE_REPEATS) -> float:
+    """Images per second of eval-mode forward passes over `images` on their device (median of `repeats`)."""
     model.eval()
     model(images)  # warm-up
     times = []
@@ -257,7 +258,7 @@ def compare_models(
                 "params": count_parameters(model),
                 "macs_per_image": count_macs(model.eval(), x[:1]),
                 "train_images_per_s": round(statistics.fmean(rates)),
-                "inference_images_per_s": round(_inference_rate(model.to(device), x.to(device))),
+                "inference_images_per_s": round(inference_rate(model.to(device), x.to(device))),
             }
         )
     write_csv(out_dir / "compare.csv", rows)

@@ -26,7 +26,6 @@ import csv
 import json
 import os
 import statistics
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -39,7 +38,7 @@ import torch
 from matplotlib.ticker import MaxNLocator
 
 from convattn.data import load
-from convattn.experiments import run_training
+from convattn.experiments import inference_rate, run_training
 from convattn.flops import count_macs
 from convattn.models.registry import create_model, model_info
 from convattn.models.summary import count_parameters
@@ -158,26 +157,6 @@ def _check(data: str, epochs: int | None, device: str, models: tuple[str, ...] |
 
 
 @torch.no_grad()
-def _inference_rate(model: torch.nn.Module, images: torch.Tensor, device: str, repeats: int = 5) -> float:
-    """Images per second of eval-mode forward passes over `images` (median of `repeats`)."""
-    model = model.to(device).eval()
-    x = images.to(device)
-
-    def sync() -> None:
-        if device == "cuda":
-            torch.cuda.synchronize()
-
-    model(x)  # warm-up
-    times = []
-    for _ in range(repeats):
-        sync()
-        t = time.perf_counter()
-        model(x)
-        sync()
-        times.append(time.perf_counter() - t)
-    return len(x) / statistics.median(times)
-
-
 def _measure(
     row: PublishedRow, name: str, history: list[dict[str, Any]], images: torch.Tensor, device: str
 ) -> dict[str, Any]:
@@ -195,7 +174,7 @@ def _measure(
         "measured_macs_per_image": macs,
         "epochs": len(history),
         "train_images_per_s": round(statistics.median(h["images_per_s"] for h in history)),
-        "inference_images_per_s": round(_inference_rate(model, images, device)),
+        "inference_images_per_s": round(inference_rate(model.to(device), images.to(device))),
     }
 
 
