@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["markdown_table", "write_report"]
+__all__ = ["cell", "markdown_table", "write_report"]
 
 _CSS = """
 body{font:16px/1.5 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1b1b1b;background:#fff}
@@ -36,13 +36,25 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def cell(value: Any) -> str:
+    """A table cell for people: floats to 4 significant digits (the CSV keeps every digit)."""
+    text = str(value)
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    if text.lstrip("-").isdigit() or number != number:  # an int, or NaN as written
+        return text
+    return f"{number:.4g}"
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """A GitHub-style Markdown table of `rows` (dicts with the same keys)."""
+    """A GitHub-style Markdown table of `rows` (dicts with the same keys), numbers rounded by `cell`."""
     if not rows:
         return ""
     keys = list(rows[0])
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in rows]
+    lines += ["| " + " | ".join(cell(r.get(k, "")) for k in keys) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -52,7 +64,7 @@ def _html_table(rows: list[dict[str, str]], caption: str) -> str:
     keys = list(rows[0])
     head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(r.get(k, '')))}</td>" for k in keys) + "</tr>" for r in rows
+        "<tr>" + "".join(f"<td>{html.escape(cell(r.get(k, '')))}</td>" for k in keys) + "</tr>" for r in rows
     )
     return (
         f'<div class="table-wrap"><table><caption>{html.escape(caption)}</caption>'
@@ -65,6 +77,14 @@ def _image(path: Path, caption: str) -> str:
     alt = html.escape(caption, quote=True)
     img = f'<img src="data:image/png;base64,{data}" alt="{alt}">'
     return f"<figure>{img}<figcaption>{html.escape(caption)}</figcaption></figure>"
+
+
+def _settings(run_dir: Path) -> dict[str, Any]:
+    """The study's settings from study.json ({} when the folder has none)."""
+    try:
+        return dict(json.loads((run_dir / "study.json").read_text()).get("settings", {}))
+    except (OSError, json.JSONDecodeError):
+        return {}
 
 
 def _parts(run_dir: Path) -> list[dict[str, Any]]:
@@ -82,7 +102,15 @@ def write_report(run_dir: Path) -> Path:
     figure_no, table_no = 0, 0
     sections, md = [], ["# convattn study", ""]
     device = env.get("cuda") or "CPU"
-    where = f"convattn {env['convattn']}, torch {env['torch']}, {env['torch_threads']} threads, {device}"
+    threads = env["torch_threads"]
+    where = (
+        f"convattn {env['convattn']}, torch {env['torch']}, {threads} thread{'s' * (threads != 1)}, {device}"
+    )
+    settings = _settings(run_dir)
+    if settings.get("quick"):
+        where += ". A quick run (--quick): a smoke-test budget, too small to judge the claims"
+    if settings.get("data"):
+        where += f". Data: {settings['data']}"
     md += [where + ".", ""]
     for part in parts:
         key, folder = part["key"], run_dir / part["key"]

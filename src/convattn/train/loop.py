@@ -353,7 +353,6 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
     if dist_.world > 1:  # leave together: a process that exits while gloo still talks aborts
         import torch.distributed as dist
 
-        net = model  # drop the DDP wrapper before its group goes
         dist.barrier()
         if dist_.owns_group:
             dist.destroy_process_group()
