@@ -263,7 +263,12 @@ def _describe_locality(m: dict[str, Any]) -> tuple[str, str, list[tuple[str, str
         else ""
     )
     epochs = m["shapes"]["epochs"]
-    text = f"{epochs} epoch(s), one seed, the same budget for all. " + " ".join(sentences) + verdict
+    text = (
+        f"{epochs} epoch{'s' * (epochs != 1)}, one seed, the same budget for all. "
+        + " ".join(sentences)
+        + verdict
+        + f" Speeds in the tables: {m['shapes']['timing']}"
+    )
     figures = [(f"{d}/compare_accuracy.png", f"Test accuracy on {d}.") for d in ("shapes", "long_range")]
     tables = [
         (f"{d}/compare.csv", f"Models on {d}: accuracy, size, cost and speed.")
@@ -387,7 +392,8 @@ def _describe_pooling(m: dict[str, Any]) -> tuple[str, str, list[tuple[str, str]
 def _describe_seq2seq(m: dict[str, Any]) -> tuple[str, str, list[tuple[str, str]], list[tuple[str, str]]]:
     claim = "Dive into Deep Learning (§11.7): an encoder–decoder Transformer learns sequence transduction."
     text = (
-        f"Trained {m['config']['steps']} steps in {m['train_seconds']:.1f} s; loss {m['first_loss']:.3f} -> "
+        f"Trained {m['config']['steps']} steps in {m['train_seconds']:.1f} s ({m['threads']} CPU "
+        f"thread{'s' * (m['threads'] != 1)}); loss {m['first_loss']:.3f} -> "
         f"{m['final_loss']:.3f}. On {m['config']['test_size']} held-out strings, greedy decoding reaches "
         f"exact match {m['test_exact_match']:.1%} and BLEU-2 {m['test_bleu']:.3f}."
     )

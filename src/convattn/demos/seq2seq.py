@@ -247,6 +247,7 @@ def run(out_dir: Path, cfg: Seq2SeqDemoConfig | None = None) -> dict[str, Any]:
         "task": "reverse",
         "config": asdict(cfg),
         "train_seconds": seconds,
+        "threads": torch.get_num_threads(),
         "first_loss": losses[0],
         "final_loss": sum(losses[-20:]) / len(losses[-20:]),
         **{f"test_{k}": v for k, v in scores.items()},
