@@ -290,7 +290,8 @@ def plot(folder: Path) -> None:
     ax.set_ylim(0.0, 1.2)  # room for the legend above the bars
     ax.set_yticks(np.linspace(0.0, 1.0, 6))
     ax.set_ylabel("CIFAR-10 test accuracy")
-    ax.set_title(f"Cordonnier et al. 2020, Table 1: published vs measured ({rows[0]['epochs']} epochs)")
+    n = int(rows[0]["epochs"])
+    ax.set_title(f"Cordonnier et al. 2020, Table 1: published vs measured ({n} epoch{'s' * (n != 1)})")
     ax.legend(fontsize=8, loc="upper center", ncols=2)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -319,8 +320,8 @@ def _ordering(rows: list[dict[str, Any]]) -> str:
     if not broken:
         return f"The paper's ordering is reproduced (all {len(pairs)} ordered pairs)."
     return (
-        f"The paper's ordering is not reproduced: {len(broken)} of {len(pairs)} ordered pairs flip "
-        f"({'; '.join(broken)})."
+        f"The paper's ordering is not reproduced: {len(broken)} of {len(pairs)} ordered pairs do not hold "
+        f"(a tie counts as not holding: {'; '.join(broken)})."
     )
 
 
@@ -364,8 +365,9 @@ def describe(metrics: dict[str, Any]) -> tuple[str, str, list[tuple[str, str]], 
     )
     rows, epochs, paper = metrics["rows"], metrics["epochs"], metrics["paper_epochs"]
     budget = (
-        f"Each model trained {epochs} epoch(s) with their recipe (SGD lr 0.1, batch 100, warm-up then "
-        f"cosine, crop + flip; ResNet-18 too, where the paper used step decay) on {metrics['device']}"
+        f"Each model trained {epochs} epoch{'s' * (epochs != 1)} with their recipe (SGD lr 0.1, batch 100, "
+        "warm-up then cosine, crop + flip; ResNet-18 too, where the paper used step decay) on "
+        f"{metrics['device']}"
         + (
             f", fewer than the paper's {paper}: the budget was smaller, so the comparison is indicative."
             if epochs < paper
