@@ -171,8 +171,8 @@ def find_run_dir(cfg: StudyConfig) -> tuple[Path, bool]:
     return new_run_dir(None), False
 
 
-COMPARE_EPOCHS = 8  # the digits comparison: epochs and seeds of every model
-COMPARE_SEEDS = 2
+COMPARE_EPOCHS = 6  # the digits comparison: epochs and seeds of every model
+COMPARE_SEEDS = 3
 LOCALITY_EPOCHS = 3
 LOCALITY_QUICK_IMAGES = 512  # of the generated sets' 2,000 training images
 
