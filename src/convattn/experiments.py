@@ -269,6 +269,7 @@ def compare_models(
         "rows": rows,
         "data": data,
         "epochs": epochs,
+        "n_train": n_train,
         "seeds": list(seeds),
         "best_cnn": best_cnn["model"],
         "best_cnn_acc": best_cnn["test_acc_mean"],

@@ -174,7 +174,8 @@ def find_run_dir(cfg: StudyConfig) -> tuple[Path, bool]:
 COMPARE_EPOCHS = 6  # the digits comparison: epochs and seeds of every model
 COMPARE_SEEDS = 3
 LOCALITY_EPOCHS = 3
-LOCALITY_QUICK_IMAGES = 512  # of the generated sets' 2,000 training images
+LOCALITY_IMAGES = 1200  # training images of the generated sets (quick: 512)
+LOCALITY_QUICK_IMAGES = 512
 
 
 def _parts(cfg: StudyConfig) -> list[Part]:
@@ -225,7 +226,7 @@ def _parts(cfg: StudyConfig) -> list[Part]:
 def _locality(folder: Path, epochs: int, seed: int, quick: bool, device: str) -> dict[str, Any]:
     """The same models on a task where locality matters and on one where it does not (quick: CNN, ViT)."""
     models = (LOCALITY_CONTENDERS[0], LOCALITY_CONTENDERS[-1]) if quick else LOCALITY_CONTENDERS
-    n_train = LOCALITY_QUICK_IMAGES if quick else 0
+    n_train = LOCALITY_QUICK_IMAGES if quick else LOCALITY_IMAGES
     return {
         data: compare_models(folder / data, models, data=data, epochs=epochs, seeds=(seed,), device=device,
                              n_train=n_train)
@@ -264,7 +265,8 @@ def _describe_locality(m: dict[str, Any]) -> tuple[str, str, list[tuple[str, str
     )
     epochs = m["shapes"]["epochs"]
     text = (
-        f"{epochs} epoch{'s' * (epochs != 1)}, one seed, the same budget for all. "
+        f"{epochs} epoch{'s' * (epochs != 1)} on {m['shapes']['n_train'] or 'all'} generated training images "
+        "per task, one seed, the same budget for all. "
         + " ".join(sentences)
         + verdict
         + f" Speeds in the tables: {m['shapes']['timing']}"
