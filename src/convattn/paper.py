@@ -38,7 +38,7 @@ import torch
 from matplotlib.ticker import MaxNLocator
 
 from convattn.data import load
-from convattn.experiments import inference_rate, run_training
+from convattn.experiments import INFERENCE_REPEATS, inference_rate, run_training
 from convattn.flops import count_macs
 from convattn.models.registry import create_model, model_info
 from convattn.models.summary import count_parameters
@@ -254,6 +254,7 @@ def run(
         "device": device,
         "seed": seed,
         "threads": torch.get_num_threads(),
+        "processes": _rank_world()[1],
     }
 
 
@@ -377,7 +378,14 @@ def describe(metrics: dict[str, Any]) -> tuple[str, str, list[tuple[str, str]], 
     measured = "; ".join(
         f"{r['model']} {r['measured_acc']:.1%} (published {r['published_acc']:.1%})" for r in rows
     )
-    text = " ".join([budget, f"Measured: {measured}.", _ordering(rows), _tie(rows), _sizes(rows)])
+    threads = metrics["threads"]
+    timing = (
+        "Training images/s: the median over a run's epochs of whole-epoch throughput; inference images/s: "
+        f"the median of {INFERENCE_REPEATS} timed passes after a warm-up; on {metrics['device']}, "
+        f"{threads} CPU thread{'s' * (threads != 1)}"
+        + (f", {metrics['processes']} processes." if metrics.get("processes", 1) > 1 else ".")
+    )
+    text = " ".join([budget, f"Measured: {measured}.", _ordering(rows), _tie(rows), _sizes(rows), timing])
     figures = [
         ("paper_accuracy.png", "Published vs measured CIFAR-10 test accuracy per model of Table 1."),
         ("paper_curves.png", "Test accuracy per epoch; dashed lines: the published accuracies."),
