@@ -265,7 +265,8 @@ def _describe_locality(m: dict[str, Any]) -> tuple[str, str, list[tuple[str, str
     )
     epochs = m["shapes"]["epochs"]
     text = (
-        f"{epochs} epoch{'s' * (epochs != 1)} on {m['shapes']['n_train'] or 'all'} generated training images "
+        f"{epochs} epoch{'s' * (epochs != 1)} on {f'{n:,}' if (n := m['shapes']['n_train']) else 'all'} "
+        "generated training images "
         "per task, one seed, the same budget for all. "
         + " ".join(sentences)
         + verdict
