@@ -161,6 +161,7 @@ def test_initial_model_is_the_one_train_starts_from(tmp_path, monkeypatch, encod
                       model_options={"encoding": encoding})  # fmt: skip
     with pytest.raises(_CapturedError):
         loop.train(cfg, log=lambda s: None)
+    monkeypatch.undo()  # initial_model builds through the same function: no spy for it
     before = torch.random.get_rng_state()
     mine = initial_model(cfg).state_dict()
     assert torch.equal(torch.random.get_rng_state(), before)  # no side effect on the global generator

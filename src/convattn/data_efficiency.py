@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from convattn.data import load
-from convattn.experiments import Contender, run_folder, run_training
+from convattn.experiments import Contender, run_training
 from convattn.records import read_csv, write_csv
 from convattn.train import TrainConfig
 
@@ -155,7 +155,8 @@ def _check_run_args(
 def _train(
     folder: Path, c: Contender, n: int, n_full: int, epochs: int, eval_every: int, seed: int
 ) -> dict[str, Any]:
-    """The last epoch's metrics of one run, trained, resumed or reused; refuses a folder of another run.
+    """The last epoch's metrics of one run, trained, resumed or reused (`run_training` refuses a folder
+    that holds another run).
 
     The whole training split is asked for as n_train=0, the trainer's default, so that the run is the
     same run as the comparison's (a study shares it between its parts). A small subset trains many
@@ -168,9 +169,6 @@ def _train(
         model_options=c.options, batch_size=BATCH_SIZE, seed=seed, data_seed=0 if whole else seed,
         n_train=0 if whole else n, eval_every=eval_every,
     )  # fmt: skip
-    saved = run_folder(cfg) / "config.json"
-    if saved.exists() and (diff := TrainConfig.load(saved).differences(cfg)):
-        raise ValueError(f"{cfg.out} holds a different run ({'; '.join(diff)}); use another folder")
     return run_training(cfg)[-1]
 
 

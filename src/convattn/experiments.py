@@ -27,7 +27,7 @@ from convattn.models.registry import create_model
 from convattn.models.summary import count_parameters
 from convattn.plotting import bar_plot
 from convattn.records import read_csv, write_csv
-from convattn.train import TrainConfig, train
+from convattn.train import TrainConfig, read_history, train
 
 __all__ = [
     "DIGITS_CONTENDERS",
@@ -148,17 +148,24 @@ def run_folder(cfg: TrainConfig) -> Path:
 
 def run_training(cfg: TrainConfig) -> list[dict[str, Any]]:
     """The epochs' metrics of the run `cfg`: reused when its folder (`run_folder`) holds a finished run,
-    resumed when it holds an interrupted one, trained otherwise (reporting to `progress_to`'s sink)."""
+    resumed when it holds an interrupted one, trained otherwise (reporting to `progress_to`'s sink).
+
+    Raises:
+        ValueError: the folder holds a run of another configuration (it is never reused).
+    """
     out = run_folder(cfg)
     cfg = replace(cfg, out=str(out))
     sink = _PROGRESS.get()
     name = _run_name(cfg)
+    saved = out / "config.json"
+    if saved.exists() and (diff := TrainConfig.load(saved).differences(cfg)):
+        raise ValueError(f"{out} holds a different run ({'; '.join(diff)}); use another folder")
     if (out / "model.safetensors").exists():
-        history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        history = read_history(out)
         if sink:
             sink(f"kept {name}: test accuracy {history[-1]['test_acc']:.1%}")
         return history
-    resume = (out / "config.json").exists()
+    resume = saved.exists()
     start = last = time.perf_counter()
 
     def epoch_line(line: str) -> None:

@@ -47,11 +47,9 @@ from convattn.data import load
 from convattn.experiments import run_folder, run_training
 from convattn.layers.mhsa2d import MultiHeadSelfAttention2d, pixel_positions
 from convattn.models.attention_net import AttentionLayer, AttentionNet
-from convattn.models.registry import create_model
 from convattn.plotting import plt, save_figure
 from convattn.records import write_csv
-from convattn.train import TrainConfig, load_weights
-from convattn.train.loop import lr_at
+from convattn.train import TrainConfig, build_model, load_weights, lr_at
 from convattn.viz import mass_levels
 
 __all__ = [
@@ -166,13 +164,9 @@ def initial_model(cfg: TrainConfig) -> nn.Module:
 
     The global RNG state is restored afterwards, so calling this has no side effects.
     """
-    train_set = load(cfg.data, "train", seed=cfg.data_seed)
-    C, H = train_set.images.shape[1:3]
+    train_set = load(cfg.data, "train", seed=cfg.data_seed, n_train=cfg.n_train or None)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        return create_model(
-            cfg.model, num_classes=train_set.num_classes, in_chans=C, image_size=H, **cfg.model_options
-        )
+        return build_model(cfg, train_set)
 
 
 def _config(folder: Path, encoding: str, epochs: int, seed: int) -> TrainConfig:

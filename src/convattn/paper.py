@@ -22,8 +22,6 @@ keys and hang).
 from __future__ import annotations
 
 import contextlib
-import csv
-import json
 import os
 import statistics
 from collections.abc import Iterator
@@ -37,6 +35,7 @@ import numpy as np
 import torch
 from matplotlib.ticker import MaxNLocator
 
+from convattn import records
 from convattn.data import load
 from convattn.experiments import INFERENCE_REPEATS, inference_rate, run_training
 from convattn.flops import count_macs
@@ -44,7 +43,7 @@ from convattn.models.registry import create_model, model_info
 from convattn.models.summary import count_parameters
 from convattn.plotting import save_figure
 from convattn.records import write_csv
-from convattn.train import TrainConfig
+from convattn.train import TrainConfig, read_history
 
 __all__ = ["PAPER_EPOCHS", "PUBLISHED", "RECIPE", "PublishedRow", "describe", "plot", "run"]
 
@@ -178,11 +177,6 @@ def _measure(
     }
 
 
-def _history(run_folder: Path) -> list[dict[str, Any]]:
-    """A finished run's epochs from its metrics.jsonl (rank 0 wrote them; other ranks hold zeros)."""
-    return [json.loads(line) for line in (run_folder / "metrics.jsonl").read_text().splitlines()]
-
-
 def _write_tables(
     folder: Path, names: tuple[str, ...], histories: list[list[dict[str, Any]]], data: str, device: str
 ) -> None:
@@ -240,7 +234,7 @@ def run(
         for name in names:  # every rank trains (DDP under torchrun)
             out = folder / "runs" / f"{name}-s{seed}"
             run_training(TrainConfig(model=name, data=data, out=str(out), device=device, seed=seed, **recipe))
-            histories.append(_history(out))
+            histories.append(read_history(out))  # rank 0's numbers (the others hold zeros)
         rank, world = _rank_world()
         if rank == 0:
             _write_tables(folder, names, histories, data, device)
@@ -269,8 +263,7 @@ def read_csv(path: Path) -> list[dict[str, Any]]:
                 pass
         return s
 
-    with open(path, newline="") as f:
-        return [{k: value(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    return [{k: value(v) for k, v in row.items()} for row in records.read_csv(path)]
 
 
 def plot(folder: Path) -> None:

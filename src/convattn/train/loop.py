@@ -39,7 +39,17 @@ from convattn.train.checkpoint import (
 )
 from convattn.train.config import TrainConfig
 
-__all__ = ["Interrupted", "RunResult", "evaluate", "evaluate_weights", "load_weights", "lr_at", "train"]
+__all__ = [
+    "Interrupted",
+    "RunResult",
+    "build_model",
+    "evaluate",
+    "evaluate_weights",
+    "load_weights",
+    "lr_at",
+    "read_history",
+    "train",
+]
 
 NO_DECAY = ("centres", "spreads")  # attention centres and spreads of the quadratic encoding
 
@@ -206,6 +216,20 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
     return tqdm(total=total, desc=desc, disable=not (enabled and sys.stderr.isatty()), leave=False)
 
 
+def build_model(cfg: TrainConfig, train_set: ImageSet) -> nn.Module:
+    """The model a run of `cfg` starts from: seeded with cfg.seed, shaped by its training set."""
+    torch.manual_seed(cfg.seed)
+    C, H = train_set.images.shape[1:3]
+    return create_model(
+        cfg.model, num_classes=train_set.num_classes, in_chans=C, image_size=H, **cfg.model_options
+    )
+
+
+def read_history(folder: Path) -> list[dict[str, Any]]:
+    """The per-epoch metrics a run folder holds (metrics.jsonl)."""
+    return [json.loads(line) for line in (Path(folder) / "metrics.jsonl").read_text().splitlines()]
+
+
 def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] = print) -> RunResult:
     """Train `cfg.model` on `cfg.data`; see the module docstring for the run folder and resumption.
 
@@ -223,11 +247,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
     n_train = cfg.n_train or None
     train_set = load(cfg.data, "train", seed=cfg.data_seed, n_train=n_train)
     test_set = load(cfg.data, "test", seed=cfg.data_seed, n_train=n_train)
-    torch.manual_seed(cfg.seed)
-    C, H = train_set.images.shape[1:3]
-    model = create_model(
-        cfg.model, num_classes=train_set.num_classes, in_chans=C, image_size=H, **cfg.model_options
-    ).to(device)
+    model = build_model(cfg, train_set).to(device)
     optimizer = _optimizer(model, cfg)
     # Only now that the model and data are known good: a mistyped name leaves no folder behind.
     out = _prepare_folder(cfg, resume, dist_.main)
