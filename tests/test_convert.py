@@ -200,7 +200,7 @@ def test_check_conversion_covers_the_table():
 def test_pictures(tmp_path):
     import matplotlib.image as mpimg
 
-    from convattn.viz import mass_levels, plot_attention_heads, plot_quadratic_centres
+    from convattn.analysis.viz import mass_levels, plot_attention_heads, plot_quadratic_centres
 
     layer = conv_to_attention(nn.Conv2d(3, 4, 3, padding=1)).attention
     for path in (

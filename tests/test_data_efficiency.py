@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from convattn import data_efficiency as de
 from convattn.data import load, subset_order
-from convattn.records import read_csv
+from convattn.study.sections import data_efficiency as de
 from convattn.train import TrainConfig, evaluate_weights, train
+from convattn.utils.records import read_csv
 
 # -------------------------------------------------------------------------------------------- crossing
 

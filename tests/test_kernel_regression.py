@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from convattn.attention import NadarayaWatson, leave_one_out, nadaraya_watson
-from convattn.demos import attention_pooling
 from convattn.layers import reference as ref
+from convattn.study.sections import pooling as attention_pooling
 
 f64 = torch.float64
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from convattn import learns_conv
 from convattn.layers.mhsa2d import MultiHeadSelfAttention2d
-from convattn.learns_conv import (
+from convattn.study.sections import learns_conv
+from convattn.study.sections.learns_conv import (
     describe,
     empirical_centres,
     grid_likeness,

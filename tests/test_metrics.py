@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from convattn.metrics import bleu, exact_match
+from convattn.analysis.metrics import bleu, exact_match
 
 
 def test_bleu_hand_computed():

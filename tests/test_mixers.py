@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from convattn.layers import reference as ref
-from convattn.layers._native import load_kernel
 from convattn.layers.dynamic import image_dwconv2d, pixel_dwconv2d
+from convattn.layers.kernels import load_kernel
 from convattn.layers.mixers import SASA, create_mixer, list_mixers
 from convattn.layers.window import window_attention2d
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from convattn.analysis.summary import count_parameters, model_table
 from convattn.layers.mixers import list_mixers
 from convattn.models.registry import create_model, list_models, model_info
-from convattn.models.summary import count_parameters, model_table
 
 TINY = [n for n in list_models() if n.endswith("_tiny") or n.endswith("digits")]
 

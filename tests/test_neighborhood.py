@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from convattn.layers import reference as ref
-from convattn.layers._native import load_kernel
+from convattn.layers.kernels import load_kernel
 from convattn.layers.neighborhood import axis_windows, neighborhood_attention2d
 
 f64 = torch.float64
@@ -154,7 +154,7 @@ _MEMORY = """
 import ctypes, sys, torch
 torch.set_num_threads(1)
 ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # large blocks are mmapped: freed memory leaves the RSS
-from convattn.bench import unfold_local_attention
+from convattn.analysis.bench import unfold_local_attention
 from convattn.layers.neighborhood import neighborhood_attention2d
 
 def status(key):

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from convattn import paper
+from convattn.analysis.summary import count_parameters
 from convattn.models.registry import create_model
-from convattn.models.summary import count_parameters
+from convattn.study.sections import paper
 from convattn.train import TrainConfig
 
 # Tiny stand-ins for the four models of Table 1 (the two attention rows share one run).

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from convattn.flops import count_macs
+from convattn.analysis.flops import count_macs
+from convattn.analysis.properties import measure_properties
 from convattn.layers.mixers import create_mixer
-from convattn.properties import measure_properties
 
 # support, channel mixing, shared across positions, shared across channels, dynamic
 EXPECTED = {

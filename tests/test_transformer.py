@@ -13,7 +13,7 @@ from convattn.attention import (
     TransformerDecoderBlock,
     TransformerEncoderBlock,
 )
-from convattn.demos import seq2seq
+from convattn.study.sections import seq2seq
 
 f64 = torch.float64
 D, H, FFN = 12, 3, 20

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from convattn import __version__
-from convattn.records import write_csv
+from convattn.utils.records import write_csv
 
 PROG = "convattn"
 
@@ -43,7 +43,7 @@ def _set_threads(n: int | None) -> None:
 
 def _cmd_study(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
-    from convattn.study import StudyConfig, run_study
+    from convattn.study.runner import StudyConfig, run_study
 
     cfg = StudyConfig(
         out=args.out, quick=args.quick, seed=args.seed, fresh=args.fresh, data=args.data, epochs=args.epochs,
@@ -54,7 +54,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from convattn.study import redraw
+    from convattn.study.runner import redraw
 
     print(f"wrote {redraw(args.run_dir)}")
     return 0
@@ -64,15 +64,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
     import json
 
-    from convattn.study import new_run_dir
+    from convattn.study.runner import new_run_dir
 
     out = new_run_dir(args.out, prefix=f"demo-{args.name}")
     if args.name == "pooling":
-        from convattn.demos import attention_pooling
+        from convattn.study.sections import pooling as attention_pooling
 
         metrics = attention_pooling.run(out, attention_pooling.PoolingDemoConfig(seed=args.seed))
     else:
-        from convattn.demos import seq2seq
+        from convattn.study.sections import seq2seq
 
         metrics = seq2seq.run(out, seq2seq.Seq2SeqDemoConfig(seed=args.seed))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -157,7 +157,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     if args.csv:
         write_csv(args.csv, rows)
     if args.picture or args.centres:
-        from convattn.viz import plot_attention_heads, plot_quadratic_centres
+        from convattn.analysis.viz import plot_attention_heads, plot_quadratic_centres
 
         torch.manual_seed(args.seed)
         layer = conv_to_attention(nn.Conv2d(**configs[0])).attention  # type: ignore[arg-type]
@@ -175,7 +175,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 def _cmd_properties(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
-    from convattn.properties import property_table
+    from convattn.analysis.properties import property_table
 
     rows = [p.row() for p in property_table(args.mixers or None, size=args.size)]
     yes = {True: "yes", False: "no"}
@@ -200,7 +200,7 @@ def _cmd_properties(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
-    from convattn.bench import BenchConfig, run_bench
+    from convattn.analysis.bench import BenchConfig, run_bench
 
     out = args.out or Path("runs") / "bench.csv"
     cfg = BenchConfig.quick(out) if args.quick else BenchConfig(out=out)
@@ -268,7 +268,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _cmd_models(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
-    from convattn.models.summary import model_table
+    from convattn.analysis.summary import model_table
 
     rows = model_table(args.pattern, details=args.details)
     if not rows:
@@ -287,7 +287,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     import json
 
-    from convattn.environment import environment
+    from convattn.utils.environment import environment
 
     print(json.dumps(environment(), indent=2))
     return 0

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from convattn.layers._checks import check_tensor
 from convattn.layers.mhsa2d import MultiHeadSelfAttention2d
+from convattn.utils.checks import check_tensor
 
 __all__ = [
     "CONV_TABLE",

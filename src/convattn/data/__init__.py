@@ -38,7 +38,7 @@ from convattn.data.digits import load_digits
 from convattn.data.folder import load_folder
 from convattn.data.generated import LONG_RANGE_CLASSES, SHAPE_CLASSES, long_range_images, shape_images
 from convattn.data.imageset import SPLITS, ImageSet, derive_seed, make_splits
-from convattn.layers._checks import check_positive_int
+from convattn.utils.checks import check_positive_int
 
 __all__ = [
     "Augment",

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from convattn.data.imageset import ImageSet, derive_seed, normalize
-from convattn.layers._checks import check_positive_int
+from convattn.utils.checks import check_positive_int
 
 __all__ = ["Augment", "augment_batch", "batches", "default_augment", "num_batches"]
 

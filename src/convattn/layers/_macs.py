@@ -2,7 +2,7 @@
 
 FlopCounterMode counts matmuls and convolutions; neighbourhood attention (a C++ kernel or element-wise
 PyTorch) and per-pixel convolutions are invisible to it, so these operators report their own
-multiply-adds here while a count is open (see `convattn.flops.count_macs`).
+multiply-adds here while a count is open (see `convattn.analysis.flops.count_macs`).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from convattn.layers._checks import (
+from convattn.utils.checks import (
     check_heads_divide,
     check_positive_int,
     check_probability,

@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from convattn.layers._checks import check_tensor
 from convattn.layers._macs import record
-from convattn.layers._native import load_kernel
+from convattn.layers.kernels import load_kernel
 from convattn.layers.neighborhood import grid_windows, inverse_windows
+from convattn.utils.checks import check_tensor
 
 __all__ = ["image_dwconv2d", "pixel_dwconv2d"]
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from convattn.layers._checks import check_tensor
+from convattn.utils.checks import check_tensor
 
 __all__ = ["NadarayaWatson", "leave_one_out", "nadaraya_watson"]
 

@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from convattn.layers._checks import check_pair, check_positive_int, check_probability, check_tensor
 from convattn.layers.pos_embed import sinusoidal_2d
+from convattn.utils.checks import check_pair, check_positive_int, check_probability, check_tensor
 
 __all__ = ["ENCODINGS", "MultiHeadSelfAttention2d", "pixel_positions"]
 

@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from convattn.layers._checks import check_heads_divide, check_positive_int, check_tensor
 from convattn.layers.dynamic import image_dwconv2d, pixel_dwconv2d
 from convattn.layers.mhsa2d import MultiHeadSelfAttention2d
 from convattn.layers.neighborhood import BORDERS, neighborhood_attention2d
 from convattn.layers.window import window_attention2d
+from convattn.utils.checks import check_heads_divide, check_positive_int, check_tensor
 
 __all__ = [
     "SASA",

@@ -32,9 +32,9 @@ from typing import Any, cast
 import torch
 from torch import Tensor
 
-from convattn.layers._checks import check_pair, check_tensor
 from convattn.layers._macs import record
-from convattn.layers._native import load_kernel
+from convattn.layers.kernels import load_kernel
+from convattn.utils.checks import check_pair, check_tensor
 
 __all__ = [
     "BORDERS",

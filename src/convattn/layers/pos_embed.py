@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from convattn.layers._checks import check_positive_int, check_probability, check_tensor
+from convattn.utils.checks import check_positive_int, check_probability, check_tensor
 
 __all__ = ["PositionalEncoding", "PositionalEncoding2d", "sinusoidal_1d", "sinusoidal_2d"]
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from convattn.layers._checks import check_positive_int, check_probability, check_tensor
 from convattn.layers.attention import MultiHeadAttention
+from convattn.utils.checks import check_positive_int, check_probability, check_tensor
 
 __all__ = [
     "AddNorm",

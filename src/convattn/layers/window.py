@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from convattn.layers._checks import check_pair, check_tensor
 from convattn.layers._macs import record
-from convattn.layers._native import load_kernel
+from convattn.layers.kernels import load_kernel
+from convattn.utils.checks import check_pair, check_tensor
 
 __all__ = ["window_attention2d", "window_keep_mask", "window_segments"]
 

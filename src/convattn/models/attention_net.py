@@ -19,9 +19,9 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from convattn.layers._checks import check_positive_int, check_probability, check_tensor
 from convattn.layers.mhsa2d import ENCODINGS, MultiHeadSelfAttention2d
 from convattn.models.registry import register_model
+from convattn.utils.checks import check_positive_int, check_probability, check_tensor
 
 __all__ = ["AttentionLayer", "AttentionNet"]
 

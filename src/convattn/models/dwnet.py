@@ -26,11 +26,11 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from convattn.layers._checks import check_pair, check_positive_int, check_probability
 from convattn.layers.mixers import create_mixer
 from convattn.models.registry import register_model
 from convattn.models.swin import PatchEmbed, PatchMerging, Stage, check_stages, init_linear
 from convattn.models.vit import DropPath, Mlp, drop_path_rates
+from convattn.utils.checks import check_pair, check_positive_int, check_probability
 
 __all__ = ["DWBlock", "DWNet", "DWNetBlock"]
 

@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from convattn.layers._checks import check_positive_int, check_tensor
 from convattn.layers.mixers import create_mixer, list_mixers
 from convattn.models.registry import register_model
+from convattn.utils.checks import check_positive_int, check_tensor
 
 __all__ = ["BasicBlock", "ResNet"]
 

@@ -35,9 +35,9 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from convattn.layers._checks import check_positive_int, check_tensor
 from convattn.layers.mixers import SASA, SASAStem, create_mixer
 from convattn.models.registry import register_model
+from convattn.utils.checks import check_positive_int, check_tensor
 
 __all__ = ["DEPTHS", "Bottleneck", "SASAResNet"]
 

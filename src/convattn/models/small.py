@@ -10,8 +10,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from convattn.layers._checks import check_positive_int, check_tensor
 from convattn.models.registry import register_model
+from convattn.utils.checks import check_positive_int, check_tensor
 
 __all__ = ["SmallCNN"]
 

@@ -26,16 +26,16 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from convattn.layers._checks import (
+from convattn.layers.mixers import WindowAttention, create_mixer
+from convattn.models.registry import register_model
+from convattn.models.vit import DropPath, Mlp, drop_path_rates
+from convattn.utils.checks import (
     check_heads_divide,
     check_pair,
     check_positive_int,
     check_probability,
     check_tensor,
 )
-from convattn.layers.mixers import WindowAttention, create_mixer
-from convattn.models.registry import register_model
-from convattn.models.vit import DropPath, Mlp, drop_path_rates
 
 __all__ = [
     "PatchEmbed",

@@ -14,9 +14,9 @@ from typing import cast
 import torch
 from torch import Tensor, nn
 
-from convattn.layers._checks import check_heads_divide, check_positive_int, check_probability
 from convattn.layers.pos_embed import PositionalEncoding
 from convattn.layers.transformer import BlockCache, TransformerDecoderBlock, TransformerEncoderBlock
+from convattn.utils.checks import check_heads_divide, check_positive_int, check_probability
 
 __all__ = ["Transformer", "TransformerConfig", "TransformerDecoder", "TransformerEncoder"]
 

@@ -21,14 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from convattn.layers._checks import (
+from convattn.models.registry import register_model
+from convattn.utils.checks import (
     check_heads_divide,
     check_pair,
     check_positive_int,
     check_probability,
     check_tensor,
 )
-from convattn.models.registry import register_model
 
 __all__ = ["Attention", "DropPath", "Mlp", "VisionTransformer", "VitBlock", "drop_path_rates"]
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from convattn.records import atomic_write_bytes
+from convattn.utils.records import atomic_write_bytes
 
 __all__ = ["FORMAT", "load_checkpoint", "rng_state", "save_checkpoint", "set_rng_state"]
 

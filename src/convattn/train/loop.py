@@ -30,7 +30,6 @@ from torch import Tensor, nn
 
 from convattn.data import Augment, ImageSet, batches, default_augment, load
 from convattn.models.registry import create_model
-from convattn.records import atomic_write_bytes, write_csv
 from convattn.train.checkpoint import (
     load_checkpoint,
     rng_state,
@@ -38,6 +37,7 @@ from convattn.train.checkpoint import (
     set_rng_state,
 )
 from convattn.train.config import TrainConfig
+from convattn.utils.records import atomic_write_bytes, write_csv
 
 __all__ = [
     "Interrupted",

@@ -22,13 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from convattn.environment import environment
-from convattn.flops import count_macs
+from convattn.analysis.flops import count_macs
 from convattn.layers.dynamic import image_dwconv2d, pixel_dwconv2d
 from convattn.layers.mixers import create_mixer
 from convattn.layers.neighborhood import neighborhood_attention2d
 from convattn.layers.window import window_attention2d
-from convattn.records import write_csv
+from convattn.utils.environment import environment
+from convattn.utils.records import write_csv
 
 __all__ = ["BenchConfig", "run_bench", "unfold_local_attention"]
 

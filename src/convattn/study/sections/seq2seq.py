@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from convattn.metrics import bleu, exact_match
+from convattn.analysis.metrics import bleu, exact_match
 from convattn.models.transformer import Transformer, TransformerConfig
-from convattn.plotting import Panel, heatmaps, line_plot
-from convattn.records import read_csv, read_panels, write_csv, write_panels
+from convattn.utils.plotting import Panel, heatmaps, line_plot
+from convattn.utils.records import read_csv, read_panels, write_csv, write_panels
 
 __all__ = [
     "BOS",

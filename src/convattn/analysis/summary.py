@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from convattn.flops import count_macs
+from convattn.analysis.flops import count_macs
 from convattn.models.registry import create_model, list_models, model_info
 
 __all__ = ["count_parameters", "model_table"]

@@ -35,15 +35,15 @@ import numpy as np
 import torch
 from matplotlib.ticker import MaxNLocator
 
-from convattn import records
+from convattn.analysis.flops import count_macs
+from convattn.analysis.summary import count_parameters
 from convattn.data import load
-from convattn.experiments import INFERENCE_REPEATS, inference_rate, run_training
-from convattn.flops import count_macs
 from convattn.models.registry import create_model, model_info
-from convattn.models.summary import count_parameters
-from convattn.plotting import save_figure
-from convattn.records import write_csv
+from convattn.study.runs import INFERENCE_REPEATS, inference_rate, run_training
 from convattn.train import TrainConfig, read_history
+from convattn.utils import records
+from convattn.utils.plotting import save_figure
+from convattn.utils.records import write_csv
 
 __all__ = ["PAPER_EPOCHS", "PUBLISHED", "RECIPE", "PublishedRow", "describe", "plot", "run"]
 

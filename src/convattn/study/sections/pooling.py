@@ -16,8 +16,8 @@ import torch
 from torch import Tensor
 
 from convattn.layers.kernel_regression import NadarayaWatson, leave_one_out, nadaraya_watson
-from convattn.plotting import heatmaps, line_plot
-from convattn.records import read_csv, read_panels, write_csv, write_panels
+from convattn.utils.plotting import heatmaps, line_plot
+from convattn.utils.records import read_csv, read_panels, write_csv, write_panels
 
 __all__ = ["PoolingDemoConfig", "make_toy_data", "run", "target_function", "train_parametric"]
 

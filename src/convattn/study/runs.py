@@ -21,13 +21,13 @@ from typing import Any
 
 import torch
 
+from convattn.analysis.flops import count_macs
+from convattn.analysis.summary import count_parameters
 from convattn.data import load
-from convattn.flops import count_macs
 from convattn.models.registry import create_model
-from convattn.models.summary import count_parameters
-from convattn.plotting import bar_plot
-from convattn.records import read_csv, write_csv
 from convattn.train import TrainConfig, read_history, train
+from convattn.utils.plotting import bar_plot
+from convattn.utils.records import read_csv, write_csv
 
 __all__ = [
     "DIGITS_CONTENDERS",
@@ -310,8 +310,8 @@ def operators(out_dir: Path, *, quick: bool = False) -> dict[str, Any]:
     Writes properties.csv, bench.csv and bench_ratios.png. The benchmark is `convattn bench` at one
     size (32×32, batch 8; quick: 16×16, batch 2), operators alternating, medians over the repeats.
     """
-    from convattn.bench import BenchConfig, run_bench
-    from convattn.properties import property_table
+    from convattn.analysis.bench import BenchConfig, run_bench
+    from convattn.analysis.properties import property_table
 
     out_dir.mkdir(parents=True, exist_ok=True)
     props = [p.row() for p in property_table()]

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from convattn.layers.mhsa2d import MultiHeadSelfAttention2d
-from convattn.plotting import plt, save_figure
+from convattn.utils.plotting import plt, save_figure
 
 __all__ = [
     "centres_from_rows",

@@ -32,9 +32,9 @@ import numpy as np
 import torch
 
 from convattn.data import load
-from convattn.experiments import Contender, run_training
-from convattn.records import read_csv, write_csv
+from convattn.study.runs import Contender, run_training
 from convattn.train import TrainConfig
+from convattn.utils.records import read_csv, write_csv
 
 __all__ = [
     "EPOCH_CAP",
@@ -255,7 +255,7 @@ def plot(folder: Path) -> None:
     Test accuracy against training images on a log axis, one line per model with a mean ± std band over
     seeds, and the crossing point (`crossing`) marked when the attention net reaches the CNN.
     """
-    from convattn.plotting import plt, save_figure
+    from convattn.utils.plotting import plt, save_figure
 
     folder = Path(folder)
     rows = read_csv(folder / "curve.csv")

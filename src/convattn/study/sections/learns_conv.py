@@ -43,14 +43,14 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
+from convattn.analysis.viz import mass_levels
 from convattn.data import load
-from convattn.experiments import run_folder, run_training
 from convattn.layers.mhsa2d import MultiHeadSelfAttention2d, pixel_positions
 from convattn.models.attention_net import AttentionLayer, AttentionNet
-from convattn.plotting import plt, save_figure
-from convattn.records import write_csv
+from convattn.study.runs import run_folder, run_training
 from convattn.train import TrainConfig, build_model, load_weights, lr_at
-from convattn.viz import mass_levels
+from convattn.utils.plotting import plt, save_figure
+from convattn.utils.records import write_csv
 
 __all__ = [
     "GridFit",

@@ -29,11 +29,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from convattn import data_efficiency, learns_conv, paper
 from convattn.data import load
-from convattn.demos import attention_pooling, conversion, seq2seq
-from convattn.environment import environment
-from convattn.experiments import (
+from convattn.study.report import write_report
+from convattn.study.runs import (
     DIGITS_CONTENDERS,
     LOCALITY_CONTENDERS,
     QUICK_CONTENDERS,
@@ -44,10 +42,16 @@ from convattn.experiments import (
     progress_to,
     shared_runs,
 )
-from convattn.records import atomic_write_bytes
-from convattn.report import write_report
+from convattn.study.sections import conversion, data_efficiency, learns_conv, paper, seq2seq
+from convattn.study.sections import pooling as attention_pooling
+from convattn.utils.environment import environment
+from convattn.utils.records import atomic_write_bytes
 
 __all__ = ["PLOTS", "Part", "StudyConfig", "find_run_dir", "new_run_dir", "redraw", "run_study"]
+
+
+class StudyInterrupted(Exception):
+    """The study stopped on Ctrl-C or SIGTERM; its message says where it is kept and how to continue."""
 
 
 @dataclass(frozen=True)

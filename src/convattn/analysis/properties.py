@@ -23,7 +23,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from convattn.flops import count_macs
+from convattn.analysis.flops import count_macs
 from convattn.layers.mixers import create_mixer, list_mixers
 
 __all__ = ["MixerProperties", "measure_properties", "property_table"]

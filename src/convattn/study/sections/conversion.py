@@ -8,9 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from convattn.convert import CONV_TABLE, check_conversion, conv_to_attention
-from convattn.records import read_csv, write_csv
-from convattn.viz import (
+from convattn.analysis.viz import (
     centres_from_rows,
     centres_to_rows,
     draw_attention_heads,
@@ -18,6 +16,8 @@ from convattn.viz import (
     heads_from_rows,
     heads_to_rows,
 )
+from convattn.convert import CONV_TABLE, check_conversion, conv_to_attention
+from convattn.utils.records import read_csv, write_csv
 
 __all__ = ["markdown_table", "run"]
 

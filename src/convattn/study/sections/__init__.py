@@ -1,0 +1,1 @@
+"""The sections of `convattn study`, one file each; each module defines `SECTION` (see `..section`)."""

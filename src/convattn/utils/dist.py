@@ -1,0 +1,76 @@
+"""torchrun's process topology in one place: rank, world size, the main process, a process group, a barrier.
+
+Outside torchrun every function answers as for one process (rank 0 of 1) and nothing is initialised.
+Inside it, the answers come from the process group when one is up, else from torchrun's environment
+variables (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from datetime import timedelta
+
+__all__ = ["barrier", "is_main", "local_rank", "process_group", "rank", "world_size"]
+
+
+def _group_up() -> bool:
+    import torch.distributed as dist
+
+    return bool(dist.is_available() and dist.is_initialized())
+
+
+def rank() -> int:
+    """This process's rank: the process group's if one is up, else torchrun's `RANK` (0 without it)."""
+    if _group_up():
+        import torch.distributed as dist
+
+        return int(dist.get_rank())
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    """How many processes: the process group's size if one is up, else torchrun's `WORLD_SIZE` (1)."""
+    if _group_up():
+        import torch.distributed as dist
+
+        return int(dist.get_world_size())
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def local_rank() -> int:
+    """The rank within this node (torchrun's `LOCAL_RANK`): which GPU this process drives."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_main() -> bool:
+    """True for the one process that writes files and prints (rank 0)."""
+    return rank() == 0
+
+
+@contextlib.contextmanager
+def process_group(backend: str, *, timeout: timedelta | None = None) -> Iterator[bool]:
+    """Under torchrun, a process group for the block unless one is up already; yields whether it was
+    made here (and is then destroyed at the end). Outside torchrun, nothing (yields False)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or _group_up():
+        yield False
+        return
+    import torch.distributed as dist
+
+    if timeout is None:
+        dist.init_process_group(backend)
+    else:
+        dist.init_process_group(backend, timeout=timeout)
+    try:
+        yield True
+    finally:
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    """Wait for every process of the group; nothing when there is one process or no group."""
+    if _group_up() and world_size() > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
