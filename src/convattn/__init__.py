@@ -4,27 +4,24 @@ Importing the package is cheap: torch-backed submodules and the names below load
 the command line answers `--help` without importing torch.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
+import importlib as _importlib
+from typing import Any as _Any
 
 __version__ = "0.1.0"
 
+# The faces (attention, convert, functional) and the packages, in the order imports flow.
 _SUBMODULES = (
-    "attention",
-    "convert",
-    "data",
-    "demos",
-    "functional",
+    "utils",
     "layers",
-    "metrics",
+    "attention",
+    "functional",
+    "convert",
     "models",
-    "plotting",
-    "records",
-    "study",
+    "data",
     "train",
-    "viz",
+    "analysis",
+    "study",
+    "cli",
 )
 _NAMES = {
     "MultiHeadSelfAttention2d": "convattn.layers.mhsa2d",
@@ -41,13 +38,14 @@ _NAMES = {
 __all__ = ["__version__", *_NAMES]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _Any:
     if name in _SUBMODULES:
-        return importlib.import_module(f"convattn.{name}")
+        return _importlib.import_module(f"convattn.{name}")
     if name in _NAMES:
-        return getattr(importlib.import_module(_NAMES[name]), name)
+        return getattr(_importlib.import_module(_NAMES[name]), name)
     raise AttributeError(f"module 'convattn' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_SUBMODULES, *_NAMES])
+    public = [n for n in globals() if not n.startswith("_") or n == "__version__"]
+    return sorted([*public, *_SUBMODULES, *_NAMES])

@@ -52,6 +52,31 @@ def unfold_local_attention(q: Tensor, k: Tensor, v: Tensor, kernel_size: int) ->
     return (probs[:, :, None] * v_unf).sum(3).reshape(B, h, d, H, W)
 
 
+INFERENCE_REPEATS = 5
+
+
+def device_name(device: str) -> str:
+    """The device as a report names it."""
+    return torch.cuda.get_device_name() if device == "cuda" else "the CPU"
+
+
+@torch.no_grad()
+def inference_rate(model: torch.nn.Module, images: torch.Tensor, repeats: int = INFERENCE_REPEATS) -> float:
+    """Images per second of eval-mode forward passes over `images` on their device (median of `repeats`)."""
+    model.eval()
+    model(images)  # warm-up
+    times = []
+    for _ in range(repeats):
+        if images.is_cuda:
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        model(images)
+        if images.is_cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return len(images) / statistics.median(times)
+
+
 @dataclass(frozen=True)
 class BenchConfig:
     """What to measure: batch, channels (as heads × head width), map sizes and repetitions."""

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from convattn.analysis.centres import grid_offsets
 from convattn.layers.mhsa2d import MultiHeadSelfAttention2d
 from convattn.utils.plotting import plt, save_figure
 
@@ -21,7 +22,9 @@ __all__ = [
     "centres_from_rows",
     "centres_to_rows",
     "draw_attention_heads",
+    "draw_centre_panel",
     "draw_centres",
+    "draw_query_map",
     "heads_from_rows",
     "heads_to_rows",
     "mass_levels",
@@ -215,3 +218,38 @@ def centres_from_rows(rows: list[dict[str, str]]) -> tuple[Tensor, Tensor]:
         dtype=torch.float64,
     )
     return centres, cov
+
+
+def draw_centre_panel(ax: Any, rows: list[dict[str, str]], span: float) -> None:
+    """One panel: each head's centre with its 1-σ circle, the K×K offsets (+) and the query (square)."""
+    cmap = plt.get_cmap("tab10")
+    grid = grid_offsets(math.isqrt(len(rows)))  # K² heads: the K×K offsets
+    ax.plot(grid[:, 1], grid[:, 0], "+", color="0.55", ms=7, mew=1.0, zorder=1)
+    for r in rows:
+        h, row, col = int(r["head"]), float(r["centre_row"]), float(r["centre_col"])
+        colour = cmap(h % 10)
+        ax.add_patch(plt.Circle((col, row), float(r["width"]), fill=False, color=colour, lw=0.8, alpha=0.8))
+        ax.plot(col, row, "o", ms=3, color=colour, zorder=3)
+        ax.annotate(str(h), (col, row), fontsize=6, xytext=(2, 2), textcoords="offset points")
+    ax.plot([0], [0], marker="s", ms=7, mfc="none", mec="#d62728", zorder=4)
+    ax.set_xlim(-span, span)
+    ax.set_ylim(span, -span)  # rows grow downwards, as in the image
+    ax.set_aspect("equal")
+    ax.grid(alpha=0.3)
+    ax.tick_params(labelsize=6)
+
+
+def draw_query_map(ax: Any, probs: np.ndarray, query: tuple[int, int]) -> None:
+    """One panel: a query pixel's attention (H, W) in offsets from the query, with 50%/90% contours."""
+    H, W = probs.shape
+    qr, qc = query
+    extent = (-qc - 0.5, W - 1 - qc + 0.5, H - 1 - qr + 0.5, -qr - 0.5)
+    xs, ys = np.arange(W) - qc, np.arange(H) - qr
+    # A floor on vmax keeps (nearly) uniform maps pale instead of saturated; they get no contours.
+    ax.imshow(probs, cmap="Blues", vmin=0.0, vmax=max(probs.max(), 4.0 / probs.size), extent=extent)
+    levels = mass_levels(torch.from_numpy(probs))
+    if probs.max() >= 2.0 / probs.size and levels[0] < levels[1] < probs.max():
+        ax.contour(xs, ys, probs, levels=levels, colors=["#d62728", "#ff7f0e"], linewidths=0.7)
+    ax.plot([0], [0], marker="s", ms=3, mfc="none", mec="black", mew=0.6)
+    ax.set_xticks([])
+    ax.set_yticks([])

@@ -9,13 +9,14 @@ and a layout that reads on a phone and a desktop. `convattn report RUN_DIR` runs
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cell", "markdown_table", "write_report"]
+from convattn.utils.records import cell, markdown_table, read_csv
+
+__all__ = ["write_report"]
 
 _CSS = """
 body{font:16px/1.5 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1b1b1b;background:#fff}
@@ -29,33 +30,6 @@ td,th{border:1px solid #ddd;padding:.2rem .45rem;text-align:right}th{background:
 caption{caption-side:bottom;text-align:left;font-size:.9rem;color:#555;padding-top:.3rem}
 footer{font-size:.85rem;color:#555;margin-top:2rem}
 """
-
-
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def cell(value: Any) -> str:
-    """A table cell for people: floats to 4 significant digits (the CSV keeps every digit)."""
-    text = str(value)
-    try:
-        number = float(text)
-    except ValueError:
-        return text
-    if text.lstrip("-").isdigit() or number != number:  # an int, or NaN as written
-        return text
-    return f"{number:.4g}"
-
-
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """A GitHub-style Markdown table of `rows` (dicts with the same keys), numbers rounded by `cell`."""
-    if not rows:
-        return ""
-    keys = list(rows[0])
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(cell(r.get(k, "")) for k in keys) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
 
 
 def _html_table(rows: list[dict[str, str]], caption: str) -> str:
@@ -125,7 +99,7 @@ def write_report(run_dir: Path) -> Path:
         for tab in part["tables"]:
             table_no += 1
             caption = f"Table {table_no}. {tab['caption']}"
-            rows = _read_csv(folder / tab["file"])
+            rows = read_csv(folder / tab["file"])
             (folder / tab["file"]).with_suffix(".md").write_text(markdown_table(rows))
             body.append(_html_table(rows, caption))
             md += [markdown_table(rows), caption, ""]

@@ -1,56 +1,73 @@
-"""`convattn study`: run every demo and experiment of the project into one run folder, resumably.
+"""`convattn study`: run every section of the study into one run folder, resumably, then write the report.
 
 A run folder `runs/study-<timestamp>/` holds `study.json` (the settings), `environment.json`, one
-sub-folder per part with its figures (PNG), tables (CSV and Markdown) and `part.json` (its numbers, its
-claim and the paragraph written from them), `metrics.json`, `summary.md` and `report.html`.
+sub-folder per section with its figures (PNG), tables (CSV and Markdown) and `part.json` (its numbers,
+its claim and the paragraph written from them), `runs/` (the training runs the sections share),
+`metrics.json`, `summary.md` and `report.html`.
 
-Resumable: a part's `part.json` is written last and atomically, so it marks a finished part. Running
-the same command again continues the newest unfinished run folder with the same settings: finished
-parts are kept, a half-written part is redone. `fresh=True` starts a new folder. A folder the user names
+The sections (`convattn.study.sections`, one file each), on embedded data: conversion (Theorem 1),
+learns_conv (does attention learn convolution?), cnn_vs_attention, data_efficiency, locality,
+operators, attention_pooling, seq2seq. With `data="cifar10:PATH"`: conversion and paper (Cordonnier et
+al.'s Table 1 at paper scale). Their sizes come from one table, `convattn.study.budget`.
+
+Resumable: a section's `part.json` is written last and atomically, so it marks a finished section.
+Running the same command again continues the newest unfinished run folder with the same settings:
+finished sections are kept, a half-written one is redone (its finished training runs are reused, an
+interrupted one resumes from its checkpoint). `fresh=True` starts a new folder. A folder the user names
 is continued only when it holds a study with the same settings, and is otherwise never written into.
-
-Parts so far:
-    conversion: Conv2d layers turned into exactly equivalent attention (Theorem 1) and back.
-    attention_pooling: Nadaraya–Watson regression, non-parametric and parametric.
-    seq2seq: a Transformer trained to reverse token strings; exact match, BLEU, attention maps.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
+import signal
 import sys
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from types import FrameType
 from typing import Any, TextIO
 
 from convattn.data import load
+from convattn.study.budget import budget_for
 from convattn.study.report import write_report
-from convattn.study.runs import (
-    DIGITS_CONTENDERS,
-    LOCALITY_CONTENDERS,
-    QUICK_CONTENDERS,
-    compare_models,
-    operators,
-    plot_compare,
-    plot_operators,
-    progress_to,
-    shared_runs,
-)
-from convattn.study.sections import conversion, data_efficiency, learns_conv, paper, seq2seq
-from convattn.study.sections import pooling as attention_pooling
+from convattn.study.runs import progress_to, shared_runs
+from convattn.study.section import Context, Section, get_section
+from convattn.train import Interrupted
+from convattn.utils import dist
 from convattn.utils.environment import environment
 from convattn.utils.records import atomic_write_bytes
 
-__all__ = ["PLOTS", "Part", "StudyConfig", "find_run_dir", "new_run_dir", "redraw", "run_study"]
+__all__ = [
+    "EMBEDDED",
+    "PAPER",
+    "StudyConfig",
+    "StudyInterrupted",
+    "find_run_dir",
+    "new_run_dir",
+    "redraw",
+    "run_study",
+]
+
+# The sections of each kind of study, in the report's order.
+EMBEDDED = (
+    "conversion",
+    "learns_conv",
+    "cnn_vs_attention",
+    "data_efficiency",
+    "locality",
+    "operators",
+    "attention_pooling",
+    "seq2seq",
+)
+PAPER = ("conversion", "paper")
 
 
-class StudyInterrupted(Exception):
+class StudyInterrupted(Exception):  # noqa: N818 (a requested stop, not an error)
     """The study stopped on Ctrl-C or SIGTERM; its message says where it is kept and how to continue."""
 
 
@@ -95,43 +112,14 @@ class StudyConfig:
         return {"quick": self.quick, "seed": self.seed, "data": self.data, "epochs": self.epochs,
                 "device": self.device}  # fmt: skip
 
+    def sections(self) -> list[Section]:
+        """The sections this study runs, in order."""
+        return [get_section(key) for key in (EMBEDDED if self.data is None else PAPER)]
 
-@dataclass(frozen=True)
-class Part:
-    """One section of the study: it runs into its folder and returns its metrics.
-
-    `run(folder)` writes the part's tables and plot data as CSV and draws its figures; `describe(metrics)`
-    returns (claim, paragraph, figures, tables): the claim from the literature, a paragraph written from
-    this run's numbers, [(png, caption)] and [(csv, caption)] in the folder. The figures are drawn by
-    `PLOTS[key](folder)` from the folder's CSV files alone, so `convattn report` can draw them again.
-    """
-
-    key: str
-    title: str
-    run: Callable[[Path], dict[str, Any]]
-    describe: Callable[[dict[str, Any]], tuple[str, str, list[tuple[str, str]], list[tuple[str, str]]]]
-
-
-def _plot_locality(folder: Path) -> None:
-    for data in ("shapes", "long_range"):
-        plot_compare(folder / data)
-
-
-# Parts whose training runs span every process under torchrun.
-DISTRIBUTED = frozenset({"paper"})
-
-# Every part's figures, drawn from the CSV files in its folder (and nothing else).
-PLOTS: dict[str, Callable[[Path], None]] = {
-    "conversion": conversion.plot,
-    "learns_conv": learns_conv.plot,
-    "data_efficiency": data_efficiency.plot,
-    "paper": paper.plot,
-    "attention_pooling": attention_pooling.plot,
-    "cnn_vs_attention": plot_compare,
-    "locality": _plot_locality,
-    "operators": plot_operators,
-    "seq2seq": seq2seq.plot,
-}
+    def context(self) -> Context:
+        """What every section is given besides its folder."""
+        budget = budget_for(self.quick, self.epochs)
+        return Context(seed=self.seed, budget=budget, device=self.device, data=self.data, epochs=self.epochs)
 
 
 def new_run_dir(out: Path | None, prefix: str = "study") -> Path:
@@ -175,248 +163,12 @@ def find_run_dir(cfg: StudyConfig) -> tuple[Path, bool]:
     return new_run_dir(None), False
 
 
-COMPARE_EPOCHS = 6  # the digits comparison: epochs and seeds of every model
-COMPARE_SEEDS = 3
-LOCALITY_EPOCHS = 3
-LOCALITY_IMAGES = 1200  # training images of the generated sets (quick: 512)
-LOCALITY_QUICK_IMAGES = 512
-
-
-def _parts(cfg: StudyConfig) -> list[Part]:
-    conversion_part = Part("conversion", "Attention can express convolution (Theorem 1)",
-                           lambda d: conversion.run(d, seed=cfg.seed), _describe_conversion)  # fmt: skip
-    if cfg.data is not None:
-        data = cfg.data
-        return [
-            conversion_part,
-            Part("paper", "CIFAR-10 at paper scale: ResNet-18 vs the attention-only networks",
-                 lambda d: paper.run(d, data=data, epochs=cfg.epochs, device=cfg.device, seed=cfg.seed),
-                 paper.describe),
-        ]  # fmt: skip
-    q = cfg.quick
-    pooling = attention_pooling.PoolingDemoConfig(seed=cfg.seed)
-    s2s = seq2seq.Seq2SeqDemoConfig(seed=cfg.seed)
-    if q:
-        s2s = seq2seq.Seq2SeqDemoConfig(seed=cfg.seed, steps=150, train_size=1000, test_size=100)
-    # One budget for the comparison, the learned-convolution nets and the data-efficiency curve, so
-    # that their common runs (the attention nets; the whole-data points) train once, shared.
-    seeds = tuple(cfg.seed + i for i in range(1 if q else COMPARE_SEEDS))
-    epochs = cfg.epochs or (1 if q else COMPARE_EPOCHS)
-    contenders = QUICK_CONTENDERS if q else DIGITS_CONTENDERS
-    de = data_efficiency
-    fractions = de.FRACTIONS_QUICK if q else de.FRACTIONS_FULL
-    return [
-        conversion_part,
-        Part("learns_conv", "Does attention learn convolution?",
-             lambda d: learns_conv.run(d, epochs=epochs, seed=cfg.seed, quick=q), learns_conv.describe),
-        Part("cnn_vs_attention", "CNN vs self-attention on the digits",
-             lambda d: compare_models(d, contenders, epochs=epochs, seeds=seeds, device=cfg.device),
-             _describe_compare),
-        Part("data_efficiency", "Data efficiency: accuracy vs training-set size",
-             lambda d: de.run(d, fractions=fractions, epochs=epochs, seeds=seeds, quick=q),
-             de.describe),
-        Part("locality", "Locality vs long range",
-             lambda d: _locality(d, 1 if q else LOCALITY_EPOCHS, cfg.seed, q, cfg.device),
-             _describe_locality),
-        Part("operators", "Operators: properties and speed",
-             lambda d: operators(d, quick=q), _describe_operators),
-        Part("attention_pooling", "Attention basics: Nadaraya–Watson attention pooling",
-             lambda d: attention_pooling.run(d, pooling), _describe_pooling),
-        Part("seq2seq", "Attention basics: a Transformer reverses strings",
-             lambda d: seq2seq.run(d, s2s), _describe_seq2seq),
-    ]  # fmt: skip
-
-
-def _locality(folder: Path, epochs: int, seed: int, quick: bool, device: str) -> dict[str, Any]:
-    """The same models on a task where locality matters and on one where it does not (quick: CNN, ViT)."""
-    models = (LOCALITY_CONTENDERS[0], LOCALITY_CONTENDERS[-1]) if quick else LOCALITY_CONTENDERS
-    n_train = LOCALITY_QUICK_IMAGES if quick else LOCALITY_IMAGES
-    return {
-        data: compare_models(folder / data, models, data=data, epochs=epochs, seeds=(seed,), device=device,
-                             n_train=n_train)
-        for data in ("shapes", "long_range")
-    }  # fmt: skip
-
-
-def _describe_locality(m: dict[str, Any]) -> tuple[str, str, list[tuple[str, str]], list[tuple[str, str]]]:
-    claim = (
-        "Local operators (small kernels, local attention) suit tasks where nearby pixels decide the label; "
-        "global self-attention should win when the label depends on pixels far apart."
-    )
-
-    def best(data: str, global_: bool) -> tuple[str, float]:
-        rows = [r for r in m[data]["rows"] if ("global" in r["model"]) == global_]
-        top = max(rows, key=lambda r: r["test_acc_mean"])
-        return top["model"], top["test_acc_mean"]
-
-    sentences = []
-    for data, label in (("shapes", "On shapes (local)"), ("long_range", "On long_range (far apart)")):
-        (lname, lacc), (gname, gacc) = best(data, False), best(data, True)
-        lead = (
-            "the local models lead"
-            if lacc > gacc + 0.01
-            else "global attention leads"
-            if gacc > lacc + 0.01
-            else "it is a tie"
-        )
-        sentences.append(f"{label}, {lead}: {lname} {lacc:.1%} vs {gname} {gacc:.1%}.")
-    chance = max(r["test_acc_mean"] for r in m["long_range"]["rows"]) < 0.6
-    verdict = (
-        " No model beats chance (50%) clearly on long_range within this budget, so the run neither "
-        "supports nor refutes the claim at this scale."
-        if chance
-        else ""
-    )
-    epochs = m["shapes"]["epochs"]
-    text = (
-        f"{epochs} epoch{'s' * (epochs != 1)} on {f'{n:,}' if (n := m['shapes']['n_train']) else 'all'} "
-        "generated training images "
-        "per task, one seed, the same budget for all. "
-        + " ".join(sentences)
-        + verdict
-        + f" Speeds in the tables: {m['shapes']['timing']}"
-    )
-    figures = [(f"{d}/compare_accuracy.png", f"Test accuracy on {d}.") for d in ("shapes", "long_range")]
-    tables = [
-        (f"{d}/compare.csv", f"Models on {d}: accuracy, size, cost and speed.")
-        for d in ("shapes", "long_range")
-    ]
-    return claim, text, figures, tables
-
-
-def _describe_operators(m: dict[str, Any]) -> tuple[str, str, list[tuple[str, str]], list[tuple[str, str]]]:
-    claim = (
-        "Han et al. 2022 (DWNet): local attention is a channel-wise, sparsely connected aggregation like a "
-        "depth-wise conv; they differ in weight sharing (across a head's channels vs across positions) and "
-        "in dynamic weights."
-    )
-    rows = {r["mixer"]: r for r in m["properties"]}
-    dw, sasa = rows["dwconv"], rows["sasa"]
-    holds = (
-        not dw["channel_mixing"] and not sasa["channel_mixing"] and dw["support"].startswith("local")
-        and sasa["support"].startswith("local") and dw["shared_across_positions"]
-        and sasa["shared_across_channels"] and sasa["dynamic"] and not dw["dynamic"]
-    )  # fmt: skip
-    text = (
-        f"{'Supported' if holds else 'Not supported'} by the measured table: depth-wise conv is "
-        f"{dw['support']}, without channel mixing, shared across positions, static; SASA is "
-        f"{sasa['support']}, without channel mixing, shared across a head's channels, dynamic. "
-        f"Speed ({m['size']}×{m['size']}, batch {m['batch']}, medians of {m['repeats']}, "
-        f"{m['threads']} threads), "
-        "forward+backward relative to a 7×7 depth-wise conv: neighbourhood attention k = 7 "
-        f"{m['na2d_k7_fwdbwd_ratio']:.1f}×, window attention {m['window_w7_fwdbwd_ratio']:.1f}×, the unfold "
-        f"implementation of common ports {m['unfold_fwdbwd_ratio']:.0f}×."
-    )
-    figures = [
-        ("bench_ratios.png", "Forward+backward time of every operator relative to a 7×7 depth-wise conv.")
-    ]
-    tables = [
-        ("properties.csv", "The DWNet property table, measured with autograd on each operator."),
-        ("bench.csv", "Operator benchmark: medians, ratios to the depth-wise conv, peak memory, MACs."),
-    ]
-    return claim, text, figures, tables
-
-
-def _describe_compare(m: dict[str, Any]) -> tuple[str, str, list[tuple[str, str]], list[tuple[str, str]]]:
-    claim = (
-        "Cordonnier et al. 2020 and Ramachandran et al. 2019: self-attention can match convolution, but "
-        "with little data and a small budget the CNN's built-in locality wins; DWNet (Han et al. 2022): "
-        "local attention and (dynamic) depth-wise convolution perform alike."
-    )
-    gap = m["best_cnn_acc"] - m["best_attention_acc"]
-    if abs(gap) < 0.01:
-        verdict = "the best CNN and the best attention model are within one point of each other"
-    elif gap > 0:
-        verdict = f"the best CNN leads the best attention model by {100 * gap:.1f} points"
-    else:
-        verdict = f"the best attention model leads the best CNN by {-100 * gap:.1f} points"
-    n = len(m["seeds"])
-    rows = m["rows"]
-    fit = {k: [r["train_acc_mean"] for r in rows if r["kind"] == k] for k in ("CNN", "attention")}
-    if min(fit["attention"]) < 0.9 <= min(fit["CNN"]):
-        fitting = (
-            " The attention models underfit at this budget: their running training accuracy in the last "
-            f"epoch is {min(fit['attention']):.0%}–{max(fit['attention']):.0%}, against "
-            f"{min(fit['CNN']):.0%}–{max(fit['CNN']):.0%} for the CNNs, so the gap measures how fast they "
-            "learn as much as what they can learn."
-        )
-    else:
-        fitting = (
-            f" Running training accuracy in the last epoch: CNNs {min(fit['CNN']):.0%}–{max(fit['CNN']):.0%},"
-            f" attention models {min(fit['attention']):.0%}–{max(fit['attention']):.0%}."
-        )
-    text = (
-        f"Every model trained {m['epochs']} epoch{'s' if m['epochs'] != 1 else ''} on the 1,438 training "
-        f"digits with AdamW, the same schedule and batch, {n} seed{'s' if n > 1 else ''} each "
-        f"({m['threads']} thread{'s' if m['threads'] != 1 else ''}). Here {verdict}: "
-        f"{m['best_cnn']} reaches {m['best_cnn_acc']:.1%} and {m['best_attention']} "
-        f"{m['best_attention_acc']:.1%} test accuracy. Parameters, multiply-adds (attention products "
-        f"included) and images per second on this machine are in the table.{fitting} {m['timing']}"
-    )
-    figures = [("compare_accuracy.png", "Test accuracy per model (mean ± std over seeds), same budget.")]
-    return claim, text, figures, [("compare.csv", "CNN vs self-attention: accuracy, size, cost and speed.")]
-
-
-def _describe_conversion(m: dict[str, Any]) -> tuple[str, str, list[tuple[str, str]], list[tuple[str, str]]]:
-    claim = (
-        "Cordonnier et al. (2020, Theorem 1): a multi-head self-attention layer with K² heads and a "
-        "relative positional encoding can express any K×K convolution exactly."
-    )
-    exact = m["worst_float64"] < 1e-10
-    text = (
-        f"This run supports the claim{'' if exact else ' only approximately'}: each of {len(m['rows'])} "
-        "Conv2d layers (strides, dilations, even and non-square kernels, the four padding modes, groups, "
-        "no bias) became attention with one quadratic head per kernel tap. The largest error against the "
-        f"conv is {m['worst_float32']:.1e} in float32 and {m['worst_float64']:.1e} in float64. Converting "
-        "back gave "
-        + ("identical convolutions every time." if m["all_round_trips_identical"] else "a different conv.")
-    )
-    figures = [
-        ("conv_heads.png", "A 3×3 conv as attention: the attention of the centre query, one head per tap."),
-        ("conv_centres.png", "The same layer's head centres Δ with their 1-σ ellipses."),
-    ]
-    return claim, text, figures, [("conversion.csv", "Conversion error per Conv2d configuration.")]
-
-
-def _describe_pooling(m: dict[str, Any]) -> tuple[str, str, list[tuple[str, str]], list[tuple[str, str]]]:
-    claim = (
-        "Dive into Deep Learning (§11.2): attention pooling is Nadaraya–Watson regression, and a learned "
-        "kernel width sharpens the attention and fits the data better than a fixed one."
-    )
-    better = m["test_mse_parametric"] < m["test_mse_nonparametric"]
-    text = (
-        f"{'Supported' if better else 'Not supported'} here: the learned width w = {m['learned_width']:.2f} "
-        f"gives test MSE {m['test_mse_parametric']:.3f} against the true curve, versus "
-        f"{m['test_mse_nonparametric']:.3f} for the fixed Gaussian kernel (w = 1)."
-    )
-    figures = [
-        ("nadaraya_watson.png", "Truth, the fixed-width and the learned-width estimators."),
-        ("nadaraya_watson_weights.png", "Attention weights of each test input over the training inputs."),
-    ]
-    return claim, text, figures, []
-
-
-def _describe_seq2seq(m: dict[str, Any]) -> tuple[str, str, list[tuple[str, str]], list[tuple[str, str]]]:
-    claim = "Dive into Deep Learning (§11.7): an encoder–decoder Transformer learns sequence transduction."
-    text = (
-        f"Trained {m['config']['steps']} steps in {m['train_seconds']:.1f} s ({m['threads']} CPU "
-        f"thread{'s' * (m['threads'] != 1)}); loss {m['first_loss']:.3f} -> "
-        f"{m['final_loss']:.3f}. On {m['config']['test_size']} held-out strings, greedy decoding reaches "
-        f"exact match {m['test_exact_match']:.1%} and BLEU-2 {m['test_bleu']:.3f}."
-    )
-    figures = [
-        ("transformer_attention.png", "Encoder–decoder attention of a held-out string: the anti-diagonal."),
-        ("transformer_loss.png", "Training loss."),
-    ]
-    return claim, text, figures, []
-
-
-def _run_part(part: Part, run_dir: Path, log: TextIO, share: bool) -> dict[str, Any]:
-    """The finished part's record (part.json), running the part first if it is not finished."""
-    folder = run_dir / part.key
+def _run_section(section: Section, ctx: Context, run_dir: Path, log: TextIO, share: bool) -> dict[str, Any]:
+    """The finished section's record (part.json), running the section first if it is not finished."""
+    folder = run_dir / section.key
     done = folder / "part.json"
     if done.exists():
-        print(f"      kept from the earlier run ({part.key}/part.json)", file=log, flush=True)
+        print(f"      kept from the earlier run ({section.key}/part.json)", file=log, flush=True)
         return dict(json.loads(done.read_text()))
     if folder.exists():  # half-written by an interrupted run: redo it, keeping its training runs
         for item in folder.iterdir():  # (finished ones are reused, interrupted ones resume)
@@ -424,22 +176,22 @@ def _run_part(part: Part, run_dir: Path, log: TextIO, share: bool) -> dict[str, 
                 shutil.rmtree(item) if item.is_dir() else item.unlink()
     folder.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    # Parts share training runs through run_dir/runs (a run two parts ask for trains once).
+    # Sections share training runs through run_dir/runs (a run two sections ask for trains once).
     store = shared_runs(run_dir / "runs") if share else nullcontext()
     with progress_to(lambda line: print(f"      {line}", file=log, flush=True)), store:
-        metrics = part.run(folder)
+        metrics = section.run(folder, ctx)
     metrics["seconds"] = time.perf_counter() - start
-    claim, text, figures, tables = part.describe(metrics)
+    d = section.describe(metrics)
     record = {
-        "key": part.key,
-        "title": part.title,
-        "claim": claim,
-        "text": text,
-        "figures": [{"file": f, "caption": c} for f, c in figures],
-        "tables": [{"file": f, "caption": c} for f, c in tables],
+        "key": section.key,
+        "title": section.title,
+        "claim": d.claim,
+        "text": d.text,
+        "figures": [{"file": f, "caption": c} for f, c in d.figures],
+        "tables": [{"file": f, "caption": c} for f, c in d.tables],
         "metrics": metrics,
     }
-    atomic_write_bytes(done, json.dumps(record, indent=2).encode())  # written last: marks the part finished
+    atomic_write_bytes(done, json.dumps(record, indent=2).encode())  # written last: marks it finished
     print(f"      done in {metrics['seconds']:.1f} s", file=log, flush=True)
     return record
 
@@ -447,7 +199,7 @@ def _run_part(part: Part, run_dir: Path, log: TextIO, share: bool) -> dict[str, 
 def _follow(cfg: StudyConfig, run_dir: Path, wait_s: float = 600.0) -> Path:
     """A torchrun process other than the first: train with it, write nothing of the study's own.
 
-    It waits for the first process to set the folder up, then runs the distributed parts (their
+    It waits for the first process to set the folder up, then runs the distributed sections (their
     training runs need every process); the first process writes every file.
     """
     deadline = time.monotonic() + wait_s
@@ -455,20 +207,18 @@ def _follow(cfg: StudyConfig, run_dir: Path, wait_s: float = 600.0) -> Path:
         if time.monotonic() > deadline:
             raise TimeoutError(f"the first process did not set up {run_dir} within {wait_s:.0f} s")
         time.sleep(0.5)
-    for part in _parts(cfg):
-        if part.key in DISTRIBUTED and not (run_dir / part.key / "part.json").exists():
-            part.run(run_dir / part.key)
+    ctx = cfg.context()
+    for section in cfg.sections():
+        if section.distributed and not (run_dir / section.key / "part.json").exists():
+            section.run(run_dir / section.key, ctx)
     return run_dir
 
 
-def run_study(cfg: StudyConfig | None = None, *, log: TextIO | None = None) -> Path:
-    """Run (or continue) every part, then write metrics.json, summary.md and report.html."""
-    cfg = cfg or StudyConfig()
-    log = sys.stderr if log is None else log
+def _check(cfg: StudyConfig) -> None:
+    """Refuse what cannot run before any folder is made."""
     if cfg.data is not None:
-        load(cfg.data, "test")  # a wrong path or a damaged batch is refused before any folder is made
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
+        load(cfg.data, "test")  # a wrong path or a damaged batch is refused here
+    if dist.world_size() > 1:
         if cfg.data is None:
             raise ValueError(
                 "the study on embedded data runs in one process; torchrun is for --data cifar10:PATH"
@@ -477,8 +227,37 @@ def run_study(cfg: StudyConfig | None = None, *, log: TextIO | None = None) -> P
             raise ValueError(
                 "under torchrun, name the run folder with --out: every process must use the same one"
             )
-        if rank != 0:
-            return _follow(cfg, Path(cfg.out))
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM stops the study as Ctrl-C does (the trainer saves its checkpoint)."""
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        old = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def run_study(cfg: StudyConfig | None = None, *, log: TextIO | None = None) -> Path:
+    """Run (or continue) every section, then write metrics.json, summary.md and report.html.
+
+    Raises:
+        StudyInterrupted: on Ctrl-C or SIGTERM, saying where the study is kept and how to continue.
+    """
+    cfg = cfg or StudyConfig()
+    log = sys.stderr if log is None else log
+    _check(cfg)
+    if not dist.is_main():
+        return _follow(cfg, Path(str(cfg.out)))
     run_dir, continued = find_run_dir(cfg)
     if continued:
         print(f"continuing {run_dir}", file=log, flush=True)
@@ -486,13 +265,19 @@ def run_study(cfg: StudyConfig | None = None, *, log: TextIO | None = None) -> P
         atomic_write_bytes(
             run_dir / "study.json", json.dumps({"settings": cfg.settings()}, indent=2).encode()
         )
-    env = environment()
-    (run_dir / "environment.json").write_text(json.dumps(env, indent=2))
-    parts = _parts(cfg)
+    (run_dir / "environment.json").write_text(json.dumps(environment(), indent=2))
+    sections, ctx = cfg.sections(), cfg.context()
     records = {}
-    for i, part in enumerate(parts, 1):
-        print(f"[{i}/{len(parts)}] {part.title} ...", file=log, flush=True)
-        records[part.key] = _run_part(part, run_dir, log, share=cfg.data is None)
+    try:
+        with _sigterm_as_interrupt():
+            for i, section in enumerate(sections, 1):
+                print(f"[{i}/{len(sections)}] {section.title} ...", file=log, flush=True)
+                records[section.key] = _run_section(section, ctx, run_dir, log, share=cfg.data is None)
+    except (KeyboardInterrupt, Interrupted):
+        raise StudyInterrupted(
+            f"interrupted; the study so far is kept in {run_dir} (finished sections, and every training "
+            "run with its checkpoint): run the same command again to continue"
+        ) from None
     metrics = {key: rec["metrics"] for key, rec in records.items()}
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     write_report(run_dir)
@@ -508,7 +293,9 @@ def redraw(run_dir: Path) -> Path:
     except (OSError, json.JSONDecodeError) as err:
         raise FileNotFoundError(f"{run_dir} holds no finished study (metrics.json: {err})") from err
     for key in order:
-        if key not in PLOTS:
-            raise ValueError(f"{run_dir} has a part {key!r} this version of convattn cannot draw")
-        PLOTS[key](run_dir / key)
+        try:
+            section = get_section(key)
+        except ValueError:
+            raise ValueError(f"{run_dir} has a part {key!r} this version of convattn cannot draw") from None
+        section.plot(run_dir / key)
     return write_report(run_dir)

@@ -1,9 +1,10 @@
-"""Experiments of the study built on the trainer: CNN vs self-attention under one budget.
+"""The study's training runs: shared between sections, reused when finished, resumed when interrupted.
 
-`compare_models` trains every contender with the same data, budget, optimiser and seeds, and measures
-test accuracy (mean ± std over seeds), parameters, multiply-adds with attention counted, and training and
-inference images per second on this machine. Each training run lives in its own run folder, so a
-finished run is never redone and an interrupted one resumes from its checkpoint.
+`run_training(cfg)` is how every section trains: inside `shared_runs(root)` a run lives in
+root/<model>-<hash of its config>, so two sections that ask for the same run share one; `progress_to`
+sends a line per run to the study's log. `compare_models` trains a list of `Contender`s under one
+budget and tabulates test accuracy (mean ± std over seeds), parameters, multiply-adds with attention
+counted, and training and inference images per second (the comparison and the locality sections).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 import torch
 
+from convattn.analysis.bench import INFERENCE_REPEATS, device_name, inference_rate
 from convattn.analysis.flops import count_macs
 from convattn.analysis.summary import count_parameters
 from convattn.data import load
@@ -30,12 +32,13 @@ from convattn.utils.plotting import bar_plot
 from convattn.utils.records import read_csv, write_csv
 
 __all__ = [
-    "DIGITS_CONTENDERS",
-    "LOCALITY_CONTENDERS",
     "Contender",
     "compare_models",
-    "operators",
+    "plot_compare",
+    "progress_to",
+    "run_folder",
     "run_training",
+    "shared_runs",
 ]
 
 
@@ -47,59 +50,6 @@ class Contender:
     model: str
     options: dict[str, Any] = field(default_factory=dict)
     cnn: bool = False
-
-
-# The attention-only network with every positional encoding of `convattn.layers.mhsa2d.ENCODINGS`.
-ENCODING_LABELS = (
-    ("quadratic", "quadratic"),
-    ("quadratic_generalized", "quadratic, full covariance"),
-    ("relative", "learned relative"),
-    ("relative_content", "learned relative + content"),
-    ("absolute", "learned absolute + content"),
-    ("absolute_sinusoidal", "sinusoidal absolute + content"),
-    ("none", "content only"),
-)
-_DW = {"kernel_size": 7}
-_HEADS4 = {"kernel_size": 7, "num_heads": 4}
-DIGITS_CONTENDERS = (
-    Contender("CNN (3 conv layers)", "cnn_digits", cnn=True),
-    Contender("ResNet, 3×3 conv", "resnet_digits", cnn=True),
-    Contender(
-        "ResNet, 7×7 depth-wise conv", "resnet_digits", {"mixer": "dwconv", "mixer_options": _DW}, cnn=True
-    ),
-    Contender(
-        "ResNet, dynamic depth-wise conv",
-        "resnet_digits",
-        {"mixer": "dynamic_dwconv", "mixer_options": _DW},
-        cnn=True,
-    ),
-    Contender("ResNet, SASA 7×7 attention", "resnet_digits", {"mixer": "sasa", "mixer_options": _HEADS4}),
-    Contender(
-        "ResNet, window attention 4×4",
-        "resnet_digits",
-        {"mixer": "window", "mixer_options": {"window": 4, "num_heads": 4}},
-    ),
-    *(
-        Contender(f"Attention net, {label}", "attention_digits", {"encoding": enc})
-        for enc, label in ENCODING_LABELS
-    ),
-    Contender("ViT, patch 2", "vit_digits"),
-)
-# The quick study's comparison: one model of each family, and the two attention nets the study draws.
-QUICK_CONTENDERS = tuple(
-    c for c in DIGITS_CONTENDERS
-    if c.label in ("CNN (3 conv layers)", "ResNet, 3×3 conv", "ResNet, SASA 7×7 attention", "ViT, patch 2")
-    or c.options.get("encoding") in ("quadratic", "relative", "relative_content")
-)  # fmt: skip
-# For the 32×32 generated sets: small kernels and local attention against global attention.
-LOCALITY_CONTENDERS = (
-    Contender("CNN (3×3 convs)", "cnn_digits", cnn=True),
-    Contender("ResNet, 3×3 conv", "resnet_digits", cnn=True),
-    Contender(
-        "ResNet, SASA 7×7 local attention", "resnet_digits", {"mixer": "sasa", "mixer_options": _HEADS4}
-    ),
-    Contender("ViT, patch 2 (global attention)", "vit_digits"),
-)
 
 
 _PROGRESS: ContextVar[Callable[[str], None] | None] = ContextVar("progress", default=None)
@@ -181,30 +131,6 @@ def run_training(cfg: TrainConfig) -> list[dict[str, Any]]:
     return history
 
 
-INFERENCE_REPEATS = 5
-
-
-def _device_name(device: str) -> str:
-    return torch.cuda.get_device_name() if device == "cuda" else "the CPU"
-
-
-@torch.no_grad()
-def inference_rate(model: torch.nn.Module, images: torch.Tensor, repeats: int = INFERENCE_REPEATS) -> float:
-    """Images per second of eval-mode forward passes over `images` on their device (median of `repeats`)."""
-    model.eval()
-    model(images)  # warm-up
-    times = []
-    for _ in range(repeats):
-        if images.is_cuda:
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        model(images)
-        if images.is_cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return len(images) / statistics.median(times)
-
-
 def plot_compare(out_dir: Path) -> None:
     """Draw compare_accuracy.png from compare.csv: test accuracy per model, mean ± std over seeds."""
     rows = read_csv(out_dir / "compare.csv")
@@ -219,9 +145,29 @@ def plot_compare(out_dir: Path) -> None:
     )
 
 
+def _train_contender(
+    out_dir: Path, c: Contender, seeds: tuple[int, ...], **options: Any
+) -> tuple[list[float], list[float], list[float]]:
+    """(test accuracies, running training accuracies, median training images/s), one per seed."""
+    accs, train_accs, rates = [], [], []
+    for seed in seeds:
+        tag = hashlib.sha256(c.label.encode()).hexdigest()[:8]  # stable across processes
+        folder = out_dir / "runs" / f"{c.model}-{tag}-s{seed}"
+        cfg = TrainConfig(model=c.model, out=str(folder), model_options=c.options, seed=seed, **options)
+        history = run_training(cfg)
+        accs.append(history[-1]["test_acc"])
+        train_accs.append(history[-1]["train_acc"])
+        rates.append(statistics.median(h["images_per_s"] for h in history))
+    return accs, train_accs, rates
+
+
+def _best(rows: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    return max((r for r in rows if r["kind"] == kind), key=lambda r: r["test_acc_mean"])
+
+
 def compare_models(
     out_dir: Path,
-    contenders: tuple[Contender, ...] = DIGITS_CONTENDERS,
+    contenders: tuple[Contender, ...],
     *,
     data: str = "digits",
     epochs: int = 15,
@@ -237,18 +183,10 @@ def compare_models(
     x = test.tensors()[0][:256]  # (N, C, H, W) normalised test images for the speed and MAC probes
     rows: list[dict[str, Any]] = []
     for c in contenders:
-        accs, train_accs, rates = [], [], []
-        for seed in seeds:
-            tag = hashlib.sha256(c.label.encode()).hexdigest()[:8]  # stable across processes
-            folder = out_dir / "runs" / f"{c.model}-{tag}-s{seed}"
-            cfg = TrainConfig(
-                model=c.model, data=data, epochs=epochs, out=str(folder), model_options=c.options,
-                batch_size=batch_size, lr=lr, seed=seed, device=device, n_train=n_train,
-            )  # fmt: skip
-            history = run_training(cfg)
-            accs.append(history[-1]["test_acc"])
-            train_accs.append(history[-1]["train_acc"])
-            rates.append(statistics.median(h["images_per_s"] for h in history))
+        accs, train_accs, rates = _train_contender(
+            out_dir, c, seeds, data=data, epochs=epochs, batch_size=batch_size, lr=lr, device=device,
+            n_train=n_train,
+        )  # fmt: skip
         model = create_model(
             c.model, num_classes=test.num_classes, in_chans=x.shape[1], image_size=x.shape[-1], **c.options
         )
@@ -270,8 +208,7 @@ def compare_models(
         )
     write_csv(out_dir / "compare.csv", rows)
     plot_compare(out_dir)
-    best_cnn = max((r for r in rows if r["kind"] == "CNN"), key=lambda r: r["test_acc_mean"])
-    best_att = max((r for r in rows if r["kind"] == "attention"), key=lambda r: r["test_acc_mean"])
+    best_cnn, best_att = _best(rows, "CNN"), _best(rows, "attention")
     return {
         "rows": rows,
         "data": data,
@@ -287,53 +224,6 @@ def compare_models(
             f"Training images/s: the median over the {epochs} epochs of a run of whole-epoch throughput "
             "(data, augmentation, forward, backward, update), averaged over the seeds. Inference images/s: "
             f"the median of {INFERENCE_REPEATS} timed passes over {len(x)} test images after a warm-up. "
-            f"Both on {_device_name(device)} with {torch.get_num_threads()} torch thread(s)."
+            f"Both on {device_name(device)} with {torch.get_num_threads()} torch thread(s)."
         ),
-    }
-
-
-def plot_operators(out_dir: Path) -> None:
-    """Draw bench_ratios.png from bench.csv: forward+backward time of every timed operator / dwconv."""
-    timed = [r for r in read_csv(out_dir / "bench.csv") if r["fwdbwd_ratio_to_dwconv"] not in ("", "nan")]
-    bar_plot(
-        [r["op"] for r in timed],
-        [float(r["fwdbwd_ratio_to_dwconv"]) for r in timed],
-        out_dir / "bench_ratios.png",
-        ylabel="forward+backward time / 7×7 depth-wise conv (channels_last), log scale",
-        log=True,
-    )
-
-
-def operators(out_dir: Path, *, quick: bool = False) -> dict[str, Any]:
-    """The DWNet property table, measured, and a benchmark of the operators (ratios to a 7×7 dwconv).
-
-    Writes properties.csv, bench.csv and bench_ratios.png. The benchmark is `convattn bench` at one
-    size (32×32, batch 8; quick: 16×16, batch 2), operators alternating, medians over the repeats.
-    """
-    from convattn.analysis.bench import BenchConfig, run_bench
-    from convattn.analysis.properties import property_table
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    props = [p.row() for p in property_table()]
-    write_csv(out_dir / "properties.csv", props)
-    cfg = BenchConfig.quick() if quick else BenchConfig(sizes=(32,), repeats=7, warmup=2)
-    rows = run_bench(cfg, log=lambda s: None)
-    keep = ("op", "size", "fwd_ms", "fwdbwd_ms", "fwd_ratio_to_dwconv", "fwdbwd_ratio_to_dwconv",
-            "peak_train_mib", "macs", "repeats", "threads")  # fmt: skip
-    table = [
-        {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items() if k in keep} for r in rows
-    ]
-    write_csv(out_dir / "bench.csv", table)
-    plot_operators(out_dir)
-    ratio = {r["op"]: r["fwdbwd_ratio_to_dwconv"] for r in table}
-    return {
-        "properties": props,
-        "bench": table,
-        "size": cfg.sizes[0],
-        "batch": cfg.batch,
-        "repeats": cfg.repeats,
-        "na2d_k7_fwdbwd_ratio": ratio.get("na2d_k7"),
-        "window_w7_fwdbwd_ratio": ratio.get("window_w7"),
-        "unfold_fwdbwd_ratio": ratio.get("unfold_local_k7"),
-        "threads": torch.get_num_threads(),
     }

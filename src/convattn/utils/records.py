@@ -1,4 +1,5 @@
-"""Writing results: every CSV the project produces, and atomic writes of files a crash must not tear."""
+"""Records of results: the one CSV reader and writer, the one Markdown table, heat-map panels as CSV, and
+atomic writes of files a crash must not tear."""
 
 from __future__ import annotations
 
@@ -8,7 +9,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_bytes", "read_csv", "read_panels", "write_csv", "write_panels"]
+__all__ = [
+    "atomic_write_bytes",
+    "cell",
+    "markdown_table",
+    "read_csv",
+    "read_panels",
+    "typed",
+    "write_csv",
+    "write_panels",
+]
 
 
 def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
@@ -25,9 +35,48 @@ def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
-    """The rows of a CSV with a header, as dicts of strings."""
+    """The rows of a CSV with a header, as dicts of strings.
+
+    Raises:
+        FileNotFoundError: naming the file and its folder.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path.name} is missing from {path.parent}")
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def typed(value: str) -> Any:
+    """A CSV cell back as the int or float `write_csv` wrote, else the string itself."""
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+def cell(value: Any) -> str:
+    """A table cell for people: floats to 4 significant digits (the CSV keeps every digit)."""
+    text = str(value)
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    if text.lstrip("-").isdigit() or number != number:  # an int, or NaN as written
+        return text
+    return f"{number:.4g}"
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A GitHub-style Markdown table of `rows` (dicts with the same keys), numbers rounded by `cell`."""
+    if not rows:
+        return ""
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(cell(r.get(k, "")) for k in keys) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
 
 
 def write_panels(

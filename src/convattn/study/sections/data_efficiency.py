@@ -33,14 +33,14 @@ import torch
 
 from convattn.data import load
 from convattn.study.runs import Contender, run_training
+from convattn.study.section import Context, Description, Section, register_section
 from convattn.train import TrainConfig
 from convattn.utils.records import read_csv, write_csv
 
 __all__ = [
     "EPOCH_CAP",
-    "FRACTIONS_FULL",
-    "FRACTIONS_QUICK",
     "MODELS",
+    "SECTION",
     "crossing",
     "describe",
     "epochs_for",
@@ -50,8 +50,6 @@ __all__ = [
 
 DATA = "digits"
 BATCH_SIZE = 64
-FRACTIONS_FULL = (0.1, 0.3, 1.0)  # 144, 431 and 1,438 images: about evenly spaced on a log axis
-FRACTIONS_QUICK = (0.1, 1.0)
 EPOCH_CAP = 20  # at most this many times `epochs` epochs per run (see the module docstring)
 UNDERFIT = 0.9  # below this training accuracy on the smallest subset, a model is short of steps, not data
 _Curve = tuple[list[float], list[int], list[float]]  # fractions, training images, mean test accuracy
@@ -314,8 +312,8 @@ def _lead(gap: float) -> str:
     return f"{who} leads by {100 * abs(gap):.1f} points"
 
 
-def describe(m: dict[str, Any]) -> tuple[str, str, list[tuple[str, str]], list[tuple[str, str]]]:
-    """(claim, paragraph written from the numbers of `run`, [(figure, caption)], [(table, caption)])."""
+def describe(m: dict[str, Any]) -> Description:
+    """The claim, the paragraph written from the numbers of `run`, its figure and table."""
     claim = (
         "Cordonnier et al. 2020, Dosovitskiy et al. 2021 (ViT) and Ramachandran et al. 2019: convolution's "
         "locality is a prior that pays when data is scarce, so a CNN wins on small training sets, while "
@@ -379,4 +377,15 @@ def describe(m: dict[str, Any]) -> tuple[str, str, list[tuple[str, str]], list[t
         )
     ]
     tables = [("curve.csv", "The learning curves: accuracy per model and subset, with the epochs and steps.")]
-    return claim, text, figures, tables
+    return Description(claim, text, figures, tables)
+
+
+def _run(folder: Path, ctx: Context) -> dict[str, Any]:
+    b = ctx.budget
+    seeds = tuple(ctx.seed + i for i in range(b.seeds))
+    return run(folder, fractions=b.fractions, epochs=b.epochs, seeds=seeds, quick=b.quick)
+
+
+SECTION = register_section(
+    Section("data_efficiency", "Data efficiency: accuracy vs training-set size", _run, plot, describe)
+)

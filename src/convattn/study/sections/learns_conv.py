@@ -7,22 +7,12 @@ around the query. Here `attention_digits` (hidden 64, 2 layers, 9 heads, 8×8 ma
 digits with the quadratic and the learned relative encoding, and every head of every layer is measured
 in the run's own initial model (re-created exactly as the trainer seeds it) and in the trained one.
 
-Measures of a head:
-    centre Δ, width σ   quadratic only: the parameters; σ = √(tr Σ / 2), the per-axis standard
-                        deviation of the Gaussian score (σ = 1/|s| for the isotropic Σ⁻¹ = s² I).
-    empirical centre c  c = E_q E_{k~p(·|q)} [k - q]: the expected key offset (key minus query) under
-                        the attention, averaged over the interior queries q (at least `MARGIN` pixels
-                        from every border) and over a batch of test images.
-    empirical spread    √(E_q E_k ‖k - q - c‖²): the root-mean-square distance of the attended offsets
-                        from c (a 2-D radius: √2 σ for an isotropic Gaussian far from the borders).
-
-Grid-likeness of a layer (`grid_likeness`): with K² heads, the best one-to-one assignment of the head
-centres to the K×K convolution offsets {-(K-1)/2, ..., (K-1)/2}² (for K = 3: {-1, 0, 1}²) that
-minimises the summed Euclidean distance (Hungarian algorithm), reported as the mean distance in pixels
-of the centres to their assigned offsets (0: the heads form a K×K conv grid exactly) and the fraction
-of heads within `GRID_TOL` = 0.5 px of theirs. The centres are Δ for the quadratic net and the
-empirical centres for the learned relative one. References: the initial model of the same run, and
-random centres drawn as the quadratic initialisation draws them (N(0, 2²) per coordinate).
+Measures of a head (`convattn.analysis.centres`): for the quadratic net, the parameters Δ and σ =
+√(tr Σ / 2), the per-axis standard deviation of the Gaussian score; for both, the empirical centre and
+spread of the attention over a batch of test images. A layer's grid-likeness is the mean distance of
+its centres to the 3×3 conv offsets under the best one-to-one assignment; the centres are Δ for the
+quadratic net and the empirical centres for the learned relative one. References: the initial model of
+the same run, and random centres drawn as the quadratic initialisation draws them (N(0, 2²) per axis).
 
 Files: centres.csv (one row per model, stage, layer and head), attention_maps.csv (every head's
 attention of the query pixel `(H // 2, W // 2)` over the whole map), grid_likeness.csv (one row per
@@ -31,129 +21,41 @@ model, stage and layer, with the references); `plot(folder)` draws every PNG fro
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
-from convattn.analysis.viz import mass_levels
+from convattn.analysis.centres import (
+    GRID_TOL,
+    MARGIN,
+    empirical_centres,
+    grid_likeness,
+    interior_queries,
+    random_grid_reference,
+    uniform_spread,
+)
+from convattn.analysis.viz import draw_centre_panel, draw_query_map
 from convattn.data import load
-from convattn.layers.mhsa2d import MultiHeadSelfAttention2d, pixel_positions
+from convattn.layers.mhsa2d import MultiHeadSelfAttention2d
 from convattn.models.attention_net import AttentionLayer, AttentionNet
 from convattn.study.runs import run_folder, run_training
+from convattn.study.section import Context, Description, Section, register_section
 from convattn.train import TrainConfig, build_model, load_weights, lr_at
 from convattn.utils.plotting import plt, save_figure
-from convattn.utils.records import write_csv
+from convattn.utils.records import read_csv, write_csv
 
-__all__ = [
-    "GridFit",
-    "describe",
-    "empirical_centres",
-    "grid_likeness",
-    "initial_model",
-    "plot",
-    "random_grid_reference",
-    "run",
-]
+__all__ = ["SECTION", "describe", "initial_model", "plot", "run"]
 
 MODEL = "attention_digits"
 ENCODINGS = ("quadratic", "relative")
-TEST_IMAGES = (256, 32)  # full, quick: the images the attention is averaged over
-MARGIN = 2  # interior queries lie at least this many pixels from every border
-GRID_TOL = 0.5  # px: a head "sits on the grid" within this distance of its offset
 MOVE_TOL = 0.05  # px: smaller changes of a mean distance or spread count as "unchanged"
-INIT_CENTRE_STD = 2.0  # the quadratic initialisation draws centres ~ N(0, 2²) (reference code)
-RANDOM_DRAWS = 2000
 STAGES = ("init", "trained")
 CSV_FILES = ("centres.csv", "attention_maps.csv", "grid_likeness.csv")
-
-
-# -- pure measures ----------------------------------------------------------------------------------
-
-
-def grid_offsets(kernel: int) -> np.ndarray:
-    """(K², 2) (row, col) offsets of a K×K convolution centred on the query, row-major."""
-    axis = np.arange(kernel, dtype=np.float64) - (kernel - 1) / 2
-    rows, cols = np.meshgrid(axis, axis, indexing="ij")
-    return np.stack([rows.ravel(), cols.ravel()], axis=1)  # (K², 2)
-
-
-@dataclass(frozen=True)
-class GridFit:
-    """The best one-to-one match of K² head centres to the K×K conv offsets.
-
-    Attributes:
-        mean_distance: mean Euclidean distance (px) of the centres to their assigned offsets.
-        fraction_within: fraction of the heads within `tol` px of their offset.
-        offsets: (K², 2) the offset assigned to each head, in head order.
-        distances: (K²,) each head's distance to its offset.
-    """
-
-    mean_distance: float
-    fraction_within: float
-    offsets: np.ndarray
-    distances: np.ndarray
-
-
-def grid_likeness(centres: Any, *, tol: float = GRID_TOL) -> GridFit:
-    """Match K² head centres (K², 2) one-to-one to the K×K offsets, minimising the summed distance."""
-    c = np.asarray(centres, dtype=np.float64)
-    if c.ndim != 2 or c.shape[1] != 2 or c.shape[0] == 0:
-        raise ValueError(f"centres must have shape (heads, 2), got shape {c.shape}")
-    kernel = math.isqrt(c.shape[0])
-    if kernel * kernel != c.shape[0]:
-        raise ValueError(f"grid_likeness needs a square number of heads (K²), got heads={c.shape[0]}")
-    if not np.isfinite(c).all():
-        raise ValueError("centres must be finite")
-    grid = grid_offsets(kernel)
-    cost = np.linalg.norm(c[:, None, :] - grid[None, :, :], axis=-1)  # (heads, K²)
-    heads, taps = linear_sum_assignment(cost)
-    distances = cost[heads, taps]
-    return GridFit(float(distances.mean()), float((distances <= tol).mean()), grid[taps], distances)
-
-
-def random_grid_reference(
-    heads: int, *, std: float = INIT_CENTRE_STD, draws: int = RANDOM_DRAWS, seed: int = 0
-) -> tuple[float, float]:
-    """(mean, 5th percentile) of the grid-likeness distance of `heads` centres drawn ~ N(0, std²)."""
-    rng = np.random.default_rng(seed)
-    values = [grid_likeness(rng.normal(0.0, std, size=(heads, 2))).mean_distance for _ in range(draws)]
-    return float(np.mean(values)), float(np.percentile(values, 5))
-
-
-def empirical_centres(maps: Tensor, queries: Sequence[tuple[int, int]]) -> tuple[Tensor, Tensor]:
-    """Every head's empirical centre (heads, 2) and spread (heads,) from its attention maps.
-
-    Args:
-        maps: (Q, heads, H, W) attention of each query over the map (each sums to 1).
-        queries: the Q query pixels (row, col).
-    """
-    if maps.dim() != 4 or maps.shape[0] != len(queries):
-        raise ValueError(f"maps must be (Q={len(queries)}, heads, H, W), got shape {tuple(maps.shape)}")
-    H, W = maps.shape[-2:]
-    pos = pixel_positions(H, W, dtype=torch.float64, device=maps.device)  # (T, 2)
-    q = torch.tensor(queries, dtype=torch.float64, device=maps.device).reshape(-1, 2)  # (Q, 2)
-    delta = pos[None] - q[:, None]  # (Q, T, 2): key - query
-    p = maps.double().flatten(2)  # (Q, heads, T)
-    p = p / p.sum(-1, keepdim=True)
-    centre = torch.einsum("qht,qtd->hd", p, delta) / len(queries)  # (heads, 2)
-    second = torch.einsum("qht,qt->h", p, (delta**2).sum(-1)) / len(queries)  # (heads,)
-    # E‖δ - c‖² = E‖δ‖² - ‖c‖² because c is the mean of δ over the queries and the attention.
-    return centre, (second - (centre**2).sum(-1)).clamp(min=0).sqrt()
-
-
-def interior_queries(height: int, width: int, margin: int = MARGIN) -> list[tuple[int, int]]:
-    """The pixels at least `margin` from every border of an height×width map, row-major."""
-    if not 0 <= margin or 2 * margin >= min(height, width):
-        raise ValueError(f"no interior pixels with {margin=} in a {height}x{width} map")
-    return [(i, j) for i in range(margin, height - margin) for j in range(margin, width - margin)]
 
 
 # -- models and measurements ------------------------------------------------------------------------
@@ -247,13 +149,6 @@ def _measure(model: nn.Module, x: Tensor, encoding: str, stage: str) -> tuple[li
     return centre_rows, map_rows
 
 
-def _uniform_spread(height: int, width: int) -> float:
-    """The empirical spread of a head attending uniformly over the map (the least localised head)."""
-    queries = interior_queries(height, width)
-    maps = torch.ones(len(queries), 1, height, width, dtype=torch.float64)
-    return float(empirical_centres(maps, queries)[1][0])
-
-
 def _grid_rows(centre_rows: list[dict], reference: tuple[float, float], uniform: float) -> list[dict]:
     """One grid-likeness row per (model, stage, layer), from the centre rows."""
     groups: dict[tuple[str, str, int], list[dict]] = {}
@@ -314,14 +209,15 @@ def _summary(grid_rows: list[dict], centre_rows: list[dict], encoding: str, acc:
     return out
 
 
-def run(folder: Path, *, epochs: int, seed: int, quick: bool) -> dict[str, Any]:
+def run(folder: Path, *, epochs: int, seed: int, test_images: int, quick: bool = False) -> dict[str, Any]:
     """Train both nets (or reuse their run folders), measure every head, write the CSVs and PNGs.
 
     Args:
         folder: the section's folder; training runs live in folder/"runs".
         epochs: training epochs of each net (the study gives the comparison's, so the runs are shared).
         seed: seed of the training runs (and so of the initial models).
-        quick: average the attention over fewer test images.
+        test_images: how many test digits the attention is averaged over.
+        quick: a smoke-test budget (recorded in the metrics).
 
     Returns:
         JSON-serialisable metrics: per model the per-layer grid-likeness, its means at init and trained,
@@ -333,7 +229,7 @@ def run(folder: Path, *, epochs: int, seed: int, quick: bool) -> dict[str, Any]:
         raise ValueError(f"seed must be an int >= 0, got {seed=!r}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    x = load("digits", "test").tensors()[0][: TEST_IMAGES[1] if quick else TEST_IMAGES[0]]  # (N, 1, 8, 8)
+    x = load("digits", "test").tensors()[0][:test_images]  # (N, 1, 8, 8)
     centre_rows: list[dict] = []
     map_rows: list[dict] = []
     accs = {}
@@ -351,9 +247,7 @@ def run(folder: Path, *, epochs: int, seed: int, quick: bool) -> dict[str, Any]:
             map_rows += m
     heads = sum(1 for r in centre_rows if r["stage"] == "init" and r["layer"] == 0) // len(ENCODINGS)
     reference = random_grid_reference(heads, seed=seed)
-    uniform = _uniform_spread(
-        1 + max(r["key_row"] for r in map_rows), 1 + max(r["key_col"] for r in map_rows)
-    )
+    uniform = uniform_spread(1 + max(r["key_row"] for r in map_rows), 1 + max(r["key_col"] for r in map_rows))
     grid_rows = _grid_rows(centre_rows, reference, uniform)
     for name, rows in zip(CSV_FILES, (centre_rows, map_rows, grid_rows), strict=True):
         write_csv(folder / name, rows)
@@ -389,33 +283,6 @@ def _figure_names(encodings: Sequence[str] = ENCODINGS) -> list[str]:
     return [*names, "grid_likeness.png"]
 
 
-def _read(folder: Path, name: str) -> list[dict[str, str]]:
-    path = folder / name
-    if not path.exists():
-        raise FileNotFoundError(f"{name} is missing from {folder}: run() writes it before plotting")
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def _draw_centres(ax: Any, rows: list[dict[str, str]], span: float) -> None:
-    """One panel: each head's centre with its 1-σ circle, the K×K offsets (+) and the query (square)."""
-    cmap = plt.get_cmap("tab10")
-    grid = grid_offsets(math.isqrt(len(rows)))
-    ax.plot(grid[:, 1], grid[:, 0], "+", color="0.55", ms=7, mew=1.0, zorder=1)
-    for r in rows:
-        h, row, col = int(r["head"]), float(r["centre_row"]), float(r["centre_col"])
-        colour = cmap(h % 10)
-        ax.add_patch(plt.Circle((col, row), float(r["width"]), fill=False, color=colour, lw=0.8, alpha=0.8))
-        ax.plot(col, row, "o", ms=3, color=colour, zorder=3)
-        ax.annotate(str(h), (col, row), fontsize=6, xytext=(2, 2), textcoords="offset points")
-    ax.plot([0], [0], marker="s", ms=7, mfc="none", mec="#d62728", zorder=4)
-    ax.set_xlim(-span, span)
-    ax.set_ylim(span, -span)  # rows grow downwards, as in the image
-    ax.set_aspect("equal")
-    ax.grid(alpha=0.3)
-    ax.tick_params(labelsize=6)
-
-
 def _plot_centres(rows: list[dict[str, str]], encoding: str, path: Path) -> None:
     """Fig. 4 layout: one panel per layer, a row per stage (init, trained)."""
     layers = sorted({int(r["layer"]) for r in rows})
@@ -430,7 +297,7 @@ def _plot_centres(rows: list[dict[str, str]], encoding: str, path: Path) -> None
             mine = [r for r in rows if r["stage"] == stage and int(r["layer"]) == layer]
             fit = grid_likeness([[float(r["centre_row"]), float(r["centre_col"])] for r in mine])
             ax = axes[s, c]
-            _draw_centres(ax, mine, span)
+            draw_centre_panel(ax, mine, span)
             ax.set_title(f"{stage}, layer {layer}: {fit.mean_distance:.2f} px from the grid", fontsize=7)
     source = rows[0]["centre_source"]
     fig.suptitle(f"{encoding}: head centres ({source}) with 1-σ circles; + conv offsets, □ query", fontsize=8)
@@ -452,19 +319,10 @@ def _plot_maps(rows: list[dict[str, str]], encoding: str, path: Path) -> None:
     panels = [(stage, layer) for stage in STAGES for layer in layers]
     fig, axes = plt.subplots(len(panels), len(heads), figsize=(1.15 * len(heads), 1.2 * len(panels)),
                              squeeze=False)  # fmt: skip
-    extent = (-qc - 0.5, W - 1 - qc + 0.5, H - 1 - qr + 0.5, -qr - 0.5)
-    xs, ys = np.arange(W) - qc, np.arange(H) - qr
     for p, (stage, layer) in enumerate(panels):
         for h in heads:
-            ax, arr = axes[p, h], maps[stage, layer, h]
-            # A floor on vmax keeps (nearly) uniform maps pale instead of saturated; they get no contours.
-            ax.imshow(arr, cmap="Blues", vmin=0.0, vmax=max(arr.max(), 4.0 / arr.size), extent=extent)
-            levels = mass_levels(torch.from_numpy(arr))
-            if arr.max() >= 2.0 / arr.size and levels[0] < levels[1] < arr.max():
-                ax.contour(xs, ys, arr, levels=levels, colors=["#d62728", "#ff7f0e"], linewidths=0.7)
-            ax.plot([0], [0], marker="s", ms=3, mfc="none", mec="black", mew=0.6)
-            ax.set_xticks([])
-            ax.set_yticks([])
+            ax = axes[p, h]
+            draw_query_map(ax, maps[stage, layer, h], (qr, qc))
             if p == 0:
                 ax.set_title(f"head {h}", fontsize=7)
             if h == heads[0]:
@@ -508,7 +366,7 @@ def _plot_grid(rows: list[dict[str, str]], path: Path) -> None:
 def plot(folder: Path) -> None:
     """Draw every PNG of the section from the CSVs in `folder` (no model, no training; deterministic)."""
     folder = Path(folder)
-    centres, maps, grid = (_read(folder, name) for name in CSV_FILES)
+    centres, maps, grid = (read_csv(folder / name) for name in CSV_FILES)
     for encoding in dict.fromkeys(r["encoding"] for r in centres):
         _plot_centres([r for r in centres if r["encoding"] == encoding], encoding,
                       folder / f"centres_{encoding}.png")  # fmt: skip
@@ -558,8 +416,8 @@ def _model_sentence(name: str, m: dict[str, Any], metrics: dict[str, Any]) -> st
     )
 
 
-def describe(metrics: dict[str, Any]) -> tuple[str, str, list[tuple[str, str]], list[tuple[str, str]]]:
-    """(claim, paragraph from this run's numbers, [(png, caption)], [(csv, caption)]) of the section."""
+def describe(metrics: dict[str, Any]) -> Description:
+    """The claim, the paragraph from this run's numbers, the figures and tables of the section."""
     missing = [k for k in ("models", "epochs", "random_mean_distance", "uniform_spread") if k not in metrics]
     if missing:
         raise ValueError(f"metrics lack {missing}: pass the dict run() returned")
@@ -610,4 +468,12 @@ def describe(metrics: dict[str, Any]) -> tuple[str, str, list[tuple[str, str]], 
     tables = [
         ("grid_likeness.csv", "Grid-likeness and spread per model, stage and layer, with references."),
     ]
-    return CLAIM, text, figures, tables
+    return Description(CLAIM, text, figures, tables)
+
+
+def _run(folder: Path, ctx: Context) -> dict[str, Any]:
+    b = ctx.budget
+    return run(folder, epochs=b.epochs, seed=ctx.seed, test_images=b.centre_images, quick=b.quick)
+
+
+SECTION = register_section(Section("learns_conv", "Does attention learn convolution?", _run, plot, describe))

@@ -21,10 +21,7 @@ keys and hang).
 
 from __future__ import annotations
 
-import contextlib
-import os
 import statistics
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -35,17 +32,19 @@ import numpy as np
 import torch
 from matplotlib.ticker import MaxNLocator
 
+from convattn.analysis.bench import INFERENCE_REPEATS, inference_rate
 from convattn.analysis.flops import count_macs
 from convattn.analysis.summary import count_parameters
 from convattn.data import load
 from convattn.models.registry import create_model, model_info
-from convattn.study.runs import INFERENCE_REPEATS, inference_rate, run_training
+from convattn.study.runs import run_training
+from convattn.study.section import Context, Description, Section, register_section
 from convattn.train import TrainConfig, read_history
-from convattn.utils import records
+from convattn.utils import dist, records
 from convattn.utils.plotting import save_figure
 from convattn.utils.records import write_csv
 
-__all__ = ["PAPER_EPOCHS", "PUBLISHED", "RECIPE", "PublishedRow", "describe", "plot", "run"]
+__all__ = ["PAPER_EPOCHS", "PUBLISHED", "RECIPE", "SECTION", "PublishedRow", "describe", "plot", "run"]
 
 PAPER_EPOCHS = 300
 
@@ -98,41 +97,6 @@ RECIPE: dict[str, Any] = {
 
 TABLE = "table.csv"
 CURVES = "learning_curve.csv"
-
-
-def _rank_world() -> tuple[int, int]:
-    """(rank, world size): from the process group if one is up, else from torchrun's variables."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-
-
-@contextlib.contextmanager
-def _process_group(backend: str) -> Iterator[None]:
-    """Under torchrun, one process group for the block (the trainer joins it and leaves it up), unless
-    one is up already; destroyed at the end if made here. When not distributed, nothing."""
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
-        yield
-        return
-    # Long timeout: rank 0 measures and draws while the others wait at the closing barrier.
-    dist.init_process_group(backend, timeout=timedelta(hours=2))
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
-
-
-def _barrier(world: int) -> None:
-    """Wait for every process (rank 0 may measure for a while after the others finished training)."""
-    if world <= 1:
-        return
-    import torch.distributed as dist
-
-    dist.barrier()
 
 
 def _check(data: str, epochs: int | None, device: str, models: tuple[str, ...] | None) -> tuple[str, ...]:
@@ -229,17 +193,18 @@ def run(
     budget = PAPER_EPOCHS if epochs is None else epochs
     recipe = {**RECIPE, "epochs": budget}
     backend = "nccl" if device == "cuda" else "gloo"
-    with _process_group(backend):  # one group for every run: the trainer joins it
+    # One group for every run: the trainer joins it. Long timeout: rank 0 measures and draws while the
+    # others wait at the closing barrier.
+    with dist.process_group(backend, timeout=timedelta(hours=2)):
         histories = []
         for name in names:  # every rank trains (DDP under torchrun)
             out = folder / "runs" / f"{name}-s{seed}"
             run_training(TrainConfig(model=name, data=data, out=str(out), device=device, seed=seed, **recipe))
             histories.append(read_history(out))  # rank 0's numbers (the others hold zeros)
-        rank, world = _rank_world()
-        if rank == 0:
+        if dist.is_main():
             _write_tables(folder, names, histories, data, device)
             plot(folder)
-        _barrier(world)  # the other ranks then read what rank 0 wrote
+        dist.barrier()  # the other ranks then read what rank 0 wrote
     return {
         "rows": read_csv(folder / TABLE),
         "data": data,
@@ -248,22 +213,13 @@ def run(
         "device": device,
         "seed": seed,
         "threads": torch.get_num_threads(),
-        "processes": _rank_world()[1],
+        "processes": dist.world_size(),
     }
 
 
 def read_csv(path: Path) -> list[dict[str, Any]]:
     """Rows of a CSV written by `write_csv`, with numbers turned back into int or float."""
-
-    def value(s: str) -> Any:
-        for kind in (int, float):
-            try:
-                return kind(s)
-            except ValueError:
-                pass
-        return s
-
-    return [{k: value(v) for k, v in row.items()} for row in records.read_csv(path)]
+    return [{k: records.typed(v) for k, v in row.items()} for row in records.read_csv(path)]
 
 
 def plot(folder: Path) -> None:
@@ -350,8 +306,8 @@ def _sizes(rows: list[dict[str, Any]]) -> str:
     )
 
 
-def describe(metrics: dict[str, Any]) -> tuple[str, str, list[tuple[str, str]], list[tuple[str, str]]]:
-    """(claim, paragraph from the measured numbers, [(png, caption)], [(csv, caption)])."""
+def describe(metrics: dict[str, Any]) -> Description:
+    """The claim, the paragraph from the measured numbers, the figures and the table."""
     claim = (
         "Cordonnier et al. 2020 (Table 1): on CIFAR-10 their attention-only network with the quadratic "
         "encoding matches ResNet-18 (93.8% each); learned relative positions reach 91.8%, and adding "
@@ -386,4 +342,18 @@ def describe(metrics: dict[str, Any]) -> tuple[str, str, list[tuple[str, str]], 
     tables = [
         (TABLE, "Table 1 re-run: published and measured accuracy, parameters, FLOPs/MACs and speed."),
     ]
-    return claim, text, figures, tables
+    return Description(claim, text, figures, tables)
+
+
+def _run(folder: Path, ctx: Context) -> dict[str, Any]:
+    if ctx.data is None:
+        raise ValueError("the paper-scale section needs data='cifar10:PATH'")
+    return run(folder, data=ctx.data, epochs=ctx.epochs, device=ctx.device, seed=ctx.seed)
+
+
+SECTION = register_section(
+    Section(
+        "paper", "CIFAR-10 at paper scale: ResNet-18 vs the attention-only networks", _run, plot, describe,
+        distributed=True,
+    )
+)  # fmt: skip
