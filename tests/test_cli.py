@@ -239,3 +239,98 @@ def test_train_and_eval_refuse_bad_requests_in_one_line(tmp_path):
     assert not (tmp_path / "run").exists()  # a mistyped name leaves no folder behind
     data = _run("train", "--model", "cnn_digits", "--data", "digitz", "--out", str(tmp_path / "run2"))
     assert data.returncode == 1 and "digitz" in data.stderr and "Traceback" not in data.stderr
+
+
+# -- convattn train: flags from TrainConfig, errors and interruptions in one line -------------------------
+
+
+def _train_args(*flags: str):
+    from convattn.cli import _train_config, build_parser
+
+    args = build_parser().parse_args(["train", *flags])
+    return _train_config(args), args
+
+
+def test_train_flags_default_to_the_train_config():
+    from convattn.train import TrainConfig
+
+    cfg, _ = _train_args("--model", "cnn_digits", "--out", "runs/x")
+    assert cfg == TrainConfig(model="cnn_digits", out="runs/x")
+
+
+def test_every_train_config_field_has_a_flag():
+    from dataclasses import fields
+
+    from convattn.train import TrainConfig
+
+    given = {
+        "data": "shapes", "epochs": 3, "batch_size": 32, "optimizer": "sgd", "lr": 0.1, "momentum": 0.8,
+        "weight_decay": 1e-4, "warmup": 0.1, "label_smoothing": 0.1, "clip_grad": 1.0, "crop_pad": 2,
+        "flip": True, "seed": 5, "threads": 2, "device": "cuda", "data_seed": 7, "eval_every": 2,
+        "n_train": 100,
+    }  # fmt: skip
+    flags = [
+        f"--{k.replace('_', '-')}" if v is True else f"--{k.replace('_', '-')}={v}" for k, v in given.items()
+    ]
+    cfg, _ = _train_args("--model", "m", "--out", "o", "--set", "dropout=0", "--set", "width=2", *flags)
+    expected = TrainConfig(model="m", out="o", model_options={"dropout": 0, "width": 2}, **given)
+    assert cfg == expected
+    assert {f.name for f in fields(TrainConfig)} == {"model", "out", "model_options", *given}
+    assert _train_args("--model", "m", "--out", "o", "--flip", "--no-flip")[0].flip is False
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [  # the commands of README.md's training section
+        ("--model cnn_digits --data digits --epochs 15 --out runs/cnn --resume",
+         {"model": "cnn_digits", "data": "digits", "epochs": 15, "out": "runs/cnn"}),
+        ("--model resnet18_cifar --data cifar10:data/c --epochs 300 --optimizer sgd --lr 0.1 --weight-decay "
+         "1e-4 --batch-size 128 --flip --out runs/r18-gpu --device cuda",
+         {"model": "resnet18_cifar", "data": "cifar10:data/c", "epochs": 300, "optimizer": "sgd", "lr": 0.1,
+          "weight_decay": 1e-4, "batch_size": 128, "flip": True, "out": "runs/r18-gpu", "device": "cuda"}),
+    ],
+)  # fmt: skip
+def test_the_documented_train_flags_still_work(flags, expected):
+    from convattn.train import TrainConfig
+
+    cfg, args = _train_args(*flags.split())
+    assert cfg == TrainConfig(**expected) and args.resume == ("--resume" in flags)
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (["--set", "width=1.5"], "width must be an int, got width=1.5"),  # a TypeError of the model
+        (["--lr", "-1"], "lr must be positive"),  # a ValueError of TrainConfig
+    ],
+)
+def test_train_refuses_a_bad_option_in_one_line(tmp_path, capsys, flags, words):
+    out = tmp_path / "run"
+    assert main(["train", "--model", "cnn_digits", "--out", str(out), *flags]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("convattn: error: ") and words in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_ctrl_c_anywhere_is_one_line_and_exit_130(monkeypatch, capsys):
+    import convattn.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_cmd_info", interrupted)
+    assert main(["info"]) == 130
+    assert capsys.readouterr().err == "convattn: interrupted\n"
+
+
+def test_an_interrupted_study_says_how_to_continue_and_exits_130(monkeypatch, capsys, tmp_path):
+    import convattn.study as study
+
+    message = f"interrupted; the study is kept in {tmp_path}: run the same command again to continue"
+
+    def stop(cfg, **kwargs):
+        raise study.StudyInterrupted(message)
+
+    monkeypatch.setattr(study, "run_study", stop)
+    assert main(["study", "--quick", "--out", str(tmp_path)]) == 130
+    assert capsys.readouterr().err == f"convattn: {message}\n"

@@ -217,3 +217,29 @@ def test_pictures(tmp_path):
         plot_attention_heads(MultiHeadSelfAttention2d(8, num_heads=2), tmp_path / "x.png", size=(4, 4))
     with pytest.raises(ValueError, match="quadratic"):
         plot_quadratic_centres(MultiHeadSelfAttention2d(8, num_heads=2), tmp_path / "y.png")
+
+
+def test_check_conversion_leaves_the_callers_warning_filters_alone():
+    import warnings
+
+    from convattn.convert import check_conversion
+
+    even_same = {"in_channels": 2, "out_channels": 2, "kernel_size": 2, "padding": "same"}  # torch warns
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning that escaped the call would raise here
+        before = list(warnings.filters)
+        row = check_conversion(even_same, size=(6, 7))
+        assert warnings.filters == before
+    assert row["round_trip"] and row["max_error_float64"] <= 1e-10
+
+
+def test_conversion_table_marks_an_inexact_row():
+    from convattn.convert import CONV_TABLE, check_conversion, conversion_table
+
+    rows = [check_conversion(cfg, size=(9, 10)) for cfg in CONV_TABLE[:2]]
+    lines, exact = conversion_table(rows)
+    assert exact and len(lines) == 2 + len(rows) and all(line.endswith("identical") for line in lines[2:])
+    lines, exact = conversion_table([*rows, {**rows[0], "max_error_float64": 1e-3}])
+    assert not exact
+    lines, exact = conversion_table([{**rows[0], "round_trip": False}])
+    assert not exact and lines[-1].endswith("DIFFERENT")

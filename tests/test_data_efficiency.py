@@ -113,7 +113,7 @@ def test_generated_sets_keep_their_n_train():
 
 @pytest.mark.parametrize("bad", [-1, 1.5, True, "10"])
 def test_train_config_n_train_must_be_an_int_at_least_0(bad):
-    with pytest.raises(ValueError, match="n_train"):
+    with pytest.raises((TypeError, ValueError), match="n_train"):
         TrainConfig(model="cnn_tiny", n_train=bad)
 
 
@@ -199,7 +199,8 @@ def test_a_second_run_reuses_the_finished_runs(quick_run):
 
 def test_describe_quotes_the_measured_numbers(quick_run):
     m = quick_run[1]
-    claim, text, figures, tables = de.describe(m)
+    d = de.describe(m)
+    claim, text, figures, tables = d.claim, d.text, d.figures, d.tables
     assert "Cordonnier" in claim and figures[0][0] == "data_efficiency.png" and tables[0][0] == "curve.csv"
     for row in m["rows"]:
         assert f"{row['test_acc_mean']:.1%}" in text
@@ -208,22 +209,22 @@ def test_describe_quotes_the_measured_numbers(quick_run):
     crossed["rows"] = [
         {**r, "test_acc_mean": acc} for r, acc in zip(m["rows"], (0.8, 0.9, 0.6, 0.95), strict=True)
     ]
-    text = de.describe(crossed)[1]
+    text = de.describe(crossed).text
     assert "CNN leads by 20.0 points" in text and "attention net leads by 5.0 points" in text
     assert "about 108 training images" in text and "Caveat" in text  # the quick run's nets fit nothing
     fitted = [{**r, "train_acc_mean": 1.0} for r in crossed["rows"]]
-    assert "Caveat" not in de.describe({**crossed, "rows": fitted})[1]
+    assert "Caveat" not in de.describe({**crossed, "rows": fitted}).text
     never = {**crossed, "crossing_fraction": None, "crossing_n_train": None}
     never["rows"] = [{**r, "test_acc_mean": a} for r, a in zip(m["rows"], (0.8, 0.9, 0.6, 0.8), strict=True)]
     assert (
         "does not reach the CNN at this scale: the gap narrows, as the claim predicts, from 20.0 to 10.0"
-        in (de.describe(never)[1])
+        in de.describe(never).text
     )
     noisy = {
         **never,
         "rows": [{**r, "test_acc_std": 0.1} for r in never["rows"]],
     }  # a 10-point change is noise
-    assert "the gap stays within the spread over seeds, from 20.0 to 10.0" in de.describe(noisy)[1]
+    assert "the gap stays within the spread over seeds, from 20.0 to 10.0" in de.describe(noisy).text
 
 
 @pytest.mark.parametrize(("options", "words"), [

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import needs_kernel
 from convattn.layers import reference as ref
 from convattn.layers.dynamic import image_dwconv2d, pixel_dwconv2d
-from convattn.layers.kernels import load_kernel
 from convattn.layers.mixers import SASA, create_mixer, list_mixers
 from convattn.layers.window import window_attention2d
 
@@ -54,12 +54,7 @@ def test_mixers_that_change_width(name):
     assert y.shape == (1, 8, 6, 6)
 
 
-needs_window_kernel = pytest.mark.skipif(
-    load_kernel("window") is None, reason="the C++ kernel did not build here"
-)
-
-
-@pytest.mark.parametrize("backend", ["torch", "sdpa", pytest.param("kernel", marks=needs_window_kernel)])
+@pytest.mark.parametrize("backend", ["torch", "sdpa", pytest.param("kernel", marks=needs_kernel("window"))])
 @pytest.mark.parametrize(
     ("size", "window", "shift", "d"),
     [
@@ -89,7 +84,7 @@ def test_window_attention_matches_reference(size, window, shift, d, backend):
         torch.testing.assert_close(a, b, atol=1e-11, rtol=0)
 
 
-@needs_window_kernel
+@needs_kernel("window")
 @pytest.mark.parametrize("shift", [0, 3])
 def test_window_kernel_matches_the_torch_path_in_float32_on_odd_maps(shift):
     q, k, v = (torch.randn(2, 23, 30, 3, 16, requires_grad=True) for _ in range(3))
@@ -106,7 +101,7 @@ def test_window_kernel_matches_the_torch_path_in_float32_on_odd_maps(shift):
         torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
 
 
-@needs_window_kernel
+@needs_kernel("window")
 def test_window_inference_matches_training_forward():
     q, k, v = (torch.randn(2, 9, 11, 2, 16) for _ in range(3))
     with torch.no_grad():
@@ -124,10 +119,7 @@ def test_window_attention_rejects_bad_input():
         window_attention2d(q, q, q, 2, shift=2)
 
 
-needs_kernel = pytest.mark.skipif(load_kernel("na2d") is None, reason="the C++ kernel did not build here")
-
-
-@pytest.mark.parametrize("backend", ["torch", pytest.param("kernel", marks=needs_kernel)])
+@pytest.mark.parametrize("backend", ["torch", pytest.param("kernel", marks=needs_kernel())])
 @pytest.mark.parametrize("size", [(5, 6), (3, 19), (1, 1)])
 @pytest.mark.parametrize("dilation", [1, 2])
 def test_dynamic_convs_match_reference(dilation, size, backend):
@@ -157,7 +149,7 @@ def test_dynamic_convs_match_reference(dilation, size, backend):
         torch.testing.assert_close(a, b, atol=1e-11, rtol=0)
 
 
-@pytest.mark.skipif(load_kernel("dwconv") is None, reason="the C++ kernel did not build here")
+@needs_kernel("dwconv")
 @pytest.mark.parametrize(("shape", "k", "dilation"), [((3, 33, 13, 19), 7, 1), ((1, 17, 3, 30), 5, 3)])
 def test_per_image_kernel_matches_the_torch_path_past_full_vectors(shape, k, dilation):
     x = torch.randn(*shape, requires_grad=True).to(memory_format=torch.channels_last)

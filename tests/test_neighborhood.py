@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import needs_kernel
 from convattn.layers import reference as ref
-from convattn.layers.kernels import load_kernel
-from convattn.layers.neighborhood import axis_windows, neighborhood_attention2d
+from convattn.layers.geometry import axis_windows
+from convattn.layers.kernels import choose_backend, load_kernel
+from convattn.layers.neighborhood import neighborhood_attention2d
 
 f64 = torch.float64
 
@@ -32,8 +34,7 @@ def _inputs(size, kernel, heads=2, d=3, dv=4, with_rel=True, with_bias=True, B=2
     return q, k, v, rel, bias
 
 
-needs_kernel = pytest.mark.skipif(load_kernel("na2d") is None, reason="the C++ kernel did not build here")
-BACKENDS = ["torch", pytest.param("kernel", marks=needs_kernel)]
+BACKENDS = ["torch", pytest.param("kernel", marks=needs_kernel())]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -65,7 +66,7 @@ def test_shift_windows_stay_inside_and_mask_windows_centre_on_the_query():
     assert dil.index.tolist()[1] == [1, 3, 5] and dil.index.tolist()[7] == [3, 5, 7]
 
 
-@needs_kernel
+@needs_kernel()
 @pytest.mark.parametrize("border", ["mask", "zeros", "shift"])
 def test_kernel_matches_torch_path_in_float32_without_rel_or_bias(border):
     q, k, v = (torch.randn(3, 9, 11, 4, 16) for _ in range(3))
@@ -74,7 +75,7 @@ def test_kernel_matches_torch_path_in_float32_without_rel_or_bias(border):
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-@needs_kernel
+@needs_kernel()
 @pytest.mark.parametrize("border", ["mask", "zeros", "shift"])
 def test_inference_skips_the_saved_probabilities_but_not_the_answer(border):
     q, k, v = (torch.randn(2, 7, 21, 2, 16, dtype=f64) for _ in range(3))
@@ -179,7 +180,7 @@ print(status("VmHWM:") - before)
 """
 
 
-@needs_kernel
+@needs_kernel()
 def test_training_memory_is_near_the_analytic_minimum_and_far_below_unfold():
     """Peak extra memory of a training step (B=4, 32x32, 4 heads x 16, k=7), in fresh processes."""
     import subprocess
@@ -199,7 +200,7 @@ def test_training_memory_is_near_the_analytic_minimum_and_far_below_unfold():
     assert na2d < 0.25 * unfold
 
 
-@needs_kernel
+@needs_kernel()
 @pytest.mark.parametrize(("dtype", "shape"), [(torch.float32, (2, 6, 35, 2, 16)), (f64, (1, 5, 19, 2, 8))])
 def test_kernel_full_tiles_and_remainders(dtype, shape):
     """Maps wider than a vector and heads of a full vector width take the tiled transposes."""
@@ -220,3 +221,28 @@ def test_the_kernel_builds_where_ci_runs():
     if os.environ.get("CI", "").lower() != "true" or os.environ.get("CONVATTN_NO_KERNEL"):
         pytest.skip("only enforced on CI")
     assert all(load_kernel(name) is not None for name in ("na2d", "window", "dwconv"))
+
+
+@pytest.mark.parametrize(
+    ("backend", "device", "options", "path"),
+    [
+        ("auto", "cuda", {"fused": "flex"}, "flex"),
+        ("auto", "cuda", {"fused": "flex", "fused_auto": False}, "torch"),  # border 'zeros' has no flex form
+        ("auto", "cuda", {}, "torch"),
+        ("auto", "meta", {"fused": "sdpa"}, "torch"),
+        ("sdpa", "cpu", {"fused": "sdpa"}, "sdpa"),
+        ("torch", "cpu", {"fused": "flex"}, "torch"),
+    ],
+)
+def test_one_backend_rule_for_every_operator(backend, device, options, path):
+    assert choose_backend(backend, torch.device(device), "na2d", **options) == path
+
+
+def test_backend_chooser_names_what_it_cannot_do():
+    with pytest.raises(ValueError, match=r"one of \('auto', 'kernel', 'torch', 'flex'\), got backend='sdpa'"):
+        choose_backend("sdpa", torch.device("cpu"), "na2d", fused="flex")
+    with pytest.raises(RuntimeError, match=r"needs a CPU tensor.*got a meta tensor"):
+        choose_backend("kernel", torch.device("meta"), "na2d")
+    q = torch.randn(1, 4, 4, 2, 3, device="meta")
+    with pytest.raises(RuntimeError, match="got a meta tensor"):
+        neighborhood_attention2d(q, q, q, 3, backend="kernel")

@@ -95,7 +95,8 @@ def test_run_writes_published_beside_measured(finished):
 
 def test_describe_quotes_published_and_measured_numbers(finished):
     _, _, metrics = finished
-    claim, text, figures, tables = paper.describe(metrics)
+    d = paper.describe(metrics)
+    claim, text, figures, tables = d.claim, d.text, d.figures, d.tables
     assert "93.8%" in claim and "91.8%" in claim and "87.1%" in claim
     for r in metrics["rows"]:
         assert f"{r['model']} {r['measured_acc']:.1%} (published {r['published_acc']:.1%})" in text
@@ -145,7 +146,8 @@ def test_the_study_under_torchrun_every_rank_trains_and_rank_0_writes(tmp_path):
     """`torchrun -m convattn study --data cifar10:...` end to end, with the tiny models swapped in."""
     data = _fake_cifar10(tmp_path / "cifar")
     script = (
-        "import functools, sys; from pathlib import Path; from convattn import paper, study\n"
+        "import functools, sys; from pathlib import Path; from convattn import study\n"
+        "from convattn.study.sections import paper\n"
         f"paper.run = functools.partial(paper.run, models={TINY!r})\n"
         f"study.run_study(study.StudyConfig(data={data!r}, epochs=1, out=Path(sys.argv[1])))\n"
     )

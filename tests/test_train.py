@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -94,17 +95,10 @@ def test_ddp_on_two_processes_matches_one_process(tmp_path):
     args = ["train", "--model", "attention_net_tiny", "--set", "dropout=0", "--data", "digits",
             "--epochs", "1", "--batch-size", "64", "--threads", "1"]  # fmt: skip
     subprocess.run(_cli(*args, "--out", str(tmp_path / "one")), check=True, env=ENV, capture_output=True)
-    run = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "convattn",
-    ]
-    two = subprocess.run([*run, *args, "--out", str(tmp_path / "two")], env=ENV, capture_output=True)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    two = subprocess.run(
+        [*torchrun, "-m", "convattn", *args, "--out", str(tmp_path / "two")], env=ENV, capture_output=True
+    )
     assert two.returncode == 0, two.stderr.decode()[-2000:]
     wa, wb = (
         load_file(str(tmp_path / "one" / "model.safetensors")),
@@ -175,3 +169,103 @@ def test_weight_decay_spares_norms_biases_and_attention_centres():
     assert all(names[id(p)].endswith(("bias", "weight", "centres", "spreads")) for p in rest["params"])
     assert decay["weight_decay"] == 0.1 and rest["weight_decay"] == 0.0
     assert len(decay["params"]) + len(rest["params"]) == len(list(model.parameters()))
+
+
+NUMERIC_FIELDS = [
+    "epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup", "label_smoothing", "clip_grad",
+    "crop_pad", "seed", "threads", "data_seed", "eval_every", "n_train",
+]  # fmt: skip
+
+
+def test_the_numeric_fields_are_all_listed():
+    from dataclasses import fields
+
+    hints = {f.name: f.type for f in fields(TrainConfig)}
+    assert sorted(n for n, t in hints.items() if t in ("int", "float")) == sorted(NUMERIC_FIELDS)
+
+
+@pytest.mark.parametrize("name", NUMERIC_FIELDS)
+@pytest.mark.parametrize("value", [True, False])
+def test_a_bool_is_no_number(tmp_path, name, value):
+    with pytest.raises(TypeError, match=rf"{name} must be .*, got {name}={value}"):
+        _cfg(tmp_path, **{name: value})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"epochs": 2.0}, "epochs must be an int"),
+        ({"lr": "0.1"}, "lr must be a number"),
+        ({"flip": 1}, "flip must be True or False"),
+        ({"model_options": [("dropout", 0)]}, "model_options must be a dict"),
+        ({"data": None}, "data must be a string"),
+    ],
+)
+def test_wrong_types_are_named(tmp_path, kwargs, words):
+    with pytest.raises(TypeError, match=words):
+        _cfg(tmp_path, **kwargs)
+
+
+def test_ints_still_serve_as_floats_and_the_docstring_lists_every_field(tmp_path):
+    from dataclasses import fields
+
+    assert _cfg(tmp_path, lr=1, clip_grad=2).lr == 1
+    for f in fields(TrainConfig):
+        assert f.metadata["help"] and f"        {f.name}: {f.metadata['help']}." in TrainConfig.__doc__
+
+
+def test_warmup_cosine_rises_linearly_then_falls_to_the_floor():
+    from convattn.train.schedule import warmup_cosine
+
+    lrs = [warmup_cosine(s, 100, 10, 2.0, 0.5) for s in range(100)]
+    assert lrs[:10] == [2.0 * (s + 1) / 10 for s in range(10)]  # linear warm-up to the peak
+    assert lrs[10] == 2.0 and all(a > b for a, b in itertools.pairwise(lrs[10:]))
+    assert warmup_cosine(100, 100, 10, 2.0, 0.5) == 0.5 == warmup_cosine(500, 100, 10, 2.0, 0.5)
+    assert warmup_cosine(55, 100, 10, 2.0, 0.5) == pytest.approx(1.25)  # half-way: the mean of both
+    assert warmup_cosine(0, 100, 0, 1.0) == 1.0  # no warm-up: starts at the peak
+
+
+def test_lr_at_is_the_formula_the_trainer_always_used():
+    """Bit for bit (==) the schedule of the runs made before warmup_cosine existed."""
+    import math
+
+    from convattn.train import lr_at
+
+    def before(step: int, total: int, cfg: TrainConfig) -> float:
+        warm = int(cfg.warmup * total)
+        if step < warm:
+            return cfg.lr * (step + 1) / warm
+        progress = (step - warm) / max(1, total - warm)
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    for warmup, lr, total in [(0.0, 2e-3, 97), (0.05, 2e-3, 1000), (0.1, 0.1, 333), (0.5, 3e-4, 11)]:
+        cfg = TrainConfig(model="cnn_tiny", warmup=warmup, lr=lr)
+        assert [lr_at(s, total, cfg) for s in range(total + 2)] == [
+            before(s, total, cfg) for s in range(total + 2)
+        ]
+
+
+def test_one_epoch_stops_between_batches_and_the_rest_continues_it_exactly():
+    """train_one_epoch cut after 3 batches and continued from its state equals one uncut epoch."""
+    from convattn.data import batches, load
+    from convattn.models.registry import create_model
+    from convattn.train.engine import EpochState, train_one_epoch
+
+    data = load("digits", "train")
+
+    def run(cut: int | None) -> tuple[dict[str, torch.Tensor], EpochState]:
+        torch.manual_seed(0)
+        model = create_model("cnn_tiny", num_classes=10, in_chans=1, image_size=8)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        state = EpochState()
+        while True:
+            stream = batches(data, 64, seed=0, epoch=0, drop_last=True, start=state.batch)
+            stopped = train_one_epoch(
+                model, opt, stream, state, lr=lambda s: 0.05, stop=lambda: state.batch == cut
+            )
+            if not stopped:
+                return model.state_dict(), state
+
+    (whole, a), (cut, b) = run(None), run(3)
+    assert a == b and a.batch == a.step == len(data) // 64 and a.seen == 64 * a.batch
+    assert all(torch.equal(whole[k], cut[k]) for k in whole)

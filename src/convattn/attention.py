@@ -7,17 +7,19 @@
 from convattn.layers.attention import (
     AdditiveAttention,
     DotProductAttention,
-    MultiHeadAttention,
-    SelfAttention,
     additive_attention,
-    attend_heads,
     dot_product_attention,
     masked_softmax,
+)
+from convattn.layers.kernel_regression import NadarayaWatson, leave_one_out, nadaraya_watson
+from convattn.layers.multihead import (
+    MultiHeadAttention,
+    SelfAttention,
+    attend_heads,
     merge_heads,
     multi_head_attention,
     split_heads,
 )
-from convattn.layers.kernel_regression import NadarayaWatson, leave_one_out, nadaraya_watson
 from convattn.layers.pos_embed import (
     PositionalEncoding,
     PositionalEncoding2d,

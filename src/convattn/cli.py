@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import MISSING, fields
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn, get_origin, get_type_hints
 
 from convattn import __version__
+from convattn.train.config import TrainConfig
+from convattn.utils import dist
 from convattn.utils.records import write_csv
 
 PROG = "convattn"
@@ -43,13 +46,17 @@ def _set_threads(n: int | None) -> None:
 
 def _cmd_study(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
-    from convattn.study.runner import StudyConfig, run_study
+    from convattn.study import StudyConfig, StudyInterrupted, run_study
 
     cfg = StudyConfig(
         out=args.out, quick=args.quick, seed=args.seed, fresh=args.fresh, data=args.data, epochs=args.epochs,
         device=args.device,
     )  # fmt: skip
-    run_study(cfg)
+    try:
+        run_study(cfg)
+    except StudyInterrupted as stop:  # its message says where the study is kept and how to continue
+        _say(str(stop))
+        return 130
     return 0
 
 
@@ -134,7 +141,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     import torch
     from torch import nn
 
-    from convattn.convert import CONV_TABLE, check_conversion, conv_to_attention
+    from convattn.convert import CONV_TABLE, check_conversion, conv_to_attention, conversion_table
 
     one = _conv_config(args)
     configs = [one] if one is not None else list(CONV_TABLE)
@@ -142,17 +149,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         rows = [check_conversion(c, size=tuple(args.size), seed=args.seed) for c in configs]
     except (TypeError, RuntimeError) as err:
         raise ValueError(f"invalid convolution: {err}") from None
-    header = f"{'convolution':<46} {'heads':>5} {'max err fp32':>13} {'max err fp64':>13}  round trip"
-    print(header)
-    print("-" * len(header))
-    ok = True
-    for r in rows:
-        good = r["max_error_float32"] <= 1e-5 and r["max_error_float64"] <= 1e-10 and r["round_trip"]  # type: ignore[operator]
-        ok &= bool(good)
-        print(
-            f"{r['conv']:<46} {r['heads']:>5} {r['max_error_float32']:>13.2e} "
-            f"{r['max_error_float64']:>13.2e}  {'identical' if r['round_trip'] else 'DIFFERENT'}"
-        )
+    lines, exact = conversion_table(rows)
+    print("\n".join(lines))
     print(f"input 2x{args.size[0]}x{args.size[1]} unit normal, default-initialised convs, seed {args.seed}")
     if args.csv:
         write_csv(args.csv, rows)
@@ -170,7 +168,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         if args.centres:
             plot_quadratic_centres(layer, args.centres)
             print(f"wrote {args.centres}")
-    return 0 if ok else 1
+    return 0 if exact else 1
 
 
 def _cmd_properties(args: argparse.Namespace) -> int:
@@ -222,36 +220,63 @@ def _option(text: str) -> tuple[str, object]:
         return key, value
 
 
+# How `convattn train` spells the TrainConfig fields whose type alone does not say it.
+_TRAIN_FLAGS: dict[str, dict[str, Any]] = {
+    "model_options": {"flag": "--set", "type": _option, "action": "append", "metavar": "KEY=VALUE",
+                      "help": "a model option (repeat for several), e.g. --set dropout=0"},
+    "out": {"required": True},  # a run folder is always named: never one the user did not choose
+}  # fmt: skip
+
+
+_DEFAULT = " (default: %(default)s)"
+
+
+def _add_config_flags(
+    parser: argparse.ArgumentParser, config: type, spelling: dict[str, dict[str, Any]]
+) -> None:
+    """One flag per field of the dataclass `config`: `--field-name`, with the field's type, default,
+    choices and description (`metadata["help"]`); `spelling` overrides argparse settings (a dict field
+    needs one: its flag, type and action)."""
+    types = get_type_hints(config)
+    for f in fields(config):
+        kind, extra = types[f.name], dict(spelling.get(f.name, {}))
+        flag = extra.pop("flag", "--" + f.name.replace("_", "-"))
+        options: dict[str, Any] = {"dest": f.name, "help": f.metadata["help"].replace("%", "%%")}
+        if kind is bool:
+            options["action"] = argparse.BooleanOptionalAction  # --flip and --no-flip
+        elif get_origin(kind) is None:
+            options["type"] = kind
+        if "choices" in f.metadata:
+            options["choices"] = f.metadata["choices"]
+        if extra.get("required", f.default is MISSING and f.default_factory is MISSING):
+            options["required"] = True
+        elif f.default is not MISSING:
+            options["default"] = f.default
+            options["help"] += _DEFAULT
+        action = parser.add_argument(flag, **(options | extra))
+        if action.help and action.help.count(_DEFAULT) > 1:  # some Pythons' BooleanOptionalAction add it
+            action.help = action.help.replace(_DEFAULT, "", 1)
+
+
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig the flags of `_add_config_flags` describe (a dict field from its KEY=VALUE pairs)."""
+    types = get_type_hints(TrainConfig)
+    values: dict[str, Any] = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
+    for name, value in values.items():
+        if get_origin(types[name]) is dict:
+            values[name] = dict(value or [])
+    return TrainConfig(**values)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
-    from convattn.train import Interrupted, TrainConfig, train
+    from convattn.train import Interrupted, train
 
-    cfg = TrainConfig(
-        model=args.model,
-        data=args.data,
-        epochs=args.epochs,
-        out=str(args.out),
-        model_options=dict(args.set or []),
-        batch_size=args.batch_size,
-        optimizer=args.optimizer,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        warmup=args.warmup,
-        label_smoothing=args.label_smoothing,
-        clip_grad=args.clip_grad,
-        crop_pad=args.crop_pad,
-        flip=args.flip,
-        seed=args.seed,
-        threads=args.threads or 0,
-        device=args.device,
-    )
     try:
-        result = train(cfg, resume=args.resume)
+        result = train(_train_config(args), resume=args.resume)
     except Interrupted as stop:
-        print(f"{PROG}: {stop}; continue with --resume", file=sys.stderr)
+        _say(f"{stop}; continue with --resume")
         return 130
-    import os
-
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, only the first process reports
+    if dist.is_main():  # under torchrun, only the first process reports
         print(f"test accuracy {result.test_acc:.4f}  (run folder {result.out})")
     return 0
 
@@ -293,24 +318,40 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog=PROG,
-        description="Self-attention and convolution in vision, executable and measurable.",
-    )
-    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+class _Commands:
+    """Adds the subcommands: each with its handler, a one-line summary, and the common flags unless told."""
 
-    common = _Parser(add_help=False)
-    common.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
-    common.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's choice)")
+    def __init__(self, sub: Any) -> None:
+        self.sub = sub
+        self.common = _Parser(add_help=False)
+        self.common.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
+        self.common.add_argument(
+            "--threads", type=_positive_int, help="torch CPU threads (default: torch's choice)"
+        )
 
-    study = sub.add_parser(
+    def add(
+        self,
+        name: str,
+        func: Callable[[argparse.Namespace], int],
+        summary: str,
+        description: str | None = None,
+        *,
+        common: bool = True,
+    ) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = self.sub.add_parser(
+            name, parents=[self.common] if common else [], help=summary, description=description
+        )
+        parser.set_defaults(func=func)
+        return parser
+
+
+def _add_study_commands(commands: _Commands) -> None:
+    study = commands.add(
         "study",
-        parents=[common],
-        help="run the whole study on embedded data and write a run folder with report.html",
-        description="Run every demo and experiment offline and write figures, tables, metrics and a "
-        "self-contained report.html. Run it again to continue an interrupted study.",
+        _cmd_study,
+        "run the whole study on embedded data and write a run folder with report.html",
+        "Run every demo and experiment offline and write figures, tables, metrics and a self-contained "
+        "report.html. Run it again to continue an interrupted study.",
     )
     study.add_argument(
         "--out",
@@ -333,35 +374,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="epochs of the main comparison (default: the study's budget; 300 with --data)",
     )
     study.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device of the training runs")
-    study.set_defaults(func=_cmd_study)
-
-    report = sub.add_parser(
+    report = commands.add(
         "report",
-        help="draw a finished study's figures again from its CSV files and write report.html and summary.md",
+        _cmd_report,
+        "draw a finished study's figures again from its CSV files and write report.html and summary.md",
+        common=False,
     )
     report.add_argument("run_dir", type=Path, help="a study run folder")
-    report.set_defaults(func=_cmd_report)
-
-    demo = sub.add_parser(
+    demo = commands.add(
         "demo",
-        parents=[common],
-        help="run one demo of the attention chapter",
-        description="pooling: Nadaraya-Watson attention pooling; seq2seq: a Transformer that "
-        "learns to reverse strings.",
+        _cmd_demo,
+        "run one demo of the attention chapter",
+        "pooling: Nadaraya-Watson attention pooling; seq2seq: a Transformer that learns to reverse strings.",
     )
     demo.add_argument("name", choices=["pooling", "seq2seq"])
     demo.add_argument(
         "--out", type=Path, help="new folder for its figures (default runs/demo-NAME-<timestamp>)"
     )
-    demo.set_defaults(func=_cmd_demo)
 
-    convert = sub.add_parser(
+
+def _add_analysis_commands(commands: _Commands) -> None:
+    convert = commands.add(
         "convert",
-        parents=[common],
-        help="turn Conv2d layers into exactly equivalent self-attention and back, with errors",
-        description="Convert a table of Conv2d configurations (or the one the flags describe) to "
-        "multi-head self-attention with quadratic encoding (Cordonnier et al., Theorem 1), report the "
-        "max error against the conv in float32 and float64, and convert back.",
+        _cmd_convert,
+        "turn Conv2d layers into exactly equivalent self-attention and back, with errors",
+        "Convert a table of Conv2d configurations (or the one the flags describe) to multi-head "
+        "self-attention with quadratic encoding (Cordonnier et al., Theorem 1), report the max error "
+        "against the conv in float32 and float64, and convert back.",
     )
     convert.add_argument("--in-channels", type=int)
     convert.add_argument("--out-channels", type=int)
@@ -377,93 +416,83 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--size", type=int, nargs=2, default=[16, 16], metavar=("H", "W"), help="input size")
     convert.add_argument("--picture", type=Path, help="PNG of the converted layer's heads (first conv)")
     convert.add_argument("--centres", type=Path, help="PNG of its head centres")
-    convert.add_argument("--csv", type=Path, help="also write the table as CSV")
-    convert.set_defaults(func=_cmd_convert)
-
-    props = sub.add_parser(
+    props = commands.add(
         "properties",
-        parents=[common],
-        help="measure the DWNet property table of every spatial mixer",
-        description="Spatial support, channel mixing, weight sharing and dynamic weights of each mixer, "
-        "measured with autograd on the operator itself, with parameter and multiply-add counts.",
+        _cmd_properties,
+        "measure the DWNet property table of every spatial mixer",
+        "Spatial support, channel mixing, weight sharing and dynamic weights of each mixer, measured with "
+        "autograd on the operator itself, with parameter and multiply-add counts.",
     )
     props.add_argument("mixers", nargs="*", help="mixers to measure (default: all)")
     props.add_argument("--size", type=int, default=11, help="side of the probe map (default 11)")
-    props.add_argument("--csv", type=Path, help="also write the table as CSV")
-    props.set_defaults(func=_cmd_properties)
-
-    bench = sub.add_parser(
+    bench = commands.add(
         "bench",
-        parents=[common],
-        help="time every mixer beside its peers and write a CSV",
-        description="Forward and forward+backward medians (operators alternating), peak memory, MACs and "
-        "GFLOP/s of every mixer, neighbourhood attention, unfold local attention and global SDPA, with "
-        "ratios to a 7x7 depth-wise conv in channels_last measured in the same run.",
+        _cmd_bench,
+        "time every mixer beside its peers and write a CSV",
+        "Forward and forward+backward medians (operators alternating), peak memory, MACs and GFLOP/s of "
+        "every mixer, neighbourhood attention, unfold local attention and global SDPA, with ratios to a "
+        "7x7 depth-wise conv in channels_last measured in the same run.",
     )
     bench.add_argument("--out", type=Path, help="CSV to write (default runs/bench.csv)")
     bench.add_argument("--quick", action="store_true", help="small shapes, a few repeats (under a minute)")
-    bench.set_defaults(func=_cmd_bench)
+    models = commands.add("models", _cmd_models, "list the registered models")
+    models.add_argument("pattern", nargs="?", help="shell pattern, e.g. 'resnet*'")
+    models.add_argument("--details", action="store_true", help="parameters and MACs (attention counted)")
+    for table in (convert, props, models):
+        table.add_argument("--csv", type=Path, help="also write the table as CSV")
 
-    train = sub.add_parser(
+
+def _add_train_commands(commands: _Commands) -> None:
+    train = commands.add(
         "train",
-        parents=[common],
-        help="train a registered model on a data set; resumable, and runs under torchrun",
-        description="Train MODEL on DATA into a run folder (config.json, checkpoint.pt after every epoch, "
+        _cmd_train,
+        "train a registered model on a data set; resumable, and runs under torchrun",
+        "Train MODEL on DATA into a run folder (config.json, checkpoint.pt after every epoch, "
         "metrics.jsonl/csv, model.safetensors). --resume continues a killed run to the same weights, bit "
-        "for bit. Under `torchrun --nproc_per_node N` it trains with DistributedDataParallel.",
+        "for bit. Under `torchrun --nproc_per_node N` it trains with DistributedDataParallel. The flags "
+        "are the fields of convattn.train.TrainConfig.",
+        common=False,  # --seed and --threads are TrainConfig fields
     )
-    train.add_argument("--model", required=True, help="a name of `convattn models`")
-    train.add_argument(
-        "--data", default="digits", help="digits, shapes, long_range, cifar10:PATH, folder:PATH"
-    )
-    train.add_argument("--epochs", type=int, default=10)
-    train.add_argument("--out", type=Path, required=True, help="the run folder")
+    _add_config_flags(train, TrainConfig, _TRAIN_FLAGS)
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
-    train.add_argument("--set", type=_option, action="append", metavar="KEY=VALUE", help="model option")
-    train.add_argument("--batch-size", type=int, default=64, help="global batch (default 64)")
-    train.add_argument("--optimizer", choices=["sgd", "adamw"], default="adamw")
-    train.add_argument("--lr", type=float, default=2e-3)
-    train.add_argument("--weight-decay", type=float, default=0.05)
-    train.add_argument("--warmup", type=float, default=0.05, help="fraction of steps (default 0.05)")
-    train.add_argument("--label-smoothing", type=float, default=0.0)
-    train.add_argument("--clip-grad", type=float, default=0.0, help="max gradient norm (0: off)")
-    train.add_argument("--crop-pad", type=int, default=-1, help="random-crop padding (-1: by image size)")
-    train.add_argument("--flip", action="store_true", help="random horizontal flips")
-    train.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    train.set_defaults(func=_cmd_train)
-
-    evaluate = sub.add_parser(
-        "eval", parents=[common], help="evaluate exported weights (a run folder) on a test set"
-    )
+    evaluate = commands.add("eval", _cmd_eval, "evaluate exported weights (a run folder) on a test set")
     evaluate.add_argument("--weights", type=Path, required=True, help="folder with model.safetensors")
     evaluate.add_argument("--data", help="data set (default: the one it was trained on)")
     evaluate.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    evaluate.set_defaults(func=_cmd_eval)
 
-    models = sub.add_parser("models", parents=[common], help="list the registered models")
-    models.add_argument("pattern", nargs="?", help="shell pattern, e.g. 'resnet*'")
-    models.add_argument("--details", action="store_true", help="parameters and MACs (attention counted)")
-    models.add_argument("--csv", type=Path, help="also write the table as CSV")
-    models.set_defaults(func=_cmd_models)
 
-    info = sub.add_parser("info", help="print versions, threads and device as JSON")
-    info.set_defaults(func=_cmd_info)
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG, description="Self-attention and convolution in vision, executable and measurable."
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    commands = _Commands(parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser))
+    _add_study_commands(commands)
+    _add_analysis_commands(commands)
+    _add_train_commands(commands)
+    commands.add("info", _cmd_info, "print versions, threads and device as JSON", common=False)
     return parser
 
 
+def _say(message: str) -> None:
+    """`convattn: MESSAGE` as one line on stderr."""
+    print(f"{PROG}: {' '.join(message.splitlines())}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
+    """Run the command line; 1 for a refused request (one line, no traceback), 130 for Ctrl-C."""
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 0
         return int(args.func(args))
-    except (FileExistsError, FileNotFoundError, ValueError) as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
+    except (FileExistsError, FileNotFoundError, TypeError, ValueError) as err:
+        _say(f"error: {err}")
         return 1
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+        _say("interrupted")
         return 130
 
 

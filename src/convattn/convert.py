@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -22,11 +23,14 @@ from convattn.utils.checks import check_tensor
 
 __all__ = [
     "CONV_TABLE",
+    "EXACT_FLOAT32",
+    "EXACT_FLOAT64",
     "AttentionAsConv",
     "ConvAsAttention",
     "attention_to_conv",
     "check_conversion",
     "conv_to_attention",
+    "conversion_table",
     "describe_conv",
     "one_hot_spread",
 ]
@@ -486,13 +490,13 @@ def check_conversion(
         conv), and round_trip (attention_to_conv gives back identical weights and geometry).
     """
     row: dict[str, object] = {}
-    warnings.filterwarnings("ignore", message="Using padding='same'", category=UserWarning)
     for dtype in (torch.float32, torch.float64):
         torch.manual_seed(seed)
         conv = nn.Conv2d(**config).to(dtype)  # type: ignore[arg-type]
         x = torch.randn(2, conv.in_channels, *size, dtype=dtype)
         attn = conv_to_attention(conv)
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():  # the caller's warning filters stay as they were
+            warnings.filterwarnings("ignore", message="Using padding='same'", category=UserWarning)
             err = float((attn(x) - conv(x)).abs().max())
         row |= {"conv": describe_conv(conv), "heads": attn.attention.num_heads}
         row[f"max_error_{str(dtype).removeprefix('torch.')}"] = err
@@ -504,3 +508,19 @@ def check_conversion(
             )
             row["round_trip"] = same and (back.bias is None) == (conv.bias is None)
     return row
+
+
+EXACT_FLOAT32, EXACT_FLOAT64 = 1e-5, 1e-10  # the largest errors against the conv that count as exact
+
+
+def conversion_table(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], bool]:
+    """`check_conversion` rows as the lines of a text table, and whether every row is exact: within
+    EXACT_FLOAT32 and EXACT_FLOAT64 of the conv, and converted back to an identical conv."""
+    header = f"{'convolution':<46} {'heads':>5} {'max err fp32':>13} {'max err fp64':>13}  round trip"
+    lines, exact = [header, "-" * len(header)], True
+    for r in rows:
+        f32, f64 = r["max_error_float32"], r["max_error_float64"]
+        exact &= bool(f32 <= EXACT_FLOAT32 and f64 <= EXACT_FLOAT64 and r["round_trip"])
+        back = "identical" if r["round_trip"] else "DIFFERENT"
+        lines.append(f"{r['conv']:<46} {r['heads']:>5} {f32:>13.2e} {f64:>13.2e}  {back}")
+    return lines, exact

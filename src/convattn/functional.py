@@ -4,8 +4,9 @@ Attention layouts follow NATTEN: heads-last (B, H, W, heads, d). Convolution-lik
 (B, C, H, W).
 """
 
-from convattn.layers.attention import dot_product_attention, masked_softmax, multi_head_attention
+from convattn.layers.attention import dot_product_attention, masked_softmax
 from convattn.layers.dynamic import image_dwconv2d, pixel_dwconv2d
+from convattn.layers.multihead import multi_head_attention
 from convattn.layers.neighborhood import neighborhood_attention2d
 from convattn.layers.window import window_attention2d
 

@@ -148,83 +148,72 @@ def matmul_gflops(n: int = 1024, repeats: int = 10) -> float:
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
-def _ops(cfg: BenchConfig, size: int) -> dict[str, tuple[Callable[[bool], Any], Callable[[], int]]]:
-    """name -> (step(train), macs()): one forward (and backward when train) of each operator."""
-    B, h, d = cfg.batch, cfg.heads, cfg.head_dim
-    C = h * d
-    ops: dict[str, tuple[Callable[[bool], Any], Callable[[], int]]] = {}
+_Ops = dict[str, tuple[Callable[[bool], Any], Callable[[], int]]]  # name -> (step(train), macs())
 
-    def add_module(name: str, module: nn.Module, x: Tensor) -> None:
-        def step(train: bool) -> None:
-            if train:
-                module(x).sum().backward()
-            else:
-                with torch.no_grad():
-                    module(x)
 
-        ops[name] = (step, lambda: count_macs(module, x.detach()))
+def _stepper(fn: Callable[[], Tensor]) -> Callable[[bool], None]:
+    """step(train): one forward of `fn`, and its backward when `train`."""
 
+    def step(train: bool) -> None:
+        if train:
+            fn().sum().backward()
+        else:
+            with torch.no_grad():
+                fn()
+
+    return step
+
+
+def _module_ops(cfg: BenchConfig, size: int) -> _Ops:
+    """The baseline depth-wise conv (channels_last) and every mixer of `cfg.mixers`, as modules."""
+    B, h, C = cfg.batch, cfg.heads, cfg.heads * cfg.head_dim
     x_cl = torch.randn(B, C, size, size).to(memory_format=torch.channels_last).requires_grad_()
     dw = nn.Conv2d(C, C, 7, padding=3, groups=C, bias=False)
     dw.weight.data = dw.weight.data.to(memory_format=torch.channels_last)
-    add_module(BASELINE, dw, x_cl)
+    modules: dict[str, tuple[nn.Module, Tensor]] = {BASELINE: (dw, x_cl)}
     x = torch.randn(B, C, size, size, requires_grad=True)
     for name in cfg.mixers:
         options: dict[str, Any] = {"num_heads": h} if name in ("local_mlp", "sasa", "window", "mhsa") else {}
-        add_module(name, create_mixer(name, C, **options), x)
-    q, k, v = (torch.randn(B, size, size, h, d, requires_grad=True) for _ in range(3))
-    table = torch.randn(h, 13, 13, requires_grad=True)
-    per_image = torch.randn(B, C, 7, 7, requires_grad=True)
-    per_pixel = torch.randn(B, h, 49, size, size, requires_grad=True)
-    functions: dict[str, tuple[Callable[..., Tensor], tuple[Any, ...], dict[str, Any]]] = {
-        "na2d_k3": (neighborhood_attention2d, (q, k, v, 3), {}),
-        "na2d_k7": (neighborhood_attention2d, (q, k, v, 7), {}),
-        "window_w7": (window_attention2d, (q, k, v, 7), {"bias": table}),
-        "window_w7_shifted": (window_attention2d, (q, k, v, 7), {"bias": table, "shift": 3}),
-        "image_dwconv7": (image_dwconv2d, (x_cl, per_image), {}),
-        "pixel_dwconv7": (pixel_dwconv2d, (x_cl, per_pixel), {}),
+        modules[name] = (create_mixer(name, C, **options), x)
+    return {
+        name: (_stepper(partial(m, x)), partial(count_macs, m, x.detach()))
+        for name, (m, x) in modules.items()
     }
-    for name, (fn, args, kwargs) in functions.items():
 
-        def call(train: bool, fn: Callable[..., Tensor] = fn, args: Any = args, kwargs: Any = kwargs) -> None:
-            if train:
-                fn(*args, **kwargs).sum().backward()
-            else:
-                with torch.no_grad():
-                    fn(*args, **kwargs)
 
-        def macs(fn: Callable[..., Tensor] = fn, args: Any = args, kwargs: Any = kwargs) -> int:
-            return count_macs(lambda: fn(*args, **kwargs))
-
-        ops[name] = (call, macs)
+def _function_ops(cfg: BenchConfig, size: int) -> _Ops:
+    """The bare operators (local attention, window attention, dynamic convs) and their peers."""
+    B, h, d = cfg.batch, cfg.heads, cfg.head_dim
+    q, k, v = (torch.randn(B, size, size, h, d, requires_grad=True) for _ in range(3))
+    x_cl = torch.randn(B, h * d, size, size).to(memory_format=torch.channels_last).requires_grad_()
+    table = torch.randn(h, 13, 13, requires_grad=True)
+    per_image = torch.randn(B, h * d, 7, 7, requires_grad=True)
+    per_pixel = torch.randn(B, h, 49, size, size, requires_grad=True)
+    calls: dict[str, Callable[[], Tensor]] = {
+        "na2d_k3": partial(neighborhood_attention2d, q, k, v, 3),
+        "na2d_k7": partial(neighborhood_attention2d, q, k, v, 7),
+        "window_w7": partial(window_attention2d, q, k, v, 7, bias=table),
+        "window_w7_shifted": partial(window_attention2d, q, k, v, 7, bias=table, shift=3),
+        "image_dwconv7": partial(image_dwconv2d, x_cl, per_image),
+        "pixel_dwconv7": partial(pixel_dwconv2d, x_cl, per_pixel),
+    }
+    ops: _Ops = {name: (_stepper(fn), partial(count_macs, fn)) for name, fn in calls.items()}
+    local_macs = B * size * size * h * 49 * 2 * d  # q·k and p·v over a 7×7 window
     qu, ku, vu = (torch.randn(B, h, d, size, size, requires_grad=True) for _ in range(3))
-
-    def unfold(train: bool) -> None:
-        if train:
-            unfold_local_attention(qu, ku, vu, 7).sum().backward()
-        else:
-            with torch.no_grad():
-                unfold_local_attention(qu, ku, vu, 7)
-
-    ops["unfold_local_k7"] = (unfold, lambda: B * size * size * h * 49 * 2 * d)
-    qs, ks_, vs = (torch.randn(B, h, size * size, d, requires_grad=True) for _ in range(3))
-
-    def sdpa(train: bool) -> None:
-        if train:
-            F.scaled_dot_product_attention(qs, ks_, vs).sum().backward()
-        else:
-            with torch.no_grad():
-                F.scaled_dot_product_attention(qs, ks_, vs)
-
-    ops["sdpa_global"] = (sdpa, lambda: count_macs(F.scaled_dot_product_attention, qs, ks_, vs))
+    ops["unfold_local_k7"] = (_stepper(partial(unfold_local_attention, qu, ku, vu, 7)), lambda: local_macs)
+    qs, ks, vs = (torch.randn(B, h, size * size, d, requires_grad=True) for _ in range(3))
+    sdpa = partial(F.scaled_dot_product_attention, qs, ks, vs)
+    ops["sdpa_global"] = (_stepper(sdpa), partial(count_macs, sdpa))
     if size * size <= FLEX_MAX_PIXELS:  # flex_attention: forward only on CPU (no CPU backward in torch)
         qd, kd, vd = q.detach(), k.detach(), v.detach()  # flex refuses inputs that require grad on CPU
-
-        def flex(train: bool) -> None:
-            neighborhood_attention2d(qd, kd, vd, 7, backend="flex")
-
-        ops["flex_na2d_k7"] = (flex, lambda: B * size * size * h * 49 * 2 * d)
+        flex = partial(neighborhood_attention2d, qd, kd, vd, 7, backend="flex")
+        ops["flex_na2d_k7"] = (lambda train: flex(), lambda: local_macs)
     return ops
+
+
+def _ops(cfg: BenchConfig, size: int) -> _Ops:
+    """name -> (step(train), macs()): one forward (and backward when train) of each operator."""
+    return {**_module_ops(cfg, size), **_function_ops(cfg, size)}
 
 
 def _forward_only(name: str) -> bool:
@@ -245,7 +234,7 @@ def _na2d_minimum_mib(cfg: BenchConfig, size: int, name: str) -> float:
     return floats * 4 / 2**20
 
 
-def _warm_up(ops: dict[str, tuple[Callable[[bool], Any], Callable[[], int]]], repeats: int) -> None:
+def _warm_up(ops: _Ops, repeats: int) -> None:
     for step, _ in ops.values():
         for _ in range(repeats):
             step(False)
@@ -263,11 +252,9 @@ def _spread(times: list[float]) -> float:
     return q[2] - q[0]
 
 
-def run_bench(cfg: BenchConfig | None = None, *, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Measure every operator at every size; write the CSV (if `cfg.out`) and return the rows."""
-    cfg = cfg or BenchConfig()
-    # Peaks first, for every size, while the process is fresh and glibc returns large blocks at once;
-    # then the timings, under the thresholds a long-running process settles at.
+def _peaks(cfg: BenchConfig) -> dict[int, dict[str, float]]:
+    """Peak training memory (MiB) of every operator at every size, measured while the process is fresh
+    and glibc returns large blocks at once (then the thresholds a long-running process settles at)."""
     _malloc_mode(peaks=True)
     peaks: dict[int, dict[str, float]] = {}
     for size in cfg.sizes:
@@ -278,18 +265,32 @@ def run_bench(cfg: BenchConfig | None = None, *, log: Callable[[str], None] = pr
         }
         del ops
     _malloc_mode(peaks=False)
+    return peaks
+
+
+def _timings(ops: _Ops, repeats: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """(forward, forward+backward) seconds of every operator, the operators alternating in a repeat."""
+    fwd: dict[str, list[float]] = {n: [] for n in ops}
+    fb: dict[str, list[float]] = {n: [] for n in ops}
+    for _ in range(repeats):
+        for name, (step, _) in ops.items():
+            fwd[name].append(_time(step, False))
+            fb[name].append(float("nan") if _forward_only(name) else _time(step, True))
+    return fwd, fb
+
+
+def run_bench(cfg: BenchConfig | None = None, *, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Measure every operator at every size; write the CSV (if `cfg.out`) and return the rows."""
+    cfg = cfg or BenchConfig()
+    # Peaks first, for every size, in a fresh process; then the timings.
+    peaks = _peaks(cfg)
     env = environment()
     roof = matmul_gflops()
     rows: list[dict[str, Any]] = []
     for size in cfg.sizes:
         ops = _ops(cfg, size)
         _warm_up(ops, cfg.warmup)
-        fwd: dict[str, list[float]] = {n: [] for n in ops}
-        fb: dict[str, list[float]] = {n: [] for n in ops}
-        for _ in range(cfg.repeats):  # operators alternate inside every repetition
-            for name, (step, _) in ops.items():
-                fwd[name].append(_time(step, False))
-                fb[name].append(float("nan") if _forward_only(name) else _time(step, True))
+        fwd, fb = _timings(ops, cfg.repeats)
         base_f, base_fb = statistics.median(fwd[BASELINE]), statistics.median(fb[BASELINE])
         for name, (_, macs_of) in ops.items():
             macs = macs_of()

@@ -26,7 +26,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-from convattn.layers.mhsa2d import pixel_positions
+from convattn.layers.mhsa2d import MultiHeadSelfAttention2d, pixel_positions
 
 __all__ = [
     "GRID_TOL",
@@ -37,6 +37,8 @@ __all__ = [
     "grid_likeness",
     "grid_offsets",
     "interior_queries",
+    "quadratic_params",
+    "query_maps",
     "random_grid_reference",
     "uniform_spread",
 ]
@@ -130,3 +132,15 @@ def uniform_spread(height: int, width: int) -> float:
     queries = interior_queries(height, width)
     maps = torch.ones(len(queries), 1, height, width, dtype=torch.float64)
     return float(empirical_centres(maps, queries)[1][0])
+
+
+@torch.no_grad()
+def query_maps(layer: MultiHeadSelfAttention2d, x: Tensor, queries: list[tuple[int, int]]) -> Tensor:
+    """(Q, heads, H, W): each query's attention, averaged over the images of x."""
+    return torch.stack([layer.attention_probs(x, q).mean(0) for q in queries])
+
+
+def quadratic_params(layer: MultiHeadSelfAttention2d) -> tuple[Tensor, Tensor]:
+    """Δ (heads, 2) and σ = √(tr Σ / 2) (heads,) of a quadratic layer."""
+    cov = torch.linalg.inv(layer.inverse_covariance().detach().double())  # (heads, 2, 2) Σ
+    return layer.centres.detach().double(), (torch.diagonal(cov, dim1=1, dim2=2).sum(-1) / 2).sqrt()

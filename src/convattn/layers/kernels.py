@@ -1,9 +1,14 @@
-"""The C++ CPU kernels, compiled on first use with torch's cpp_extension and cached.
+"""The C++ CPU kernels: how they are built, when they run, and the autograd Functions around them.
 
 The build happens once per machine (about a minute) into torch's extension cache; the name carries a
 hash of the source, the torch version and the CPU, so a changed source or machine rebuilds. If no
 compiler is available the build fails once, a warning says so, and callers use the PyTorch path.
 Set CONVATTN_NO_KERNEL=1 to skip the kernels altogether.
+
+Every operator with a kernel takes `backend=`: 'auto', 'kernel', 'torch', and for some an accelerator
+path ('flex', 'sdpa'); `choose_backend` is the one rule that turns it into the path that runs (as
+NATTEN's backends/ do). The `*_kernel` functions lay the tensors out for the C++ code and pick a
+training forward (probabilities saved for the hand-written backward) or an inference forward.
 """
 
 from __future__ import annotations
@@ -15,10 +20,25 @@ import warnings
 from functools import cache
 from pathlib import Path
 from types import ModuleType
+from typing import Any, cast
 
 import torch
+import torch.nn.functional as F
+from torch import Tensor
 
-__all__ = ["load_kernel"]
+from convattn.layers.geometry import grid_windows, inverse_windows, window_segments
+
+__all__ = [
+    "BACKENDS",
+    "choose_backend",
+    "image_dwconv_kernel",
+    "load_kernel",
+    "na2d_kernel",
+    "pixel_dwconv_kernel",
+    "window_kernel",
+]
+
+BACKENDS = ("auto", "kernel", "torch")
 
 _CSRC = Path(__file__).parent / "csrc"
 _SOURCES = {"na2d": _CSRC / "na2d.cpp", "window": _CSRC / "window.cpp", "dwconv": _CSRC / "dwconv.cpp"}
@@ -74,3 +94,242 @@ def load_kernel(name: str) -> ModuleType | None:
             stacklevel=2,
         )
         return None
+
+
+def _ext(name: str) -> Any:
+    ext = load_kernel(name)
+    if ext is None:
+        raise RuntimeError(f"the {name} C++ kernel is not available")
+    return ext
+
+
+def choose_backend(
+    backend: str, device: torch.device, kernel: str, *, fused: str | None = None, fused_auto: bool = True
+) -> str:
+    """The path an operator runs: 'kernel', 'torch', or its accelerator path `fused` ('flex', 'sdpa').
+
+    'auto' takes `fused` on CUDA (where `fused_auto`), the C++ kernel `kernel` on the CPU when it
+    builds, and PyTorch otherwise; a named backend runs as asked.
+
+    Raises:
+        ValueError: for a backend the operator does not have.
+        RuntimeError: for 'kernel' on another device or where the kernel did not build.
+    """
+    allowed = BACKENDS if fused is None else (*BACKENDS, fused)
+    if backend not in allowed:
+        raise ValueError(f"backend must be one of {allowed}, got backend={backend!r}")
+    if backend == "auto" and fused is not None and fused_auto and device.type == "cuda":
+        return fused
+    if backend in ("auto", "kernel") and device.type == "cpu" and load_kernel(kernel) is not None:
+        return "kernel"
+    if backend == "kernel":
+        why = f"got a {device.type} tensor" if device.type != "cpu" else f"the {kernel} kernel did not build"
+        raise RuntimeError(f"backend='kernel' needs a CPU tensor and a built C++ kernel; {why}")
+    return "torch" if backend == "auto" else backend
+
+
+def _tracks_grad(*tensors: Tensor | None) -> bool:
+    """True when autograd records this call: the training forward, which saves the probabilities."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _contiguous_or_empty(x: Tensor | None, like: Tensor) -> Tensor:
+    """The C++ code takes an empty tensor for an absent rel/bias table."""
+    return like.new_empty(0) if x is None else x.contiguous()
+
+
+# -- neighbourhood attention (na2d.cpp) --------------------------------------------------------------
+
+
+def _na2d_forward(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    rel: Tensor,
+    bias: Tensor,
+    geometry: tuple[tuple[int, int], tuple[int, int], str, float],
+    save: bool,
+) -> tuple[Tensor, Tensor]:
+    """(output, probabilities); with save=False the probabilities are not written (inference)."""
+    kernel_size, dilation, border, scale = geometry
+    rows, cols = grid_windows(q.shape[1], q.shape[2], kernel_size, dilation, border)
+    zeros, fixed = border == "zeros", border != "shift"
+    out, probs = _ext("na2d").forward(
+        q, k, v, rel, bias, *rows.tensors(), *cols.tensors(), scale, zeros, fixed, dilation[1], save
+    )
+    return out, probs
+
+
+class _NA2dFunction(torch.autograd.Function):
+    """The C++ kernel with its hand-written backward (probabilities saved, no k² copies)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, q: Tensor, k: Tensor, v: Tensor, rel: Tensor, bias: Tensor, geometry: Any
+    ) -> Tensor:
+        out, probs = _na2d_forward(q, k, v, rel, bias, geometry, save=True)
+        ctx.save_for_backward(q, k, v, rel, bias, probs)
+        ctx.geometry = geometry
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:
+        q, k, v, rel, bias, probs = ctx.saved_tensors
+        kernel_size, dilation, border, scale = ctx.geometry
+        H, W = q.shape[1:3]
+        rows, cols = grid_windows(H, W, kernel_size, dilation, border)
+        want_rel = bool(rel.numel()) and ctx.needs_input_grad[3]
+        want_bias = bool(bias.numel()) and ctx.needs_input_grad[4]
+        dq, dk, dv, drel, dbias = _ext("na2d").backward(
+            dout.contiguous(),
+            q,
+            k,
+            v,
+            rel,
+            bias,
+            probs,
+            *rows.tensors(),
+            *cols.tensors(),
+            inverse_windows(H, kernel_size[0], dilation[0], border),
+            inverse_windows(W, kernel_size[1], dilation[1], border),
+            scale,
+            want_rel,
+            want_bias,
+            border != "shift",
+            dilation[1],
+        )
+        return dq, dk, dv, drel if want_rel else None, dbias if want_bias else None, None
+
+
+def na2d_kernel(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    rel: Tensor | None,
+    bias: Tensor | None,
+    kernel_size: tuple[int, int],
+    dilation: tuple[int, int],
+    border: str,
+    scale: float,
+) -> Tensor:
+    """Neighbourhood attention on checked heads-last (B, H, W, heads, d) tensors, by the C++ kernel."""
+    geometry = (kernel_size, dilation, border, scale)
+    args = (
+        q.contiguous(),
+        k.contiguous(),
+        v.contiguous(),
+        _contiguous_or_empty(rel, q),
+        _contiguous_or_empty(bias, q),
+    )
+    if _tracks_grad(q, k, v, rel, bias):
+        return cast(Tensor, _NA2dFunction.apply(*args, geometry))
+    return _na2d_forward(*args, geometry, save=False)[0]  # inference: no probabilities kept
+
+
+# -- window attention (window.cpp) ------------------------------------------------------------------
+
+
+class _WindowFunction(torch.autograd.Function):
+    """The C++ kernel with its hand-written backward (probabilities saved per window)."""
+
+    @staticmethod
+    def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, geometry: Any) -> Tensor:
+        segs, window, scale = geometry
+        out, probs = _ext("window").forward(q, k, v, bias, *segs, *window, scale, True)
+        ctx.save_for_backward(q, k, v, bias, probs)
+        ctx.geometry = geometry
+        return cast(Tensor, out)
+
+    @staticmethod
+    def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:
+        q, k, v, bias, probs = ctx.saved_tensors
+        segs, window, scale = ctx.geometry
+        want_bias = bool(bias.numel()) and ctx.needs_input_grad[3]
+        dq, dk, dv, dbias = _ext("window").backward(
+            dout.contiguous(), q, k, v, bias, probs, *segs, *window, scale, want_bias
+        )
+        return dq, dk, dv, dbias if want_bias else None, None
+
+
+def window_kernel(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    bias: Tensor | None,
+    window: tuple[int, int],
+    shift: tuple[int, int],
+    scale: float,
+) -> Tensor:
+    """Swin window attention on checked (B, H, W, heads, d) tensors: attends within the per-axis
+    segments directly, with no padding, roll or mask."""
+    H, W = q.shape[1:3]
+    segs = (window_segments(H, window[0], shift[0]), window_segments(W, window[1], shift[1]))
+    args = (q.contiguous(), k.contiguous(), v.contiguous(), _contiguous_or_empty(bias, q))
+    if _tracks_grad(q, k, v, bias):
+        return cast(Tensor, _WindowFunction.apply(*args, (segs, window, scale)))
+    out, _ = _ext("window").forward(*args, *segs, *window, scale, False)  # inference: no probabilities
+    return cast(Tensor, out)
+
+
+# -- dynamic depth-wise convolutions (dwconv.cpp; na2d.cpp's weighted window sums) -------------------
+
+
+class _ImageDWConvFunction(torch.autograd.Function):
+    """The C++ per-image depth-wise conv (channels-last slabs) with its hand-written backward."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, kernels: Tensor, dilation: int) -> Tensor:
+        xl = x.permute(0, 2, 3, 1).contiguous()  # (B, H, W, C): free for a channels_last x
+        ctx.save_for_backward(xl, kernels)
+        ctx.dilation = dilation
+        out = _ext("dwconv").forward(xl, kernels, dilation)
+        return cast(Tensor, out).permute(0, 3, 1, 2)  # (B, C, H, W), channels_last
+
+    @staticmethod
+    def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:
+        xl, kernels = ctx.saved_tensors
+        dl = dout.permute(0, 2, 3, 1).contiguous()  # (B, H, W, C)
+        dx, dk = _ext("dwconv").backward(dl, xl, kernels, ctx.dilation)
+        return dx.permute(0, 3, 1, 2), dk, None
+
+
+def image_dwconv_kernel(x: Tensor, kernels: Tensor, dilation: int) -> Tensor:
+    """Depth-wise conv of checked x (B, C, H, W) with kernels (B, C, k_h, k_w), 'same' zero padding."""
+    return cast(Tensor, _ImageDWConvFunction.apply(x, kernels.contiguous(), dilation))
+
+
+class _PixelDWConvFunction(torch.autograd.Function):
+    """The na2d kernel's weighted window sums with given weights: zero-padded k×k windows."""
+
+    @staticmethod
+    def forward(ctx: Any, v: Tensor, w: Tensor, k: int, dilation: int) -> Tensor:
+        rows, cols = grid_windows(v.shape[1], v.shape[2], (k, k), (dilation, dilation), "zeros")
+        out = _ext("na2d").apply_forward(w, v, *rows.tensors(), *cols.tensors(), dilation)
+        ctx.save_for_backward(v, w)
+        ctx.geometry = (k, dilation)
+        return cast(Tensor, out)
+
+    @staticmethod
+    def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:
+        v, w = ctx.saved_tensors
+        k, dilation = ctx.geometry
+        rows, cols = grid_windows(v.shape[1], v.shape[2], (k, k), (dilation, dilation), "zeros")
+        inv = inverse_windows(v.shape[1], k, dilation, "zeros")
+        dw, dv = _ext("na2d").apply_backward(
+            dout.contiguous(), w, v, *rows.tensors(), *cols.tensors(), inv, dilation
+        )
+        return dv, dw, None, None
+
+
+def pixel_dwconv_kernel(x: Tensor, kernels: Tensor, k: int, dilation: int) -> Tensor:
+    """Lay x out heads-last (groups as heads) and the kernels like attention probabilities, then run."""
+    B, C, H, W = x.shape
+    G = kernels.shape[1]
+    v = x.reshape(B, G, C // G, H, W).permute(0, 3, 4, 1, 2).contiguous()  # (B, H, W, G, C/G)
+    pad = dilation * (k // 2)
+    lanes = 64 // x.element_size()
+    w = kernels.permute(0, 1, 3, 2, 4)  # (B, G, H, k², W)
+    wq = -(-W // lanes) * lanes  # columns rounded up to whole vectors, as the kernel's rows
+    w = F.pad(w, (pad, pad + wq - W)).contiguous()  # (B, G, H, k², pad + wq + pad)
+    out = _PixelDWConvFunction.apply(v, w, k, dilation)  # (B, H, W, G, C/G)
+    return cast(Tensor, out).permute(0, 3, 4, 1, 2).reshape(B, C, H, W)

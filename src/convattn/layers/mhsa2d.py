@@ -123,13 +123,17 @@ class MultiHeadSelfAttention2d(nn.Module):
         self.value_dim = check_positive_int("value_dim", value_dim or max(1, C // h)) if value_proj else C
         self.W_v = nn.Linear(C, h * self.value_dim, bias=qkv_bias) if value_proj else None
         self.W_o = nn.Linear(h * self.value_dim, self.out_channels, bias=out_bias)
+        self._add_position_parameters(position_dim or C, centre_std, spread_std)
 
+    def _add_position_parameters(self, position_dim: int, centre_std: float, spread_std: float) -> None:
+        """The learned tables of the encoding (after the projections: seeded runs draw the same)."""
+        C, h, encoding = self.in_channels, self.num_heads, self.encoding
         if encoding == "absolute":
             self.abs_table = nn.Parameter(torch.randn(C, *self.max_size) * 0.02)  # (C, M_h, M_w)
         if encoding == "absolute_sinusoidal" and C % 4:
             raise ValueError(f"absolute_sinusoidal needs in_channels divisible by 4, got in_channels={C}")
         if encoding.startswith("relative"):
-            P = check_positive_int("position_dim", position_dim or C)
+            P = check_positive_int("position_dim", position_dim)
             M_h, M_w = self.max_size
             self.rel_row = nn.Parameter(torch.randn(2 * M_h - 1, P) * 0.02)  # r_row[δ + M_h - 1]
             self.rel_col = nn.Parameter(torch.randn(2 * M_w - 1, P) * 0.02)

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from convattn.layers.dynamic import image_dwconv2d, pixel_dwconv2d
+from convattn.layers.geometry import BORDERS
 from convattn.layers.mhsa2d import MultiHeadSelfAttention2d
-from convattn.layers.neighborhood import BORDERS, neighborhood_attention2d
+from convattn.layers.neighborhood import neighborhood_attention2d
 from convattn.layers.window import window_attention2d
-from convattn.utils.checks import check_heads_divide, check_positive_int, check_tensor
+from convattn.utils.checks import check_heads_divide, check_odd, check_positive_int, check_tensor
 
 __all__ = [
     "SASA",
@@ -33,12 +34,13 @@ __all__ = [
 ]
 
 _MIXERS: dict[str, Callable[..., nn.Module]] = {}
+_Builder = TypeVar("_Builder", bound=Callable[..., nn.Module])
 
 
-def register_mixer(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator: make a builder `fn(dim, **options) -> nn.Module` available as `name`."""
+def register_mixer(name: str) -> Callable[[_Builder], _Builder]:
+    """Decorator: make a builder `fn(dim, **options) -> nn.Module` (or a module class) available as `name`."""
 
-    def add(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    def add(fn: _Builder) -> _Builder:
         if name in _MIXERS:
             raise ValueError(f"mixer {name!r} is registered twice")
         _MIXERS[name] = fn
@@ -57,13 +59,6 @@ def create_mixer(name: str, dim: int, **options: object) -> nn.Module:
     if name not in _MIXERS:
         raise ValueError(f"unknown mixer {name!r}; choose one of {', '.join(list_mixers())}")
     return _MIXERS[name](dim, **options)
-
-
-def _odd_kernel(kernel_size: int) -> int:
-    check_positive_int("kernel_size", kernel_size)
-    if kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size must be odd (the window is centred), got kernel_size={kernel_size}")
-    return kernel_size
 
 
 def _same_dims(name: str, dim: int, out_dim: int | None) -> int:
@@ -101,7 +96,7 @@ def _conv(
     dim: int, *, out_dim: int | None = None, kernel_size: int = 3, stride: int = 1, bias: bool = False
 ) -> nn.Module:
     """Dense k×k convolution, 'same' padding."""
-    k = _odd_kernel(kernel_size)
+    k = check_odd("kernel_size", kernel_size)
     return nn.Conv2d(
         dim, out_dim or dim, k, stride=check_positive_int("stride", stride), padding=k // 2, bias=bias
     )
@@ -125,7 +120,7 @@ def _dwconv(
     dim: int, *, out_dim: int | None = None, kernel_size: int = 7, stride: int = 1, bias: bool = True
 ) -> nn.Module:
     """Depth-wise k×k convolution (out_dim a multiple of dim), 'same' padding, run in channels_last."""
-    k = _odd_kernel(kernel_size)
+    k = check_odd("kernel_size", kernel_size)
     out = out_dim or dim
     if out % dim:
         raise ValueError(f"a depth-wise conv needs out_dim a multiple of dim, got dim={dim}, out_dim={out}")
@@ -134,7 +129,23 @@ def _dwconv(
     )
 
 
-class DynamicDWConv(nn.Module):
+class _KernelMixer(nn.Module):
+    """The forward of the width-keeping kernel mixers: `aggregate(x, x)`, a per-channel bias, the stride."""
+
+    bias: nn.Parameter | None
+    stride: int
+
+    def aggregate(self, xw: Tensor, xv: Tensor) -> Tensor:
+        """Kernels from xw applied to xv, (B, C, H, W) -> (B, C, H, W) (no bias, no stride)."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_tensor("x", x, 4)
+        return _pool(_add_bias(self.aggregate(x, x), self.bias), self.stride)
+
+
+@register_mixer("dynamic_dwconv")
+class DynamicDWConv(_KernelMixer):
     """Dynamic depth-wise convolution of DWNet (Han et al. 2022, §4; reference code `DynamicDWConv`).
 
     homogeneous: kernels per image, GAP -> 1×1 conv (C -> C/r, no bias) -> BN -> ReLU -> 1×1 conv
@@ -146,6 +157,7 @@ class DynamicDWConv(nn.Module):
         self,
         dim: int,
         *,
+        out_dim: int | None = None,
         kernel_size: int = 7,
         mode: str = "homogeneous",
         reduction: int = 4,
@@ -154,7 +166,8 @@ class DynamicDWConv(nn.Module):
         bias: bool = True,
     ) -> None:
         super().__init__()
-        self.k = _odd_kernel(kernel_size)
+        _same_dims("dynamic_dwconv", dim, out_dim)
+        self.k = check_odd("kernel_size", kernel_size)
         if mode not in ("homogeneous", "inhomogeneous"):
             raise ValueError(f"mode must be 'homogeneous' or 'inhomogeneous', got mode={mode!r}")
         self.mode, self.stride = mode, check_positive_int("stride", stride)
@@ -182,17 +195,9 @@ class DynamicDWConv(nn.Module):
         kernels = self.kernels(xw)
         return image_dwconv2d(xv, kernels) if self.mode == "homogeneous" else pixel_dwconv2d(xv, kernels)
 
-    def forward(self, x: Tensor) -> Tensor:
-        check_tensor("x", x, 4)
-        return _pool(_add_bias(self.aggregate(x, x), self.bias), self.stride)
 
-
-@register_mixer("dynamic_dwconv")
-def _dynamic(dim: int, *, out_dim: int | None = None, **options: object) -> nn.Module:
-    return DynamicDWConv(_same_dims("dynamic_dwconv", dim, out_dim), **options)  # type: ignore[arg-type]
-
-
-class LocalMLP(nn.Module):
+@register_mixer("local_mlp")
+class LocalMLP(_KernelMixer):
     """Static per-offset weights in a k×k window, shared by the channels of each head (DWNet's Local MLP).
 
     Sparse like local attention, shared across a head's channels like attention, but static: a depth-wise
@@ -200,10 +205,18 @@ class LocalMLP(nn.Module):
     """
 
     def __init__(
-        self, dim: int, *, kernel_size: int = 7, num_heads: int = 8, stride: int = 1, bias: bool = True
+        self,
+        dim: int,
+        *,
+        out_dim: int | None = None,
+        kernel_size: int = 7,
+        num_heads: int = 8,
+        stride: int = 1,
+        bias: bool = True,
     ) -> None:
         super().__init__()
-        self.k = _odd_kernel(kernel_size)
+        _same_dims("local_mlp", dim, out_dim)
+        self.k = check_odd("kernel_size", kernel_size)
         self.heads = num_heads
         check_heads_divide(dim, num_heads)
         self.stride = check_positive_int("stride", stride)
@@ -222,16 +235,8 @@ class LocalMLP(nn.Module):
             groups=C,
         )
 
-    def forward(self, x: Tensor) -> Tensor:
-        check_tensor("x", x, 4)
-        return _pool(_add_bias(self.aggregate(x, x), self.bias), self.stride)
 
-
-@register_mixer("local_mlp")
-def _local_mlp(dim: int, *, out_dim: int | None = None, **options: object) -> nn.Module:
-    return LocalMLP(_same_dims("local_mlp", dim, out_dim), **options)  # type: ignore[arg-type]
-
-
+@register_mixer("sasa")
 class SASA(nn.Module):
     """Stand-alone self-attention (Ramachandran et al. 2019, eq. 2-3): k×k neighbourhood attention.
 
@@ -253,7 +258,7 @@ class SASA(nn.Module):
     ) -> None:
         super().__init__()
         out = out_dim or dim
-        self.k = _odd_kernel(kernel_size)
+        self.k = check_odd("kernel_size", kernel_size)
         self.heads, self.d = num_heads, check_heads_divide(out, num_heads)
         if out % 2:
             raise ValueError(
@@ -304,11 +309,7 @@ class SASA(nn.Module):
         return _pool(self._attend(self.q(x), k, v), self.stride)
 
 
-@register_mixer("sasa")
-def _sasa(dim: int, **options: object) -> nn.Module:
-    return SASA(dim, **options)  # type: ignore[arg-type]
-
-
+@register_mixer("sasa_stem")
 class SASAStem(nn.Module):
     """SASA's spatially-aware stem: attention in w×w blocks whose values depend on position.
 
@@ -359,11 +360,7 @@ class SASAStem(nn.Module):
         return _pool(self.aggregate(x, v), self.stride)
 
 
-@register_mixer("sasa_stem")
-def _sasa_stem(dim: int, **options: object) -> nn.Module:
-    return SASAStem(dim, **options)  # type: ignore[arg-type]
-
-
+@register_mixer("window")
 class WindowAttention(nn.Module):
     """Swin window attention with relative position bias; `shift=window // 2` for the shifted blocks."""
 
@@ -403,11 +400,7 @@ class WindowAttention(nn.Module):
         return _pool(self.proj(self._attend(*self.qkv(x).chunk(3, dim=1))), self.stride)
 
 
-@register_mixer("window")
-def _window(dim: int, **options: object) -> nn.Module:
-    return WindowAttention(dim, **options)  # type: ignore[arg-type]
-
-
+@register_mixer("mhsa")
 class _GlobalMHSA(nn.Module):
     """`MultiHeadSelfAttention2d` with SASA-style stride (average pooling after attention)."""
 
@@ -428,8 +421,3 @@ class _GlobalMHSA(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return _pool(self.attn(x), self.stride)
-
-
-@register_mixer("mhsa")
-def _mhsa(dim: int, **options: object) -> nn.Module:
-    return _GlobalMHSA(dim, **options)  # type: ignore[arg-type]

@@ -4,193 +4,32 @@ Ramachandran et al. 2019 (SASA) and Hassani et al. 2023 (NATTEN): for a query pi
     out_p = Σ_{n ∈ N(p)} softmax_n(scale · q_p·k_n + q_p·rel[n - p] + bias[n - p]) v_n,
 computed per head on heads-last tensors (B, H, W, heads, d), the layout of NATTEN's `na2d`.
 
-Windows are products of one window per axis. A window larger than the map holds the pixels that
-exist; a dilation at least as long as an axis (of more than one pixel) is an error, since every window
-would then hold its query alone. On an axis of length n with kernel k, dilation δ and
-r = k // 2, query i uses the keys below; `border` decides what happens near the edges:
-    'mask'   i + (t - r)·δ, t = 0..k-1; keys outside the image are left out of the softmax (default);
-    'zeros'  the same keys; keys outside the image are zero vectors that still take part (score from
-             rel/bias only, value 0), as the popular SASA port's zero padding does;
-    'shift'  the window slides to stay inside the image, so every query sees k real keys (NATTEN).
-             Pixels split into δ interleaved sub-grids; on a sub-grid of m pixels with index ii the
-             window starts at clamp(ii - r, 0, m - k). If m < k the window holds all m pixels.
-`rel` and `bias` are indexed by the key's offset from the query in (dilated) steps, from -(k-1) to
-k-1, so tables of (2k_h-1)×(2k_w-1) entries serve every border mode.
-
-Every border mode reduces to per-axis tables (key index, validity, offset index for each query and
-slot), built here once; the C++ kernel and the PyTorch path both run from them.
+Windows are products of one window per axis; `border` ('mask', 'zeros' or 'shift') decides what
+happens near the edges, and the per-axis tables (key index, validity, offset index for each query and
+slot) are built in `convattn.layers.geometry`, whose docstring spells out the three modes. A window
+larger than the map holds the pixels that exist; a dilation at least as long as an axis (of more than
+one pixel) is an error, since every window would then hold its query alone. `rel` and `bias` are
+indexed by the key's offset from the query, so tables of (2k_h-1)×(2k_w-1) entries serve every
+border mode. The C++ kernel (`convattn.layers.kernels`), the PyTorch path and the flex_attention path
+all run from the same tables.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
-from functools import cache, lru_cache
+from functools import cache
 from typing import Any, cast
 
 import torch
 from torch import Tensor
 
 from convattn.layers._macs import record
-from convattn.layers.kernels import load_kernel
-from convattn.utils.checks import check_pair, check_tensor
+from convattn.layers.geometry import BORDERS, AxisWindows, axis_membership, grid_windows
+from convattn.layers.kernels import choose_backend, na2d_kernel
+from convattn.utils.checks import check_odd, check_pair, check_tensor
 
-__all__ = [
-    "BORDERS",
-    "AxisWindows",
-    "axis_windows",
-    "grid_windows",
-    "neighborhood_attention2d",
-    "neighborhood_attention2d_torch",
-]
-
-BORDERS = ("mask", "zeros", "shift")
-
-
-@dataclass(frozen=True)
-class AxisWindows:
-    """Windows along one axis of length n with k slots.
-
-    Attributes:
-        index: (n, k) key position of each query's slot (clamped into range where invalid).
-        valid: (n, k) whether that key lies inside the image.
-        offset: (n, k) key minus query in dilated steps, plus k - 1: the rel/bias table index.
-    """
-
-    index: Tensor
-    valid: Tensor
-    offset: Tensor
-
-    def tensors(self) -> tuple[Tensor, Tensor, Tensor]:
-        """(index, valid, offset): the form the C++ kernel takes."""
-        return self.index, self.valid, self.offset
-
-
-@lru_cache(maxsize=256)
-def axis_windows(n: int, k: int, dilation: int, border: str) -> AxisWindows:
-    """The key positions of every query on an axis of length n (see the module docstring)."""
-    r = k // 2
-    i = torch.arange(n)[:, None]  # (n, 1)
-    t = torch.arange(k)[None, :]  # (1, k)
-    if border == "shift":
-        group, ii = i % dilation, i // dilation
-        m = (n - group + dilation - 1) // dilation  # pixels in this query's sub-grid
-        start = torch.minimum(ii - r, m - k).clamp(min=0)
-        steps = start + t  # (n, k) position within the sub-grid
-        valid = steps < m
-        key = steps * dilation + group
-        offset = steps - ii + (k - 1)
-    else:
-        key = i + (t - r) * dilation
-        valid = (key >= 0) & (key < n)
-        offset = (t - r + (k - 1)).expand(n, k)
-    return AxisWindows(key.clamp(0, n - 1).contiguous(), valid.contiguous(), offset.contiguous())
-
-
-@lru_cache(maxsize=256)
-def inverse_windows(n: int, k: int, dilation: int, border: str) -> Tensor:
-    """(n, m, 2) for each key position: the (query, slot) pairs whose window holds it; -1 pads."""
-    w = axis_windows(n, k, dilation, border)
-    pairs: list[list[tuple[int, int]]] = [[] for _ in range(n)]
-    for i, t in w.valid.nonzero().tolist():
-        pairs[int(w.index[i, t])].append((i, t))
-    m = max(1, *(len(p) for p in pairs))
-    inv = torch.full((n, m, 2), -1, dtype=torch.long)
-    for key, p in enumerate(pairs):
-        if p:
-            inv[key, : len(p)] = torch.tensor(p)
-    return inv
-
-
-class _KernelNA2d(torch.autograd.Function):
-    """The C++ kernel with its hand-written backward (probabilities saved, no k² copies)."""
-
-    @staticmethod
-    def forward(
-        ctx: Any,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        rel: Tensor,
-        bias: Tensor,
-        kernel_size: tuple[int, int],
-        dilation: tuple[int, int],
-        border: str,
-        scale: float,
-    ) -> Tensor:
-        out, probs = _kernel_forward(q, k, v, rel, bias, kernel_size, dilation, border, scale, save=True)
-        ctx.save_for_backward(q, k, v, rel, bias, probs)
-        ctx.geometry = (kernel_size, dilation, border, scale)
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:
-        ext = _kernel()
-        q, k, v, rel, bias, probs = ctx.saved_tensors
-        kernel_size, dilation, border, scale = ctx.geometry
-        H, W = q.shape[1:3]
-        rows, cols = grid_windows(H, W, kernel_size, dilation, border)
-        want_rel = bool(rel.numel()) and ctx.needs_input_grad[3]
-        want_bias = bool(bias.numel()) and ctx.needs_input_grad[4]
-        dq, dk, dv, drel, dbias = ext.backward(
-            dout.contiguous(),
-            q,
-            k,
-            v,
-            rel,
-            bias,
-            probs,
-            *rows.tensors(),
-            *cols.tensors(),
-            inverse_windows(H, kernel_size[0], dilation[0], border),
-            inverse_windows(W, kernel_size[1], dilation[1], border),
-            scale,
-            want_rel,
-            want_bias,
-            border != "shift",
-            dilation[1],
-        )
-        return dq, dk, dv, drel if want_rel else None, dbias if want_bias else None, None, None, None, None
-
-
-def _kernel_forward(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    rel: Tensor,
-    bias: Tensor,
-    kernel_size: tuple[int, int],
-    dilation: tuple[int, int],
-    border: str,
-    scale: float,
-    *,
-    save: bool,
-) -> tuple[Tensor, Tensor]:
-    """(output, probabilities); with save=False the probabilities are not written (inference)."""
-    rows, cols = grid_windows(q.shape[1], q.shape[2], kernel_size, dilation, border)
-    zeros, fixed = border == "zeros", border != "shift"
-    out, probs = _kernel().forward(
-        q, k, v, rel, bias, *rows.tensors(), *cols.tensors(), scale, zeros, fixed, dilation[1], save
-    )
-    return out, probs
-
-
-def _kernel() -> Any:
-    ext = load_kernel("na2d")
-    if ext is None:
-        raise RuntimeError("the na2d C++ kernel is not available")
-    return ext
-
-
-def grid_windows(
-    height: int, width: int, kernel_size: tuple[int, int], dilation: tuple[int, int], border: str
-) -> tuple[AxisWindows, AxisWindows]:
-    """The row and column windows of an height×width map (each cached)."""
-    return (
-        axis_windows(height, kernel_size[0], dilation[0], border),
-        axis_windows(width, kernel_size[1], dilation[1], border),
-    )
+__all__ = ["neighborhood_attention2d", "neighborhood_attention2d_flex", "neighborhood_attention2d_torch"]
 
 
 @cache
@@ -198,17 +37,6 @@ def _compiled_flex() -> Callable[..., Any]:
     from torch.nn.attention.flex_attention import flex_attention
 
     return torch.compile(flex_attention, dynamic=False)
-
-
-def _membership(w: AxisWindows, n: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-    """(n, n) per axis: key in the query's window; its slot; its rel/bias offset index (0 outside)."""
-    inside = torch.zeros(n, n, dtype=torch.bool)
-    slot = torch.zeros(n, n, dtype=torch.long)
-    offset = torch.zeros(n, n, dtype=torch.long)
-    for i, t in w.valid.nonzero().tolist():
-        key = int(w.index[i, t])
-        inside[i, key], slot[i, key], offset[i, key] = True, t, w.offset[i, t]
-    return inside.to(device), slot.to(device), offset.to(device)
 
 
 def neighborhood_attention2d_flex(
@@ -234,8 +62,8 @@ def neighborhood_attention2d_flex(
         raise ValueError("border='zeros' has no flex_attention form; use the PyTorch path")
     B, H, W, heads, d = q.shape
     rows, cols = grid_windows(H, W, kernel_size, dilation, border)
-    in_r, slot_r, off_r = _membership(rows, H, q.device)
-    in_c, slot_c, off_c = _membership(cols, W, q.device)
+    in_r, slot_r, off_r = axis_membership(rows, H, q.device)
+    in_c, slot_c, off_c = axis_membership(cols, W, q.device)
     kw = kernel_size[1]
 
     def mask_mod(b: Tensor, h: Tensor, qi: Tensor, ki: Tensor) -> Tensor:
@@ -286,11 +114,8 @@ def _check_inputs(
         )
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"q, k and v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    ks, dil = check_pair("kernel_size", kernel_size), check_pair("dilation", dilation)
-    if ks[0] % 2 == 0 or ks[1] % 2 == 0:
-        raise ValueError(
-            f"kernel_size must be odd (the window is centred on the query), got kernel_size={ks}"
-        )
+    ks = check_odd("kernel_size", check_pair("kernel_size", kernel_size))
+    dil = check_pair("dilation", dilation)
     if border not in BORDERS:
         raise ValueError(f"border must be one of {BORDERS}, got border={border!r}")
     for axis, n, step in (("height", q.shape[1], dil[0]), ("width", q.shape[2], dil[1])):
@@ -401,7 +226,7 @@ def neighborhood_attention2d(
         dilation: δ or (δ_h, δ_w): spacing of the window's keys.
         rel: optional (2k_h-1, 2k_w-1, heads, d) relative embeddings: adds q·rel[offset] (SASA).
         bias: optional (heads, 2k_h-1, 2k_w-1) relative position bias (Swin / NATTEN).
-        border: 'mask', 'zeros' or 'shift' (see the module docstring).
+        border: 'mask', 'zeros' or 'shift' (see `convattn.layers.geometry`).
         scale: multiplies q·k (default d^-0.5); rel and bias terms are not scaled.
         backend: 'auto' (CPU: the C++ kernel when it builds, else PyTorch; CUDA: flex_attention,
             or PyTorch for border 'zeros'), 'kernel', 'torch' or 'flex'.
@@ -414,27 +239,9 @@ def neighborhood_attention2d(
     B, H, W, heads, d = q.shape
     slots = ks[0] * ks[1]
     record(B * H * W * heads * slots * (d + v.shape[-1] + (d if rel is not None else 0)))
-    if backend not in ("auto", "kernel", "torch", "flex"):
-        raise ValueError(f"backend must be 'auto', 'kernel', 'torch' or 'flex', got backend={backend!r}")
-    if backend == "flex" or (backend == "auto" and q.device.type == "cuda" and border != "zeros"):
+    path = choose_backend(backend, q.device, "na2d", fused="flex", fused_auto=border != "zeros")
+    if path == "flex":
         return neighborhood_attention2d_flex(q, k, v, ks, dil, border, scale, rel, bias)
-    use_kernel = backend == "kernel" or (backend == "auto" and q.device.type == "cpu")
-    if use_kernel and q.device.type == "cpu" and load_kernel("na2d") is not None:
-        empty = q.new_empty(0)
-        args = (
-            q.contiguous(),
-            k.contiguous(),
-            v.contiguous(),
-            empty if rel is None else rel.contiguous(),
-            empty if bias is None else bias.contiguous(),
-            ks,
-            dil,
-            border,
-            scale,
-        )
-        if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (q, k, v, rel, bias)):
-            return cast(Tensor, _KernelNA2d.apply(*args))
-        return _kernel_forward(*args, save=False)[0]  # inference: no probabilities kept
-    if backend == "kernel":
-        raise RuntimeError("backend='kernel' needs a CPU tensor and a built C++ kernel")
+    if path == "kernel":
+        return na2d_kernel(q, k, v, rel, bias, ks, dil, border, scale)
     return neighborhood_attention2d_torch(q, k, v, ks, dil, border, scale, rel, bias)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from convattn.layers.attention import MultiHeadAttention
+from convattn.layers.multihead import MultiHeadAttention
 from convattn.utils.checks import check_positive_int, check_probability, check_tensor
 
 __all__ = [

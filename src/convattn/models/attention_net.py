@@ -14,14 +14,13 @@ plus content. Weights use BERT's initialisation N(0, 0.02); the quadratic centre
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from convattn.layers.blocks import init_normal_
 from convattn.layers.mhsa2d import ENCODINGS, MultiHeadSelfAttention2d
-from convattn.models.registry import register_model
-from convattn.utils.checks import check_positive_int, check_probability, check_tensor
+from convattn.models.registry import register_preset
+from convattn.utils.checks import check_multiple_of, check_positive_int, check_probability, check_tensor
 
 __all__ = ["AttentionLayer", "AttentionNet"]
 
@@ -105,8 +104,9 @@ class AttentionNet(nn.Module):
         if encoding not in ENCODINGS:
             raise ValueError(f"unknown encoding {encoding!r}; choose one of {', '.join(ENCODINGS)}")
         self.downsample = check_positive_int("downsample", downsample)
-        if check_positive_int("image_size", image_size) % downsample:
-            raise ValueError(f"image_size must be a multiple of downsample, got {image_size=}, {downsample=}")
+        check_multiple_of(
+            "image_size", check_positive_int("image_size", image_size), "downsample", downsample
+        )
         self.encoding = encoding
         self.embed = nn.Linear(check_positive_int("in_chans", in_chans) * downsample**2, hidden)
         self.layers = nn.ModuleList(
@@ -125,13 +125,12 @@ class AttentionNet(nn.Module):
             for _ in range(check_positive_int("depth", depth))
         )
         self.head = nn.Linear(hidden, check_positive_int("num_classes", num_classes))
-        self.apply(_bert_init)
+        init_normal_(self, truncated=False)  # BERT's N(0, 0.02)
 
     def features(self, x: Tensor) -> list[Tensor]:
         """The input of every attention layer, (B, hidden, H', W') each (for attention maps)."""
         check_tensor("x", x, 4)
-        if x.shape[-1] % self.downsample or x.shape[-2] % self.downsample:
-            raise ValueError(f"image sides must be multiples of {self.downsample}, got {tuple(x.shape[-2:])}")
+        check_multiple_of("image size", tuple(x.shape[-2:]), "downsample", self.downsample)
         y = F.pixel_unshuffle(x, self.downsample)  # (B, C·s², H/s, W/s)
         y = self.embed(y.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # (B, hidden, H/s, W/s)
         inputs = []
@@ -145,47 +144,36 @@ class AttentionNet(nn.Module):
         return self.head(self.features(x)[-1].mean((2, 3)))  # (B, num_classes)
 
 
-def _bert_init(module: nn.Module) -> None:
-    if isinstance(module, nn.Linear):
-        nn.init.normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-
-
-def _attention_net(**kwargs: Any) -> AttentionNet:
-    return AttentionNet(**kwargs)
-
-
 for _encoding in ("quadratic", "quadratic_generalized", "relative", "relative_content", "absolute", "none"):
-    register_model(
-        f"attention_net_{_encoding}",
+    register_preset(
         "cordonnier",
-        description=f"Cordonnier et al.'s attention-only network, {_encoding} encoding (400 wide, 6 layers)",
+        AttentionNet,
+        f"attention_net_{_encoding}",
+        f"Cordonnier et al.'s attention-only network, {_encoding} encoding (400 wide, 6 layers)",
         divisor=2,
-        min_size=2,
         encoding=_encoding,
-    )(_attention_net)
-register_model(
-    "attention_net_tiny",
+    )
+register_preset(
     "cordonnier",
-    description="the attention-only network at hidden 16, one layer, 4 heads (tests)",
+    AttentionNet,
+    "attention_net_tiny",
+    "the attention-only network at hidden 16, one layer, 4 heads (tests)",
     divisor=2,
-    min_size=2,
     hidden=16,
     depth=1,
     num_heads=4,
     ffn=32,
-)(_attention_net)
-register_model(
-    "attention_digits",
+)
+register_preset(
     "cordonnier",
-    description="a small attention-only network for the 8×8 digits: hidden 64, 2 layers, 9 quadratic heads",
+    AttentionNet,
+    "attention_digits",
+    "a small attention-only network for the 8×8 digits: hidden 64, 2 layers, 9 quadratic heads",
     image_size=8,
-    attn_dropout=0.0,
     in_chans=1,
-    min_size=1,
+    attn_dropout=0.0,
     hidden=64,
     depth=2,
     ffn=128,
     downsample=1,
-)(_attention_net)
+)

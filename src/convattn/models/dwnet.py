@@ -1,9 +1,9 @@
 """DWNet and dynamic DWNet (Han et al. 2022, "On the Connection between Local Attention and Dynamic
 Depth-wise Convolution", §4).
 
-The Swin macro-architecture (`convattn.models.swin`: 4×4 patch embedding + LayerNorm, stages with
-patch merging, final LayerNorm, average pooling, linear head) with every window-attention block
-replaced by a depth-wise convolution block:
+The Swin macro-architecture (`convattn.layers.blocks.HierarchicalNet`: 4×4 patch embedding +
+LayerNorm, stages with patch merging, final LayerNorm, average pooling, linear head) with every
+window-attention block replaced by a depth-wise convolution block:
 
     x = x + BN(Conv1×1(ReLU(BN(DW_k×k(ReLU(BN(Conv1×1(x))))))))    (1×1 convs without bias, DW with bias)
     x = x + MLP(BN(x))                                               (ratio 4, GELU)
@@ -26,11 +26,10 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from convattn.layers.blocks import DropPath, HierarchicalNet, Mlp
 from convattn.layers.mixers import create_mixer
-from convattn.models.registry import register_model
-from convattn.models.swin import PatchEmbed, PatchMerging, Stage, check_stages, init_linear
-from convattn.models.vit import DropPath, Mlp, drop_path_rates
-from convattn.utils.checks import check_pair, check_positive_int, check_probability
+from convattn.models.registry import register_preset
+from convattn.utils.checks import check_positive
 
 __all__ = ["DWBlock", "DWNet", "DWNetBlock"]
 
@@ -85,7 +84,7 @@ class DWNetBlock(nn.Module):
         return x + self.drop_path(self.mlp(y))
 
 
-class DWNet(nn.Module):
+class DWNet(HierarchicalNet):
     """DWNet: (B, in_chans, H, W) -> (B, num_classes), H and W multiples of `patch_size`.
 
     Args:
@@ -117,81 +116,55 @@ class DWNet(nn.Module):
         dropout: float = 0.0,
         drop_path_rate: float = 0.1,
     ) -> None:
-        super().__init__()
-        n = check_stages(depths)
-        height, width = check_pair("image_size", image_size)
-        if height % check_positive_int("patch_size", patch_size) or width % patch_size:
-            raise ValueError(
-                f"image sides must be multiples of the patch, got image_size={image_size!r}, {patch_size=}"
-            )
-        check_positive_int("embed_dim", embed_dim)
-        if not mlp_ratio > 0:
-            raise ValueError(f"mlp_ratio must be positive, got {mlp_ratio=}")
+        check_positive("mlp_ratio", mlp_ratio)
         if not isinstance(dynamic, bool):
             raise TypeError(f"dynamic must be a bool, got {dynamic=!r}")
-        rates = drop_path_rates(check_probability("drop_path_rate", drop_path_rate), sum(depths))
-        self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size)
-        self.pos_drop = nn.Dropout(check_probability("dropout", dropout))
-        stages = []
-        for i, depth in enumerate(depths):
-            dim = embed_dim * 2**i
-            blocks = [
-                DWNetBlock(
-                    dim,
-                    kernel_size=kernel_size,
-                    dynamic=dynamic,
-                    mlp_ratio=mlp_ratio,
-                    dropout=dropout,
-                    drop_path=rates[sum(depths[:i]) + j],
-                )
-                for j in range(depth)
-            ]
-            stages.append(Stage(blocks, PatchMerging(dim) if i < n - 1 else None))
-        self.layers = nn.Sequential(*stages)
-        self.num_features = embed_dim * 2 ** (n - 1)
-        self.norm = nn.LayerNorm(self.num_features)
-        self.head = nn.Linear(self.num_features, check_positive_int("num_classes", num_classes))
-        init_linear(self)
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        """(B, in_chans, H, W) -> (B, num_features) pooled, normalised features."""
-        x = self.layers(self.pos_drop(self.patch_embed(x)))  # (B, H/p/2^(n-1), W/p/2^(n-1), C)
-        return self.norm(x).mean((1, 2))
+        def block(stage: int, index: int, dim: int, drop_path: float) -> nn.Module:
+            return DWNetBlock(
+                dim,
+                kernel_size=kernel_size,
+                dynamic=dynamic,
+                mlp_ratio=mlp_ratio,
+                dropout=dropout,
+                drop_path=drop_path,
+            )
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.forward_features(x))  # (B, num_classes)
-
-
-def _register(
-    name: str, description: str, *, image_size: int = 32, num_classes: int = 10, **preset: Any
-) -> None:
-    """Register a DWNet preset: the registry passes image_size, num_classes (and in_chans) on."""
-    patch = preset["patch_size"]
-    register_model(
-        name,
-        "dwnet",
-        description=description,
-        image_size=image_size,
-        num_classes=num_classes,
-        divisor=patch,
-        min_size=patch,
-        **preset,
-    )(DWNet)
+        super().__init__(
+            block,
+            image_size=image_size,
+            patch_size=patch_size,
+            in_chans=in_chans,
+            num_classes=num_classes,
+            embed_dim=embed_dim,
+            depths=depths,
+            dropout=dropout,
+            drop_path_rate=drop_path_rate,
+        )
 
 
 _FULL: dict[str, Any] = {"image_size": 224, "num_classes": 1000, "patch_size": 4, "drop_path_rate": 0.2}
-_register("dwnet_t", "DWNet-T at 224², 1000 classes: 24,172,744 parameters", **_FULL)
-_register(
-    "dwnet_t_dynamic", "dynamic DWNet-T at 224², 1000 classes: 51,131,752 parameters", dynamic=True, **_FULL
+register_preset("dwnet", DWNet, "dwnet_t", "DWNet-T at 224², 1000 classes: 24,172,744 parameters", **_FULL)
+register_preset(
+    "dwnet",
+    DWNet,
+    "dwnet_t_dynamic",
+    "dynamic DWNet-T at 224², 1000 classes: 51,131,752 parameters",
+    dynamic=True,
+    **_FULL,
 )
-_register(
+register_preset(
+    "dwnet",
+    DWNet,
     "dwnet_b",
     "DWNet-B at 224², 1000 classes: 74,347,112 parameters",
     embed_dim=128,
     depths=(2, 2, 18, 2),
     **{**_FULL, "drop_path_rate": 0.5},
 )
-_register(
+register_preset(
+    "dwnet",
+    DWNet,
     "dwnet_cifar",
     "DWNet for 32×32 (swin_cifar's layout): patch 2, dims 96/192/384, depths (2, 2, 6), 7×7 kernels",
     patch_size=2,
@@ -199,7 +172,9 @@ _register(
     depths=(2, 2, 6),
     drop_path_rate=0.1,
 )
-_register(
+register_preset(
+    "dwnet",
+    DWNet,
     "dwnet_tiny",
     "DWNet at dims 16/32, depths (1, 1), patch 2, 3×3 kernels (tests)",
     patch_size=2,

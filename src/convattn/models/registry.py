@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["ModelInfo", "create_model", "list_models", "model_info", "register_model"]
+__all__ = ["ModelInfo", "create_model", "list_models", "model_info", "register_model", "register_preset"]
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,39 @@ def register_model(
         return builder
 
     return wrap
+
+
+def register_preset(
+    family: str,
+    builder: Callable[..., nn.Module],
+    name: str,
+    description: str,
+    *,
+    image_size: int = 32,
+    in_chans: int = 3,
+    num_classes: int = 10,
+    divisor: int | None = None,
+    min_size: int | None = None,
+    **preset: Any,
+) -> None:
+    """Register `builder` (a model class) as `name`: it is called with the `preset` keywords.
+
+    image_size, in_chans and num_classes are the entry's defaults, which the registry passes on to
+    the builder. Input sides must be multiples of `divisor`, by default the preset's patch_size (1
+    without one), and at least `min_size`, by default the divisor.
+    """
+    divisor = preset.get("patch_size", 1) if divisor is None else divisor
+    register_model(
+        name,
+        family,
+        description=description,
+        image_size=image_size,
+        in_chans=in_chans,
+        num_classes=num_classes,
+        divisor=divisor,
+        min_size=divisor if min_size is None else min_size,
+        **preset,
+    )(builder)
 
 
 def _load_builtin() -> None:

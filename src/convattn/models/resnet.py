@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from convattn.layers.blocks import projection_shortcut
 from convattn.layers.mixers import create_mixer, list_mixers
-from convattn.models.registry import register_model
+from convattn.models.registry import register_preset
 from convattn.utils.checks import check_positive_int, check_tensor
 
 __all__ = ["BasicBlock", "ResNet"]
@@ -63,11 +64,7 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(out_dim)
         self.conv2 = spatial_layer(mixer, out_dim, out_dim, 1, options)
         self.bn2 = nn.BatchNorm2d(out_dim)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or in_dim != out_dim:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_dim, out_dim, 1, stride=stride, bias=False), nn.BatchNorm2d(out_dim)
-            )
+        self.shortcut = projection_shortcut(in_dim, out_dim, stride)
 
     def forward(self, x: Tensor) -> Tensor:
         y = torch.relu(self.bn1(self.conv1(x)))
@@ -129,10 +126,6 @@ class ResNet(nn.Module):
         return self.head(y.mean((2, 3)))  # (B, num_classes)
 
 
-def _resnet(**kwargs: Any) -> ResNet:
-    return ResNet(**kwargs)
-
-
 _PRESETS: list[tuple[str, str, dict[str, Any]]] = [
     ("resnet18_cifar", "ResNet-18, CIFAR stem (3×3, no max-pool): 11,173,962 parameters", {}),
     ("resnet18_cifar_sasa", "ResNet-18 with SASA 7×7 local attention (8 heads) for every 3×3 conv",
@@ -146,10 +139,7 @@ _PRESETS: list[tuple[str, str, dict[str, Any]]] = [
     ("resnet_tiny", "a 4-stage ResNet of width 8, one block per stage (tests)",
      {"layers": (1, 1, 1, 1), "width": 8}),
     ("resnet_digits", "a small ResNet for the 8×8 digits: width 16, stages (1, 1, 1)",
-     {"layers": (1, 1, 1), "width": 16, "in_chans": 1}),
+     {"layers": (1, 1, 1), "width": 16, "in_chans": 1, "image_size": 8}),
 ]  # fmt: skip
-for _name, _desc, _defaults in _PRESETS:
-    _chans = _defaults.pop("in_chans", 3)
-    register_model(
-        _name, "resnet", description=_desc, image_size=8 if _chans == 1 else 32, in_chans=_chans, **_defaults
-    )(_resnet)
+for _name, _description, _preset in _PRESETS:
+    register_preset("resnet", ResNet, _name, _description, **_preset)

@@ -35,8 +35,9 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from convattn.layers.blocks import projection_shortcut
 from convattn.layers.mixers import SASA, SASAStem, create_mixer
-from convattn.models.registry import register_model
+from convattn.models.registry import register_preset
 from convattn.utils.checks import check_positive_int, check_tensor
 
 __all__ = ["DEPTHS", "Bottleneck", "SASAResNet"]
@@ -77,11 +78,7 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(width)
         self.conv3 = nn.Conv2d(width, out, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out)
-        self.downsample: nn.Module = nn.Identity()
-        if stride != 1 or in_dim != out:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_dim, out, 1, stride=stride, bias=False), nn.BatchNorm2d(out)
-            )
+        self.downsample = projection_shortcut(in_dim, out, stride)
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.bn1(self.conv1(x)).relu()
@@ -189,54 +186,27 @@ class SASAResNet(nn.Module):
         return self.fc(y.mean((2, 3)))  # (B, num_classes)
 
 
-def _register(
-    name: str, description: str, *, image_size: int = 224, num_classes: int = 1000, **preset: Any
-) -> None:
-    """Register a SASAResNet preset: the registry passes image_size, num_classes (and in_chans) on."""
-    register_model(
-        name, "sasa_resnet", description=description, image_size=image_size, num_classes=num_classes, **preset
-    )(SASAResNet)
-
-
+_IMAGENET: dict[str, Any] = {"image_size": 224, "num_classes": 1000}
 _ATTENTION: dict[str, Any] = {"mixer": "sasa", "stem": "attention"}
-_register(
-    "resnet26", "ResNet-26 (bottleneck, conv), SASA's baseline: 13,696,552 parameters", layers=DEPTHS[26]
-)
-_register(
-    "resnet38", "ResNet-38 (bottleneck, conv), SASA's baseline: 19,626,792 parameters", layers=DEPTHS[38]
-)
-_register("resnet50", "ResNet-50 (torchvision layout): 25,557,032 parameters", layers=DEPTHS[50])
-_register(
-    "sasa_resnet26",
-    "ResNet-26, full attention (SASA 7×7, 8 heads; attention stem): 10,335,144 parameters",
-    layers=DEPTHS[26],
-    **_ATTENTION,
-)
-_register(
-    "sasa_resnet38",
-    "ResNet-38, full attention (SASA 7×7, 8 heads; attention stem): 14,183,144 parameters",
-    layers=DEPTHS[38],
-    **_ATTENTION,
-)
-_register(
-    "sasa_resnet50",
-    "ResNet-50, full attention (SASA 7×7, 8 heads; attention stem): 18,031,144 parameters",
-    layers=DEPTHS[50],
-    **_ATTENTION,
-)
-_register(
-    "sasa_resnet50_convstem",
-    "ResNet-50, conv stem + SASA attention in the bottlenecks: 18,038,632 parameters",
-    layers=DEPTHS[50],
-    mixer="sasa",
-)
-_register(
-    "sasa_resnet_tiny",
-    "full-attention bottleneck ResNet at width 8, one block per stage, 4 heads, 32×32 (tests)",
-    image_size=32,
-    num_classes=10,
-    layers=(1, 1, 1, 1),
-    width=8,
-    num_heads=4,
-    **_ATTENTION,
-)
+_PRESETS: list[tuple[str, str, dict[str, Any]]] = [
+    ("resnet26", "ResNet-26 (bottleneck, conv), SASA's baseline: 13,696,552 parameters",
+     {**_IMAGENET, "layers": DEPTHS[26]}),
+    ("resnet38", "ResNet-38 (bottleneck, conv), SASA's baseline: 19,626,792 parameters",
+     {**_IMAGENET, "layers": DEPTHS[38]}),
+    ("resnet50", "ResNet-50 (torchvision layout): 25,557,032 parameters",
+     {**_IMAGENET, "layers": DEPTHS[50]}),
+    ("sasa_resnet26", "ResNet-26, full attention (SASA 7×7, 8 heads; attention stem): 10,335,144 parameters",
+     {**_IMAGENET, "layers": DEPTHS[26], **_ATTENTION}),
+    ("sasa_resnet38", "ResNet-38, full attention (SASA 7×7, 8 heads; attention stem): 14,183,144 parameters",
+     {**_IMAGENET, "layers": DEPTHS[38], **_ATTENTION}),
+    ("sasa_resnet50", "ResNet-50, full attention (SASA 7×7, 8 heads; attention stem): 18,031,144 parameters",
+     {**_IMAGENET, "layers": DEPTHS[50], **_ATTENTION}),
+    ("sasa_resnet50_convstem",
+     "ResNet-50, conv stem + SASA attention in the bottlenecks: 18,038,632 parameters",
+     {**_IMAGENET, "layers": DEPTHS[50], "mixer": "sasa"}),
+    ("sasa_resnet_tiny",
+     "full-attention bottleneck ResNet at width 8, one block per stage, 4 heads, 32×32 (tests)",
+     {"layers": (1, 1, 1, 1), "width": 8, "num_heads": 4, **_ATTENTION}),
+]  # fmt: skip
+for _name, _description, _preset in _PRESETS:
+    register_preset("sasa_resnet", SASAResNet, _name, _description, **_preset)

@@ -6,11 +6,9 @@ pooling and a linear head: ~60k parameters, seconds per epoch on a CPU.
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import Tensor, nn
 
-from convattn.models.registry import register_model
+from convattn.models.registry import register_preset
 from convattn.utils.checks import check_positive_int, check_tensor
 
 __all__ = ["SmallCNN"]
@@ -48,24 +46,16 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x).mean((2, 3)))  # (B, num_classes)
 
 
-def _small_cnn(**kwargs: Any) -> SmallCNN:
-    return SmallCNN(**kwargs)
-
-
-register_model(
-    "cnn_digits",
+register_preset(
+    "digits", SmallCNN, "cnn_digits", "a 3-layer CNN for the 8×8 digits", image_size=8, in_chans=1, min_size=2
+)
+register_preset(
     "digits",
-    description="a 3-layer CNN for the 8×8 digits",
-    image_size=8,
-    in_chans=1,
-    min_size=2,
-)(_small_cnn)
-register_model(
+    SmallCNN,
     "cnn_tiny",
-    "digits",
-    description="the digits CNN at width 4 (tests)",
+    "the digits CNN at width 4 (tests)",
     image_size=8,
     in_chans=1,
     min_size=2,
     width=4,
-)(_small_cnn)
+)

@@ -58,25 +58,39 @@ def _check_tokens(name: str, tokens: Tensor, vocab: int) -> None:
         )
 
 
-class TransformerEncoder(nn.Module):
+class _Stack(nn.Module):
+    """Token embedding × √d + sinusoidal positions, then `cfg.num_layers` blocks of one kind."""
+
+    def __init__(
+        self,
+        cfg: TransformerConfig,
+        vocab: int,
+        block: type[TransformerEncoderBlock] | type[TransformerDecoderBlock],
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embedding = nn.Embedding(vocab, cfg.num_hiddens)
+        self.pos_encoding = PositionalEncoding(cfg.num_hiddens, cfg.dropout)
+        self.blks = nn.ModuleList(
+            block(cfg.num_hiddens, cfg.ffn_num_hiddens, cfg.num_heads, cfg.dropout, bias=cfg.bias)
+            for _ in range(cfg.num_layers)
+        )
+
+    def _embed(self, tokens: Tensor, offset: int = 0) -> Tensor:
+        x = self.embedding(tokens) * math.sqrt(self.cfg.num_hiddens)  # (B, T, d)
+        return self.pos_encoding(x, offset)
+
+
+class TransformerEncoder(_Stack):
     """Token embedding × √d + positional encoding, then a stack of encoder blocks."""
 
     def __init__(self, cfg: TransformerConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.embedding = nn.Embedding(cfg.src_vocab, cfg.num_hiddens)
-        self.pos_encoding = PositionalEncoding(cfg.num_hiddens, cfg.dropout)
-        self.blks = nn.ModuleList(
-            TransformerEncoderBlock(
-                cfg.num_hiddens, cfg.ffn_num_hiddens, cfg.num_heads, cfg.dropout, bias=cfg.bias
-            )
-            for _ in range(cfg.num_layers)
-        )
+        super().__init__(cfg, cfg.src_vocab, TransformerEncoderBlock)
 
     def forward(self, src: Tensor, valid_lens: Tensor | None = None) -> Tensor:
         """src: (B, S) token ids -> (B, S, d)."""
         _check_tokens("src", src, self.cfg.src_vocab)
-        x = self.pos_encoding(self.embedding(src) * math.sqrt(self.cfg.num_hiddens))  # (B, S, d)
+        x = self._embed(src)  # (B, S, d)
         for blk in self.blks:
             x = blk(x, valid_lens)
         return x
@@ -87,28 +101,15 @@ class TransformerEncoder(nn.Module):
         return [cast(TransformerEncoderBlock, b).attention.attention_weights for b in self.blks]
 
 
-class TransformerDecoder(nn.Module):
+class TransformerDecoder(_Stack):
     """Embedding, positional encoding, decoder blocks and a linear layer onto the target vocabulary."""
 
     def __init__(self, cfg: TransformerConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.embedding = nn.Embedding(cfg.tgt_vocab, cfg.num_hiddens)
-        self.pos_encoding = PositionalEncoding(cfg.num_hiddens, cfg.dropout)
-        self.blks = nn.ModuleList(
-            TransformerDecoderBlock(
-                cfg.num_hiddens, cfg.ffn_num_hiddens, cfg.num_heads, cfg.dropout, bias=cfg.bias
-            )
-            for _ in range(cfg.num_layers)
-        )
+        super().__init__(cfg, cfg.tgt_vocab, TransformerDecoderBlock)
         self.dense = nn.Linear(cfg.num_hiddens, cfg.tgt_vocab)
 
     def blocks(self) -> list[TransformerDecoderBlock]:
         return [cast(TransformerDecoderBlock, b) for b in self.blks]
-
-    def _embed(self, tokens: Tensor, offset: int = 0) -> Tensor:
-        x = self.embedding(tokens) * math.sqrt(self.cfg.num_hiddens)  # (B, T, d)
-        return self.pos_encoding(x, offset)
 
     def forward(self, tgt: Tensor, enc_out: Tensor, enc_valid_lens: Tensor | None = None) -> Tensor:
         """Teacher forcing: tgt (B, T) ids, enc_out (B, S, d) -> logits (B, T, V)."""

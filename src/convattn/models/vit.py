@@ -10,65 +10,27 @@ built for one grid of patches runs on another: the position grid is resized bicu
 grid at every forward (the class token's position is kept), as done when fine-tuning at a new
 resolution (Dosovitskiy et al. §3.2).
 
-`Mlp` and `DropPath` are shared with the hierarchical models (Swin, DWNet).
+`Mlp` and `DropPath` (`convattn.layers.blocks`) are shared with the hierarchical models (Swin, DWNet).
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from convattn.models.registry import register_model
+from convattn.layers.blocks import DropPath, Mlp, drop_path_rates, init_normal_
+from convattn.models.registry import register_preset
 from convattn.utils.checks import (
     check_heads_divide,
-    check_pair,
+    check_multiple_of,
+    check_positive,
     check_positive_int,
     check_probability,
     check_tensor,
 )
 
-__all__ = ["Attention", "DropPath", "Mlp", "VisionTransformer", "VitBlock", "drop_path_rates"]
-
-
-def drop_path_rates(rate: float, depth: int) -> list[float]:
-    """Stochastic-depth rates of `depth` blocks rising linearly from 0 to `rate` (Huang et al. 2016)."""
-    return [rate * i / max(depth - 1, 1) for i in range(depth)]
-
-
-class DropPath(nn.Module):
-    """Stochastic depth (Huang et al. 2016): drop a residual branch for whole samples while training.
-
-    The surviving samples are scaled by 1 / (1 - p) so that the expected output is unchanged.
-    """
-
-    def __init__(self, p: float = 0.0) -> None:
-        super().__init__()
-        self.p = check_probability("drop_path", p)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1.0 - self.p)  # (B, 1, ...)
-        return x * keep / (1.0 - self.p)
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
-
-
-class Mlp(nn.Module):
-    """Two linear layers with GELU between them, applied to the last (channel) axis."""
-
-    def __init__(self, dim: int, hidden: int, *, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, check_positive_int("hidden", hidden))
-        self.fc2 = nn.Linear(hidden, dim)
-        self.drop = nn.Dropout(check_probability("dropout", dropout))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x)))))
+__all__ = ["Attention", "VisionTransformer", "VitBlock"]
 
 
 class Attention(nn.Module):
@@ -154,14 +116,9 @@ class VisionTransformer(nn.Module):
     ) -> None:
         super().__init__()
         self.patch = check_positive_int("patch_size", patch_size)
-        height, width = check_pair("image_size", image_size)
-        if height % patch_size or width % patch_size:
-            raise ValueError(
-                f"image sides must be multiples of the patch, got image_size={image_size!r}, {patch_size=}"
-            )
+        height, width = check_multiple_of("image_size", image_size, "patch_size", patch_size)
         check_heads_divide(dim, num_heads)
-        if not mlp_ratio > 0:
-            raise ValueError(f"mlp_ratio must be positive, got {mlp_ratio=}")
+        check_positive("mlp_ratio", mlp_ratio)
         check_positive_int("depth", depth)
         rates = drop_path_rates(check_probability("drop_path_rate", drop_path_rate), depth)
         self.in_chans = check_positive_int("in_chans", in_chans)
@@ -192,11 +149,7 @@ class VisionTransformer(nn.Module):
         """Truncated normal (std 0.02) for positions, class token and linear layers; zero biases."""
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        init_normal_(self)
 
     def positions(self, grid: tuple[int, int]) -> Tensor:
         """(1, 1 + gh·gw, dim) positions for a gh×gw patch grid, the learned grid resized if it differs."""
@@ -212,11 +165,9 @@ class VisionTransformer(nn.Module):
         """(B, in_chans, H, W) -> (B, 1 + N, dim) normalised tokens, the class token first."""
         check_tensor("x", x, 4)
         B, C, H, W = x.shape
-        if C != self.in_chans or H % self.patch or W % self.patch:
-            raise ValueError(
-                f"expected (B, {self.in_chans}, H, W) with H, W multiples of {self.patch}, "
-                f"got x.shape={tuple(x.shape)}"
-            )
+        if C != self.in_chans:
+            raise ValueError(f"expected (B, {self.in_chans}, H, W), got x.shape={tuple(x.shape)}")
+        check_multiple_of("image size", (H, W), "patch_size", self.patch)
         tokens = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, N, dim)
         tokens = torch.cat([self.cls_token.expand(B, -1, -1), tokens], dim=1)  # (B, 1 + N, dim)
         tokens = self.pos_drop(tokens + self.positions((H // self.patch, W // self.patch)))
@@ -226,31 +177,9 @@ class VisionTransformer(nn.Module):
         return self.head(self.forward_features(x)[:, 0])  # (B, num_classes)
 
 
-def _register(
-    name: str,
-    description: str,
-    *,
-    image_size: int = 32,
-    in_chans: int = 3,
-    num_classes: int = 10,
-    **preset: Any,
-) -> None:
-    """Register a VisionTransformer preset: the registry passes image_size, num_classes (and in_chans) on."""
-    patch = preset["patch_size"]
-    register_model(
-        name,
-        "vit",
-        description=description,
-        image_size=image_size,
-        num_classes=num_classes,
-        in_chans=in_chans,
-        divisor=patch,
-        min_size=patch,
-        **preset,
-    )(VisionTransformer)
-
-
-_register(
+register_preset(
+    "vit",
+    VisionTransformer,
     "vit_b16",
     "ViT-B/16 at 224², 1000 classes: 86,567,656 parameters",
     image_size=224,
@@ -260,7 +189,9 @@ _register(
     depth=12,
     num_heads=12,
 )
-_register(
+register_preset(
+    "vit",
+    VisionTransformer,
     "vit_cifar_small",
     "ViT for 32×32: patch 4 (64 tokens), dim 192, depth 6, 3 heads",
     patch_size=4,
@@ -269,7 +200,9 @@ _register(
     num_heads=3,
     drop_path_rate=0.1,
 )
-_register(
+register_preset(
+    "vit",
+    VisionTransformer,
     "vit_cifar_patch2",
     "ViT for 32×32: patch 2 (256 tokens), dim 192, depth 6, 3 heads",
     patch_size=2,
@@ -278,7 +211,9 @@ _register(
     num_heads=3,
     drop_path_rate=0.1,
 )
-_register(
+register_preset(
+    "vit",
+    VisionTransformer,
     "vit_digits",
     "ViT for the 8×8 digits: patch 2 (16 tokens), dim 64, depth 4, 4 heads",
     image_size=8,
@@ -289,7 +224,9 @@ _register(
     num_heads=4,
     mlp_ratio=2.0,
 )
-_register(
+register_preset(
+    "vit",
+    VisionTransformer,
     "vit_tiny",
     "ViT at dim 32, depth 2, 2 heads, patch 4 (tests)",
     patch_size=4,

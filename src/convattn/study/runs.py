@@ -220,10 +220,15 @@ def compare_models(
         "best_attention": best_att["model"],
         "best_attention_acc": best_att["test_acc_mean"],
         "threads": torch.get_num_threads(),
-        "timing": (
-            f"Training images/s: the median over the {epochs} epochs of a run of whole-epoch throughput "
-            "(data, augmentation, forward, backward, update), averaged over the seeds. Inference images/s: "
-            f"the median of {INFERENCE_REPEATS} timed passes over {len(x)} test images after a warm-up. "
-            f"Both on {device_name(device)} with {torch.get_num_threads()} torch thread(s)."
-        ),
+        "timing": _timing(epochs, len(x), device),
     }
+
+
+def _timing(epochs: int, images: int, device: str) -> str:
+    """How the table's speeds were measured, for the report."""
+    return (
+        f"Training images/s: the median over the {epochs} epochs of a run of whole-epoch throughput "
+        "(data, augmentation, forward, backward, update), averaged over the seeds. Inference images/s: "
+        f"the median of {INFERENCE_REPEATS} timed passes over {images} test images after a warm-up. "
+        f"Both on {device_name(device)} with {torch.get_num_threads()} torch thread(s)."
+    )

@@ -1,96 +1,95 @@
-"""The training configuration: one frozen dataclass, saved as config.json in the run folder."""
+"""The training configuration: one frozen dataclass, saved as config.json in the run folder.
+
+Each field carries its description (and, where it has them, its allowed values) in its metadata: the
+class docstring, `convattn train --help` and the checks of `__post_init__` all read them there.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, get_origin, get_type_hints
 
-__all__ = ["TrainConfig"]
+__all__ = ["DEVICES", "OPTIMIZERS", "TrainConfig"]
 
 OPTIMIZERS = ("sgd", "adamw")
+DEVICES = ("cpu", "cuda")
+
+
+def _opt(default: Any, doc: str, *, choices: tuple[str, ...] = ()) -> Any:
+    """A field with a default, its description and, if any, its allowed values."""
+    meta: dict[str, Any] = {"help": doc, **({"choices": choices} if choices else {})}
+    if default is MISSING:
+        return field(metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that decides a training run (the run folder holds it as config.json).
 
-    Attributes:
-        model: a name of `convattn.list_models()`.
-        data: a data spec of `convattn.data.load` ("digits", "shapes", "cifar10:PATH", ...).
-        epochs: passes over the training set.
-        out: the run folder.
-        model_options: keyword overrides for the model (e.g. {"dropout": 0.0}).
-        batch_size: the global batch (split evenly over processes under torchrun).
-        optimizer: "sgd" (momentum, Nesterov off) or "adamw".
-        lr: peak learning rate, reached after the warm-up.
-        momentum: SGD momentum (AdamW: beta1).
-        weight_decay: decoupled for AdamW, L2 for SGD; never on norms, biases, attention centres/spreads.
-        warmup: fraction of all steps spent in linear warm-up, then cosine decay to 0.
-        label_smoothing: of the cross-entropy.
-        clip_grad: clip the global gradient norm to this value (0: off).
-        crop_pad: random-crop padding of the augmentation (0: off; -1: the data set's default).
-        flip: random horizontal flips (digits are not flipped by default).
-        seed: of the model, the shuffle order, the augmentation and dropout.
-        threads: torch CPU threads (0: torch's default); runs are bit-reproducible at a fixed count.
-        device: "cpu" or "cuda".
-        data_seed: seed of generated data sets, and of the `n_train` subset of a fixed one.
-        n_train: train on this many images (0: the whole training split); a fixed data set keeps a
-            nested class-stratified subset of its training split, a generated one is generated at this
-            size (`convattn.data.load`). The test split is always the whole one.
+    Numbers are checked for type (a bool is refused: `lr=True` is a mistake, not 1.0) and range.
     """
 
-    model: str
-    data: str = "digits"
-    epochs: int = 10
-    out: str = "runs/train"
-    model_options: dict[str, Any] = field(default_factory=dict)
-    batch_size: int = 64
-    optimizer: str = "adamw"
-    lr: float = 2e-3
-    momentum: float = 0.9
-    weight_decay: float = 0.05
-    warmup: float = 0.05
-    label_smoothing: float = 0.0
-    clip_grad: float = 0.0
-    crop_pad: int = -1
-    flip: bool = False
-    seed: int = 0
-    threads: int = 0
-    device: str = "cpu"
-    data_seed: int = 0
-    eval_every: int = 1
-    n_train: int = 0  # the default keeps config.json files written before the field loadable
+    model: str = field(metadata={"help": "a name of `convattn.list_models()` (`convattn models`)"})
+    data: str = _opt(
+        "digits", "a data spec of `convattn.data.load`: digits, shapes, long_range, cifar10:PATH, folder:PATH"
+    )
+    epochs: int = _opt(10, "passes over the training set")
+    out: str = _opt("runs/train", "the run folder")
+    model_options: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": 'keyword overrides for the model (e.g. {"dropout": 0.0})'}
+    )
+    batch_size: int = _opt(64, "the global batch (split evenly over processes under torchrun)")
+    optimizer: str = _opt("adamw", "sgd (momentum, Nesterov off) or adamw", choices=OPTIMIZERS)
+    lr: float = _opt(2e-3, "peak learning rate, reached after the warm-up")
+    momentum: float = _opt(0.9, "SGD momentum (AdamW: beta1)")
+    weight_decay: float = _opt(
+        0.05, "decoupled for AdamW, L2 for SGD; never on norms, biases, attention centres/spreads"
+    )
+    warmup: float = _opt(0.05, "fraction of all steps spent in linear warm-up, then cosine decay to 0")
+    label_smoothing: float = _opt(0.0, "label smoothing of the cross-entropy")
+    clip_grad: float = _opt(0.0, "clip the global gradient norm to this value (0: off)")
+    crop_pad: int = _opt(-1, "random-crop padding of the augmentation (0: off; -1: the data set's default)")
+    flip: bool = _opt(False, "random horizontal flips (digits are not flipped by default)")
+    seed: int = _opt(0, "seed of the model, the shuffle order, the augmentation and dropout")
+    threads: int = _opt(
+        0, "torch CPU threads (0: torch's default); runs are bit-reproducible at a fixed count"
+    )
+    device: str = _opt("cpu", "the device to train on", choices=DEVICES)
+    data_seed: int = _opt(0, "seed of generated data sets, and of the `n_train` subset of a fixed one")
+    eval_every: int = _opt(1, "evaluate on the test split every this many epochs, and after the last")
+    n_train: int = _opt(  # the default keeps config.json files written before the field loadable
+        0,
+        "train on this many images (0: the whole training split); a fixed data set keeps a nested "
+        "class-stratified subset of its training split, a generated one is generated at this size "
+        "(`convattn.data.load`). The test split is always the whole one",
+    )
 
     def __post_init__(self) -> None:
-        def positive(name: str, value: Any) -> None:
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {name}={value!r}")
-
-        positive("epochs", self.epochs)
-        positive("batch_size", self.batch_size)
-        positive("eval_every", self.eval_every)
-        if isinstance(self.n_train, bool) or not isinstance(self.n_train, int) or self.n_train < 0:
+        for f in fields(self):
+            _check_type(f.name, getattr(self, f.name), _field_types()[f.name])
+            choices = f.metadata.get("choices", ())
+            if choices and getattr(self, f.name) not in choices:
+                raise ValueError(f"{f.name} must be one of {choices}, got {f.name}={getattr(self, f.name)!r}")
+        for name in ("epochs", "batch_size", "eval_every"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be a positive int, got {name}={getattr(self, name)!r}")
+        if self.n_train < 0:
             raise ValueError(
                 f"n_train must be an int >= 0 (0: the whole training split), got n_train={self.n_train!r}"
             )
-        if not isinstance(self.lr, (int, float)) or not self.lr > 0:
+        if not self.lr > 0:
             raise ValueError(f"lr must be positive, got lr={self.lr!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got optimizer={self.optimizer!r}")
         for name in ("weight_decay", "clip_grad", "label_smoothing", "threads"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {name}={getattr(self, name)!r}")
         if not 0 <= self.warmup < 1:
             raise ValueError(f"warmup is a fraction of the steps in [0, 1), got warmup={self.warmup!r}")
         if self.label_smoothing >= 1:
             raise ValueError(f"label_smoothing must be < 1, got {self.label_smoothing!r}")
-        if self.device not in ("cpu", "cuda"):
-            raise ValueError(f"device must be 'cpu' or 'cuda', got device={self.device!r}")
-        if not isinstance(self.model_options, dict):
-            raise TypeError(f"model_options must be a dict, got {type(self.model_options).__name__}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -118,3 +117,31 @@ class TrainConfig:
             for f in fields(self)
             if f.name != "out" and getattr(self, f.name) != getattr(other, f.name)
         ]
+
+
+# The Attributes section, from the fields' own descriptions: one text for help(), the docs and the CLI.
+TrainConfig.__doc__ = f"{TrainConfig.__doc__ or ''}\n    Attributes:\n" + "".join(
+    f"        {f.name}: {f.metadata['help']}.\n" for f in fields(TrainConfig)
+)
+
+
+_KINDS: dict[type, tuple[tuple[type, ...], str]] = {
+    int: ((int,), "an int"),
+    float: ((int, float), "a number"),
+    str: ((str,), "a string"),
+    bool: ((bool,), "True or False"),
+    dict: ((dict,), "a dict"),
+}
+
+
+@cache
+def _field_types() -> dict[str, Any]:
+    """TrainConfig's field types as classes (the annotations are strings under `from __future__`)."""
+    return get_type_hints(TrainConfig)
+
+
+def _check_type(name: str, value: Any, kind: Any) -> None:
+    """A TypeError naming the field unless `value` has the field's type (a bool is never a number)."""
+    allowed, what = _KINDS[get_origin(kind) or kind]
+    if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
+        raise TypeError(f"{name} must be {what}, got {name}={value!r} ({type(value).__name__})")

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeVar
 
 import torch
 from torch import Tensor
+
+_Size = TypeVar("_Size", int, tuple[int, int])
 
 
 def check_tensor(name: str, x: object, ndim: int | Sequence[int] | None = None) -> Tensor:
@@ -77,3 +80,37 @@ def check_valid_lens(valid_lens: object, batch: int, queries: int, keys: int) ->
                 f"valid_lens must lie in [0, {keys}] (the number of keys), got min={lo}, max={hi}"
             )
     return valid_lens
+
+
+def check_odd(name: str, value: _Size) -> _Size:
+    """Return `value` (an int or a pair of ints, each >= 1), raising unless every side is odd.
+
+    Odd windows are centred on their query: r = k // 2 keys on either side.
+    """
+    sides = check_pair(name, value)
+    if sides[0] % 2 == 0 or sides[1] % 2 == 0:
+        raise ValueError(f"{name} must be odd (the window is centred on its query), got {name}={value!r}")
+    return value
+
+
+def check_multiple_of(name: str, size: object, divisor_name: str, divisor: int) -> tuple[int, int]:
+    """`size` (a side or an (H, W) pair) as (H, W), raising unless both sides are multiples of `divisor`.
+
+    For image sides against a patch, a window or a space-to-depth block.
+    """
+    check_positive_int(divisor_name, divisor)
+    height, width = check_pair(name, size)
+    if height % divisor or width % divisor:
+        raise ValueError(
+            f"{name} must be a multiple of {divisor_name}, got {name}={size!r}, {divisor_name}={divisor}"
+        )
+    return height, width
+
+
+def check_positive(name: str, value: object) -> float:
+    """Raise unless `value` is a real number > 0 (ratios, scales)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number, got {name}={value!r}")
+    if not value > 0:
+        raise ValueError(f"{name} must be positive, got {name}={value}")
+    return float(value)

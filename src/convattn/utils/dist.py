@@ -1,4 +1,5 @@
-"""torchrun's process topology in one place: rank, world size, the main process, a process group, a barrier.
+"""torchrun's process topology in one place: rank, world size, the main process, a process group, a barrier,
+and one collective vote (`any_process`).
 
 Outside torchrun every function answers as for one process (rank 0 of 1) and nothing is initialised.
 Inside it, the answers come from the process group when one is up, else from torchrun's environment
@@ -12,7 +13,7 @@ import os
 from collections.abc import Iterator
 from datetime import timedelta
 
-__all__ = ["barrier", "is_main", "local_rank", "process_group", "rank", "world_size"]
+__all__ = ["any_process", "barrier", "is_main", "local_rank", "process_group", "rank", "world_size"]
 
 
 def _group_up() -> bool:
@@ -74,3 +75,20 @@ def barrier() -> None:
         import torch.distributed as dist
 
         dist.barrier()
+
+
+def any_process(flag: bool) -> bool:
+    """True on every process if `flag` is True on any of them (an all-reduce: every process must call it).
+
+    With one process, or no group, `flag` itself. Under nccl the vote travels on this process's GPU
+    (nccl reduces CUDA tensors only), else on the CPU.
+    """
+    if not (_group_up() and world_size() > 1):
+        return flag
+    import torch
+    import torch.distributed as dist
+
+    device = torch.device(f"cuda:{local_rank()}" if dist.get_backend() == "nccl" else "cpu")
+    votes = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(votes)
+    return bool(votes.item() > 0)

@@ -170,6 +170,35 @@ def _train(
     return run_training(cfg)[-1]
 
 
+def _point(
+    folder: Path,
+    c: Contender,
+    f: float,
+    n: int,
+    sizes: list[int],
+    n_full: int,
+    epochs: int,
+    seeds: tuple[int, ...],
+) -> dict[str, Any]:
+    """One point of a curve: model `c` on `n` training images (fraction `f`), over the seeds."""
+    n_epochs = epochs_for(n, max(sizes), epochs)
+    every = max(1, n_epochs // epochs)  # about as many tests as the largest subset's run has
+    last = [_train(folder, c, n, n_full, n_epochs, every, seed) for seed in seeds]
+    acc = [h["test_acc"] for h in last]
+    return {
+        "model": c.label,
+        "kind": "CNN" if c.cnn else "attention",
+        "fraction": f,
+        "n_train": n,
+        "seeds": len(seeds),
+        "test_acc_mean": round(statistics.fmean(acc), 4),
+        "test_acc_std": round(statistics.stdev(acc), 4) if len(acc) > 1 else 0.0,
+        "epochs": n_epochs,
+        "steps": last[0]["step"],
+        "train_acc_mean": round(statistics.fmean(h["train_acc"] for h in last), 4),
+    }  # fmt: skip
+
+
 def run(
     folder: Path, *, fractions: tuple[float, ...], epochs: int, seeds: tuple[int, ...], quick: bool
 ) -> dict[str, Any]:
@@ -193,27 +222,11 @@ def run(
     n_full, n_test = len(load(DATA, "train")), len(load(DATA, "test"))
     sizes = _check_run_args(fractions, epochs, seeds, n_full)
     steps = epochs * (max(sizes) // BATCH_SIZE)
-    rows: list[dict[str, Any]] = []
-    for c in MODELS:
-        for f, n in zip(fractions, sizes, strict=True):
-            n_epochs = epochs_for(n, max(sizes), epochs)
-            every = max(1, n_epochs // epochs)  # about as many tests as the largest subset's run has
-            last = [_train(folder, c, n, n_full, n_epochs, every, seed) for seed in seeds]
-            acc = [h["test_acc"] for h in last]
-            rows.append(
-                {
-                    "model": c.label,
-                    "kind": "CNN" if c.cnn else "attention",
-                    "fraction": f,
-                    "n_train": n,
-                    "seeds": len(seeds),
-                    "test_acc_mean": round(statistics.fmean(acc), 4),
-                    "test_acc_std": round(statistics.stdev(acc), 4) if len(acc) > 1 else 0.0,
-                    "epochs": n_epochs,
-                    "steps": last[0]["step"],
-                    "train_acc_mean": round(statistics.fmean(h["train_acc"] for h in last), 4),
-                }
-            )
+    rows = [
+        _point(folder, c, f, n, sizes, n_full, epochs, seeds)
+        for c in MODELS
+        for f, n in zip(fractions, sizes, strict=True)
+    ]
     folder.mkdir(parents=True, exist_ok=True)
     write_csv(folder / "curve.csv", rows)
     plot(folder)
@@ -312,23 +325,8 @@ def _lead(gap: float) -> str:
     return f"{who} leads by {100 * abs(gap):.1f} points"
 
 
-def describe(m: dict[str, Any]) -> Description:
-    """The claim, the paragraph written from the numbers of `run`, its figure and table."""
-    claim = (
-        "Cordonnier et al. 2020, Dosovitskiy et al. 2021 (ViT) and Ramachandran et al. 2019: convolution's "
-        "locality is a prior that pays when data is scarce, so a CNN wins on small training sets, while "
-        "self-attention, with weaker priors, catches up as the training set grows."
-    )
-    cnn = [r for r in m["rows"] if r["kind"] == "CNN"]
-    att = [r for r in m["rows"] if r["kind"] == "attention"]
-    ends = []
-    for i, where in ((0, "smallest"), (-1, "largest")):
-        c, a = cnn[i], att[i]
-        ends.append(
-            f"On the {where} subset ({c['n_train']:,} images, {c['fraction']:.0%}) the CNN reaches "
-            f"{c['test_acc_mean']:.1%} and the attention net {a['test_acc_mean']:.1%}: "
-            f"{_lead(c['test_acc_mean'] - a['test_acc_mean'])}."
-        )
+def _verdict(m: dict[str, Any], cnn: list[dict[str, Any]], att: list[dict[str, Any]]) -> str:
+    """Whether and where the attention net reaches the CNN, or how the gap moves."""
     first, last = (cnn[i]["test_acc_mean"] - att[i]["test_acc_mean"] for i in (0, -1))
     if m["crossing_fraction"] is None:
         # A change of the gap within the spread over seeds of its four ends is no trend.
@@ -351,6 +349,27 @@ def describe(m: dict[str, Any]) -> Description:
             f"The attention net reaches the CNN at about {m['crossing_n_train']:,} training images "
             f"({m['crossing_fraction']:.0%} of the set, interpolated), as the claim predicts."
         )
+    return verdict
+
+
+def describe(m: dict[str, Any]) -> Description:
+    """The claim, the paragraph written from the numbers of `run`, its figure and table."""
+    claim = (
+        "Cordonnier et al. 2020, Dosovitskiy et al. 2021 (ViT) and Ramachandran et al. 2019: convolution's "
+        "locality is a prior that pays when data is scarce, so a CNN wins on small training sets, while "
+        "self-attention, with weaker priors, catches up as the training set grows."
+    )
+    cnn = [r for r in m["rows"] if r["kind"] == "CNN"]
+    att = [r for r in m["rows"] if r["kind"] == "attention"]
+    ends = []
+    for i, where in ((0, "smallest"), (-1, "largest")):
+        c, a = cnn[i], att[i]
+        ends.append(
+            f"On the {where} subset ({c['n_train']:,} images, {c['fraction']:.0%}) the CNN reaches "
+            f"{c['test_acc_mean']:.1%} and the attention net {a['test_acc_mean']:.1%}: "
+            f"{_lead(c['test_acc_mean'] - a['test_acc_mean'])}."
+        )
+    verdict = _verdict(m, cnn, att)
     if att[0]["train_acc_mean"] < UNDERFIT:
         verdict += (
             " Caveat: the attention net has not fit even the smallest subset (training accuracy over its "

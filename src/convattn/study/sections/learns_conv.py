@@ -36,6 +36,8 @@ from convattn.analysis.centres import (
     empirical_centres,
     grid_likeness,
     interior_queries,
+    quadratic_params,
+    query_maps,
     random_grid_reference,
     uniform_spread,
 )
@@ -83,25 +85,13 @@ def _config(folder: Path, encoding: str, epochs: int, seed: int) -> TrainConfig:
     )
 
 
-@torch.no_grad()
-def _query_maps(layer: MultiHeadSelfAttention2d, x: Tensor, queries: list[tuple[int, int]]) -> Tensor:
-    """(Q, heads, H, W): each query's attention, averaged over the images of x."""
-    return torch.stack([layer.attention_probs(x, q).mean(0) for q in queries])
-
-
-def _quadratic_params(layer: MultiHeadSelfAttention2d) -> tuple[Tensor, Tensor]:
-    """Δ (heads, 2) and σ = √(tr Σ / 2) (heads,) of a quadratic layer."""
-    cov = torch.linalg.inv(layer.inverse_covariance().detach().double())  # (heads, 2, 2) Σ
-    return layer.centres.detach().double(), (torch.diagonal(cov, dim1=1, dim2=2).sum(-1) / 2).sqrt()
-
-
 def _centre_rows(layer: MultiHeadSelfAttention2d, x: Tensor, tag: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per head of `layer` on inputs x (B, C, H, W): its centre, width, empirical centre, spread."""
     queries = interior_queries(*x.shape[-2:])
-    emp, spread = empirical_centres(_query_maps(layer, x, queries), queries)
+    emp, spread = empirical_centres(query_maps(layer, x, queries), queries)
     quadratic = layer.encoding.startswith("quadratic")
     # Without Δ the drawn circle is the empirical per-axis deviation, comparable to the quadratic σ.
-    centre, width = _quadratic_params(layer) if quadratic else (emp, spread / math.sqrt(2))
+    centre, width = quadratic_params(layer) if quadratic else (emp, spread / math.sqrt(2))
     return [
         {
             **tag,
@@ -122,7 +112,7 @@ def _map_rows(layer: MultiHeadSelfAttention2d, x: Tensor, tag: dict[str, Any]) -
     """The attention of the centre pixel (H // 2, W // 2), one row per head and key pixel."""
     H, W = x.shape[-2:]
     qr, qc = H // 2, W // 2
-    probs = _query_maps(layer, x, [(qr, qc)])[0]  # (heads, H, W)
+    probs = query_maps(layer, x, [(qr, qc)])[0]  # (heads, H, W)
     return [
         {**tag, "head": h, "query_row": qr, "query_col": qc, "key_row": i, "key_col": j,
          "prob": round(float(probs[h, i, j]), 6)}
@@ -209,6 +199,24 @@ def _summary(grid_rows: list[dict], centre_rows: list[dict], encoding: str, acc:
     return out
 
 
+def _train_and_measure(
+    cfg: TrainConfig, x: Tensor, centre_rows: list[dict], map_rows: list[dict]
+) -> tuple[float, int, float]:
+    """Train (or reuse) the run `cfg`, append its initial and trained heads' rows; (test accuracy,
+    steps, Σ lr over the steps)."""
+    history = run_training(cfg)
+    # AdamW moves a parameter by about the learning rate per step: Σ lr bounds a centre's travel.
+    steps = int(history[-1]["step"])
+    lr_sum = sum(lr_at(i, steps, cfg) for i in range(steps))
+    trained, _ = load_weights(run_folder(cfg))
+    encoding = str(cfg.model_options["encoding"])
+    for stage, model in zip(STAGES, (initial_model(cfg), trained), strict=True):
+        c, m = _measure(model, x, encoding, stage)
+        centre_rows += c
+        map_rows += m
+    return float(history[-1]["test_acc"]), steps, lr_sum
+
+
 def run(folder: Path, *, epochs: int, seed: int, test_images: int, quick: bool = False) -> dict[str, Any]:
     """Train both nets (or reuse their run folders), measure every head, write the CSVs and PNGs.
 
@@ -234,17 +242,9 @@ def run(folder: Path, *, epochs: int, seed: int, test_images: int, quick: bool =
     map_rows: list[dict] = []
     accs = {}
     for encoding in ENCODINGS:
-        cfg = _config(folder, encoding, epochs, seed)
-        history = run_training(cfg)
-        accs[encoding] = float(history[-1]["test_acc"])
-        # AdamW moves a parameter by about the learning rate per step: Σ lr bounds a centre's travel.
-        steps = int(history[-1]["step"])
-        lr_sum = sum(lr_at(i, steps, cfg) for i in range(steps))
-        trained, _ = load_weights(run_folder(cfg))
-        for stage, model in zip(STAGES, (initial_model(cfg), trained), strict=True):
-            c, m = _measure(model, x, encoding, stage)
-            centre_rows += c
-            map_rows += m
+        accs[encoding], steps, lr_sum = _train_and_measure(
+            _config(folder, encoding, epochs, seed), x, centre_rows, map_rows
+        )
     heads = sum(1 for r in centre_rows if r["stage"] == "init" and r["layer"] == 0) // len(ENCODINGS)
     reference = random_grid_reference(heads, seed=seed)
     uniform = uniform_spread(1 + max(r["key_row"] for r in map_rows), 1 + max(r["key_col"] for r in map_rows))

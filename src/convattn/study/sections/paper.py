@@ -59,7 +59,7 @@ class PublishedRow:
         accuracy: published CIFAR-10 test accuracy.
         params_m: published parameters, in millions.
         flops_b: their FLOPs column, in billions (their counter ignored the attention products).
-        code_params: the exact parameter count of their code's model (REFERENCE.md §1).
+        code_params: the exact parameter count of the model their published code builds.
     """
 
     label: str
