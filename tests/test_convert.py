@@ -186,7 +186,7 @@ def test_too_small_inputs_are_refused_like_the_conv_does():
 
 
 def test_check_conversion_covers_the_table():
-    from convattn.convert import CONV_TABLE, check_conversion
+    from convattn.analysis.conversion import CONV_TABLE, check_conversion
 
     options = {k for cfg in CONV_TABLE for k in cfg}
     assert {"stride", "dilation", "padding", "padding_mode", "groups", "bias"} <= options
@@ -222,7 +222,7 @@ def test_pictures(tmp_path):
 def test_check_conversion_leaves_the_callers_warning_filters_alone():
     import warnings
 
-    from convattn.convert import check_conversion
+    from convattn.analysis.conversion import check_conversion
 
     even_same = {"in_channels": 2, "out_channels": 2, "kernel_size": 2, "padding": "same"}  # torch warns
     with warnings.catch_warnings():
@@ -234,7 +234,7 @@ def test_check_conversion_leaves_the_callers_warning_filters_alone():
 
 
 def test_conversion_table_marks_an_inexact_row():
-    from convattn.convert import CONV_TABLE, check_conversion, conversion_table
+    from convattn.analysis.conversion import CONV_TABLE, check_conversion, conversion_table
 
     rows = [check_conversion(cfg, size=(9, 10)) for cfg in CONV_TABLE[:2]]
     lines, exact = conversion_table(rows)

@@ -71,20 +71,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
     import json
 
+    from convattn.study.budget import budget_for
     from convattn.study.runner import new_run_dir
+    from convattn.study.section import Context, get_section
 
     out = new_run_dir(args.out, prefix=f"demo-{args.name}")
-    if args.name == "pooling":
-        from convattn.study.sections import pooling as attention_pooling
-
-        metrics = attention_pooling.run(out, attention_pooling.PoolingDemoConfig(seed=args.seed))
-    else:
-        from convattn.study.sections import seq2seq
-
-        metrics = seq2seq.run(out, seq2seq.Seq2SeqDemoConfig(seed=args.seed))
+    section = get_section({"pooling": "attention_pooling", "seq2seq": "seq2seq"}[args.name])
+    metrics = section.run(out, Context(seed=args.seed, budget=budget_for(quick=False)))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    shown = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
-    print(json.dumps(shown, indent=2))
+    print(json.dumps({k: v for k, v in metrics.items() if isinstance(v, int | float)}, indent=2))
     print(f"wrote {out}", file=sys.stderr)
     return 0
 
@@ -141,7 +136,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     import torch
     from torch import nn
 
-    from convattn.convert import CONV_TABLE, check_conversion, conv_to_attention, conversion_table
+    from convattn.analysis.conversion import CONV_TABLE, check_conversion, conversion_table
+    from convattn.convert import conv_to_attention
 
     one = _conv_config(args)
     configs = [one] if one is not None else list(CONV_TABLE)
@@ -173,24 +169,10 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 def _cmd_properties(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
-    from convattn.analysis.properties import property_table
+    from convattn.analysis.properties import format_properties, property_table
 
     rows = [p.row() for p in property_table(args.mixers or None, size=args.size)]
-    yes = {True: "yes", False: "no"}
-    header = (
-        f"{'mixer':<22}{'support':<13}{'ch. mixing':>11}{'shared: pos':>12}{'shared: ch':>11}{'dynamic':>9}"
-    )
-    header += f"{'params k=3/5/7':>22}{'MACs 16²/32²':>22}"
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        params = f"{r['params_k3']}/{r['params_k5']}/{r['params_k7']}"
-        macs = f"{r['macs_16x16']}/{r['macs_32x32']}"
-        print(
-            f"{r['mixer']:<22}{r['support']:<13}{yes[r['channel_mixing']]:>11}{yes[r['shared_across_positions']]:>12}"
-            f"{yes[r['shared_across_channels']]:>11}{yes[r['dynamic']]:>9}{params:>22}{macs:>22}"
-        )
-    print(f"measured with autograd on {args.size}x{args.size} float64 maps, 16 channels in heads/groups of 4")
+    print("\n".join(format_properties(rows, args.size)))
     if args.csv:
         write_csv(args.csv, rows)
     return 0
@@ -293,17 +275,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _cmd_models(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
-    from convattn.analysis.summary import model_table
+    from convattn.analysis.summary import format_models, model_table
 
     rows = model_table(args.pattern, details=args.details)
     if not rows:
         print(f"no model matches {args.pattern!r}")
         return 1
-    for row in rows:
-        line = f"{row['name']:<36} {row['family']:<12} {row['description']}"
-        if args.details:
-            line = f"{row['name']:<36} {row['params']:>12,} params {row['macs']:>15,} MACs at {row['input']}"
-        print(line)
+    print("\n".join(format_models(rows, details=args.details)))
     if args.csv:
         write_csv(args.csv, rows)
     return 0

@@ -26,7 +26,12 @@ from torch import Tensor, nn
 from convattn.analysis.flops import count_macs
 from convattn.layers.mixers import create_mixer, list_mixers
 
-__all__ = ["MixerProperties", "measure_properties", "property_table"]
+__all__ = [
+    "MixerProperties",
+    "format_properties",
+    "measure_properties",
+    "property_table",
+]
 
 # Small, comparable settings: 16 channels in 4 heads (or groups) of 4.
 _OPTIONS: dict[str, dict[str, Any]] = {
@@ -141,3 +146,23 @@ def property_table(names: list[str] | None = None, *, size: int = 11) -> list[Mi
     """Measure every mixer (or `names`)."""
     names = names or [*list_mixers(), "dynamic_dwconv_pixel"]
     return [measure_properties(n, size=size) for n in names]
+
+
+def format_properties(rows: list[dict[str, Any]], size: int) -> list[str]:
+    """The property table (rows of `MixerProperties.row()`) as aligned text lines for a terminal."""
+    yes = {True: "yes", False: "no"}
+    header = (
+        f"{'mixer':<22}{'support':<13}{'ch. mixing':>11}{'shared: pos':>12}{'shared: ch':>11}{'dynamic':>9}"
+        f"{'params k=3/5/7':>22}{'MACs 16²/32²':>22}"
+    )
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        params = f"{r['params_k3']}/{r['params_k5']}/{r['params_k7']}"
+        macs = f"{r['macs_16x16']}/{r['macs_32x32']}"
+        lines.append(
+            f"{r['mixer']:<22}{r['support']:<13}{yes[r['channel_mixing']]:>11}"
+            f"{yes[r['shared_across_positions']]:>12}{yes[r['shared_across_channels']]:>11}"
+            f"{yes[r['dynamic']]:>9}{params:>22}{macs:>22}"
+        )
+    lines.append(f"measured with autograd on {size}x{size} float64 maps, 16 channels in heads/groups of 4")
+    return lines

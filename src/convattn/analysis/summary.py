@@ -9,7 +9,7 @@ import torch
 from convattn.analysis.flops import count_macs
 from convattn.models.registry import create_model, list_models, model_info
 
-__all__ = ["count_parameters", "model_table"]
+__all__ = ["count_parameters", "format_models", "model_table"]
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -35,3 +35,12 @@ def model_table(pattern: str | None = None, *, details: bool = False) -> list[di
             )
         rows.append(row)
     return rows
+
+
+def format_models(rows: list[dict[str, Any]], *, details: bool = False) -> list[str]:
+    """`model_table`'s rows as text lines: name, family, description; or with `details`, the counts."""
+    if details:
+        return [
+            f"{r['name']:<36} {r['params']:>12,} params {r['macs']:>15,} MACs at {r['input']}" for r in rows
+        ]
+    return [f"{r['name']:<36} {r['family']:<12} {r['description']}" for r in rows]

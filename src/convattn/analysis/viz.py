@@ -7,6 +7,7 @@ window around it, with contours around the smallest sets of pixels holding 50% a
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from convattn.analysis.centres import grid_offsets
+from convattn.analysis.centres import grid_likeness, grid_offsets
 from convattn.layers.mhsa2d import MultiHeadSelfAttention2d
 from convattn.utils.plotting import plt, save_figure
 
@@ -30,6 +31,8 @@ __all__ = [
     "mass_levels",
     "plot_attention_heads",
     "plot_quadratic_centres",
+    "plot_stage_centres",
+    "plot_stage_maps",
 ]
 
 
@@ -253,3 +256,57 @@ def draw_query_map(ax: Any, probs: np.ndarray, query: tuple[int, int]) -> None:
     ax.plot([0], [0], marker="s", ms=3, mfc="none", mec="black", mew=0.6)
     ax.set_xticks([])
     ax.set_yticks([])
+
+
+def plot_stage_centres(rows: list[dict[str, str]], stages: Sequence[str], name: str, path: Path) -> None:
+    """Cordonnier et al.'s Fig. 4 layout from head rows (stage, layer, head, centre_row, centre_col,
+    width, centre_source): one panel per layer, a row per stage (e.g. init, trained)."""
+    layers = sorted({int(r["layer"]) for r in rows})
+    span = max(
+        2.5,
+        *(max(abs(float(r["centre_row"])), abs(float(r["centre_col"]))) + float(r["width"]) for r in rows),
+    )
+    fig, axes = plt.subplots(len(stages), len(layers), figsize=(2.8 * len(layers), 2.8 * len(stages)),
+                             squeeze=False)  # fmt: skip
+    for s, stage in enumerate(stages):
+        for c, layer in enumerate(layers):
+            mine = [r for r in rows if r["stage"] == stage and int(r["layer"]) == layer]
+            fit = grid_likeness([[float(r["centre_row"]), float(r["centre_col"])] for r in mine])
+            ax = axes[s, c]
+            draw_centre_panel(ax, mine, span)
+            ax.set_title(f"{stage}, layer {layer}: {fit.mean_distance:.2f} px from the grid", fontsize=7)
+    source = rows[0]["centre_source"]
+    fig.suptitle(f"{name}: head centres ({source}) with 1-σ circles; + conv offsets, □ query", fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_stage_maps(rows: list[dict[str, str]], stages: Sequence[str], name: str, path: Path) -> None:
+    """Cordonnier et al.'s Fig. 5/6 layout from map rows (stage, layer, head, query_row/col, key_row/col,
+    prob): a row per (stage, layer), a column per head, the query pixel's attention."""
+    layers = sorted({int(r["layer"]) for r in rows})
+    heads = sorted({int(r["head"]) for r in rows})
+    H = 1 + max(int(r["key_row"]) for r in rows)
+    W = 1 + max(int(r["key_col"]) for r in rows)
+    qr, qc = int(rows[0]["query_row"]), int(rows[0]["query_col"])
+    maps: dict[tuple[str, int, int], np.ndarray] = {}
+    for r in rows:
+        key = (r["stage"], int(r["layer"]), int(r["head"]))
+        maps.setdefault(key, np.zeros((H, W)))[int(r["key_row"]), int(r["key_col"])] = float(r["prob"])
+    panels = [(stage, layer) for stage in stages for layer in layers]
+    fig, axes = plt.subplots(len(panels), len(heads), figsize=(1.15 * len(heads), 1.2 * len(panels)),
+                             squeeze=False)  # fmt: skip
+    for p, (stage, layer) in enumerate(panels):
+        for h in heads:
+            ax = axes[p, h]
+            draw_query_map(ax, maps[stage, layer, h], (qr, qc))
+            if p == 0:
+                ax.set_title(f"head {h}", fontsize=7)
+            if h == heads[0]:
+                ax.set_ylabel(f"{stage}\nlayer {layer}", fontsize=7)
+    fig.suptitle(
+        f"{name}: attention of pixel ({qr}, {qc}) per head (contours: 50% and 90% of the mass)",
+        fontsize=8,
+    )
+    fig.tight_layout()
+    save_figure(fig, path)

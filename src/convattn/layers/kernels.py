@@ -1,8 +1,9 @@
 """The C++ CPU kernels: how they are built, when they run, and the autograd Functions around them.
 
-The build happens once per machine (about a minute) into torch's extension cache; the name carries a
-hash of the source, the torch version and the CPU, so a changed source or machine rebuilds. If no
-compiler is available the build fails once, a warning says so, and callers use the PyTorch path.
+Each kernel is built on its first use, once per machine (about 20 s each on two idle cores, longer on
+a busy machine), into torch's extension cache; the name carries a hash of the source, the torch
+version and the CPU, so a changed source or machine rebuilds. If no compiler is available the build
+fails once, a warning says so, and callers use the PyTorch path.
 Set CONVATTN_NO_KERNEL=1 to skip the kernels altogether.
 
 Every operator with a kernel takes `backend=`: 'auto', 'kernel', 'torch', and for some an accelerator

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from convattn.analysis.conversion import CONV_TABLE, check_conversion
 from convattn.analysis.viz import (
     centres_from_rows,
     centres_to_rows,
@@ -16,7 +17,7 @@ from convattn.analysis.viz import (
     heads_from_rows,
     heads_to_rows,
 )
-from convattn.convert import CONV_TABLE, check_conversion, conv_to_attention
+from convattn.convert import conv_to_attention
 from convattn.study.section import Description, Section, register_section
 from convattn.utils.records import read_csv, write_csv
 

@@ -41,7 +41,7 @@ from convattn.analysis.centres import (
     random_grid_reference,
     uniform_spread,
 )
-from convattn.analysis.viz import draw_centre_panel, draw_query_map
+from convattn.analysis.viz import plot_stage_centres, plot_stage_maps
 from convattn.data import load
 from convattn.layers.mhsa2d import MultiHeadSelfAttention2d
 from convattn.models.attention_net import AttentionLayer, AttentionNet
@@ -283,58 +283,6 @@ def _figure_names(encodings: Sequence[str] = ENCODINGS) -> list[str]:
     return [*names, "grid_likeness.png"]
 
 
-def _plot_centres(rows: list[dict[str, str]], encoding: str, path: Path) -> None:
-    """Fig. 4 layout: one panel per layer, a row per stage (init, trained)."""
-    layers = sorted({int(r["layer"]) for r in rows})
-    span = max(
-        2.5,
-        *(max(abs(float(r["centre_row"])), abs(float(r["centre_col"]))) + float(r["width"]) for r in rows),
-    )
-    fig, axes = plt.subplots(len(STAGES), len(layers), figsize=(2.8 * len(layers), 2.8 * len(STAGES)),
-                             squeeze=False)  # fmt: skip
-    for s, stage in enumerate(STAGES):
-        for c, layer in enumerate(layers):
-            mine = [r for r in rows if r["stage"] == stage and int(r["layer"]) == layer]
-            fit = grid_likeness([[float(r["centre_row"]), float(r["centre_col"])] for r in mine])
-            ax = axes[s, c]
-            draw_centre_panel(ax, mine, span)
-            ax.set_title(f"{stage}, layer {layer}: {fit.mean_distance:.2f} px from the grid", fontsize=7)
-    source = rows[0]["centre_source"]
-    fig.suptitle(f"{encoding}: head centres ({source}) with 1-σ circles; + conv offsets, □ query", fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
-def _plot_maps(rows: list[dict[str, str]], encoding: str, path: Path) -> None:
-    """Fig. 5/6 layout: a row per (stage, layer), a column per head; the query pixel's attention."""
-    layers = sorted({int(r["layer"]) for r in rows})
-    heads = sorted({int(r["head"]) for r in rows})
-    H = 1 + max(int(r["key_row"]) for r in rows)
-    W = 1 + max(int(r["key_col"]) for r in rows)
-    qr, qc = int(rows[0]["query_row"]), int(rows[0]["query_col"])
-    maps: dict[tuple[str, int, int], np.ndarray] = {}
-    for r in rows:
-        key = (r["stage"], int(r["layer"]), int(r["head"]))
-        maps.setdefault(key, np.zeros((H, W)))[int(r["key_row"]), int(r["key_col"])] = float(r["prob"])
-    panels = [(stage, layer) for stage in STAGES for layer in layers]
-    fig, axes = plt.subplots(len(panels), len(heads), figsize=(1.15 * len(heads), 1.2 * len(panels)),
-                             squeeze=False)  # fmt: skip
-    for p, (stage, layer) in enumerate(panels):
-        for h in heads:
-            ax = axes[p, h]
-            draw_query_map(ax, maps[stage, layer, h], (qr, qc))
-            if p == 0:
-                ax.set_title(f"head {h}", fontsize=7)
-            if h == heads[0]:
-                ax.set_ylabel(f"{stage}\nlayer {layer}", fontsize=7)
-    fig.suptitle(
-        f"{encoding}: attention of pixel ({qr}, {qc}) per head (contours: 50% and 90% of the mass)",
-        fontsize=8,
-    )
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
 def _plot_grid(rows: list[dict[str, str]], path: Path) -> None:
     """Grid-likeness per layer, init vs trained, against random centres and the on-grid tolerance."""
     encodings = list(dict.fromkeys(r["encoding"] for r in rows))
@@ -368,9 +316,9 @@ def plot(folder: Path) -> None:
     folder = Path(folder)
     centres, maps, grid = (read_csv(folder / name) for name in CSV_FILES)
     for encoding in dict.fromkeys(r["encoding"] for r in centres):
-        _plot_centres([r for r in centres if r["encoding"] == encoding], encoding,
+        plot_stage_centres([r for r in centres if r["encoding"] == encoding], STAGES, encoding,
                       folder / f"centres_{encoding}.png")  # fmt: skip
-        _plot_maps([r for r in maps if r["encoding"] == encoding], encoding,
+        plot_stage_maps([r for r in maps if r["encoding"] == encoding], STAGES, encoding,
                    folder / f"attention_{encoding}.png")  # fmt: skip
     _plot_grid(grid, folder / "grid_likeness.png")
 

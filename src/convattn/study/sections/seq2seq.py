@@ -9,7 +9,6 @@ is greedy decoding on held-out strings that never occur in training, scored by e
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -22,6 +21,7 @@ from torch import Tensor
 from convattn.analysis.metrics import bleu, exact_match
 from convattn.models.transformer import Transformer, TransformerConfig
 from convattn.study.section import Context, Description, Section, register_section
+from convattn.train.schedule import warmup_cosine
 from convattn.utils.plotting import Panel, heatmaps, line_plot
 from convattn.utils.records import read_csv, read_panels, write_csv, write_panels
 
@@ -150,14 +150,8 @@ def train(
     model = Transformer(cfg.transformer_config())
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     total = cfg.steps if steps is None else steps
-
-    def lr_at(step: int) -> float:  # linear warm-up, then cosine to 5% of the peak
-        if step < cfg.warmup:
-            return (step + 1) / cfg.warmup
-        frac = (step - cfg.warmup) / max(1, total - cfg.warmup)
-        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    # A multiplier of the peak: linear warm-up, then cosine down to 5% of it.
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, cfg.warmup, 1.0, 0.05))
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     losses = []
     model.train()

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import matplotlib.image as mpimg
 import pytest
 import torch
 
 from convattn.attention import NadarayaWatson, leave_one_out, nadaraya_watson
 from convattn.layers import reference as ref
-from convattn.study.sections import pooling as attention_pooling
 
 f64 = torch.float64
 
@@ -50,16 +48,6 @@ def test_module_width_is_learnable():
     out = model(torch.rand(3), torch.rand(5), torch.randn(5))
     out.sum().backward()
     assert model.w.grad is not None and model.attention_weights.shape == (3, 5)
-
-
-def test_demo_learns_a_sharper_kernel_and_writes_figures(tmp_path):
-    metrics = attention_pooling.run(tmp_path)
-    assert metrics["learned_width"] > 2.0
-    assert metrics["train_losses"][-1] < 0.7 * metrics["train_losses"][0]
-    assert metrics["test_mse_parametric"] < metrics["test_mse_nonparametric"]
-    for name in metrics["figures"]:
-        img = mpimg.imread(tmp_path / name)
-        assert img.shape[0] > 100 and img.shape[1] > 100
 
 
 @pytest.mark.parametrize(

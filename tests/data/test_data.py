@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from convattn.data import (
     list_datasets,
     load,
     num_batches,
+    subset_order,
 )
 from convattn.data.generated import FOREGROUND, PALETTE
 
@@ -420,3 +422,56 @@ def test_list_datasets_names_every_spec():
         "cifar100:PATH",
         "folder:PATH",
     ]
+
+
+# -- n_train: nested, class-stratified subsets ------------------------------------------------------
+
+
+def test_digit_subsets_are_stratified_nested_and_deterministic():
+    full = load("digits", "train")
+    per_class = torch.bincount(full.labels, minlength=10).double()
+    order = subset_order(full.labels.numpy(), 0, len(full))
+    assert sorted(order.tolist()) == list(range(len(full)))  # a permutation
+    # Every prefix holds each class within one image of its share (the greedy's promise).
+    counts = np.cumsum(np.eye(10)[full.labels.numpy()[order]], axis=0)  # (N, 10)
+    share = np.arange(1, len(full) + 1)[:, None] * (per_class.numpy() / len(full))
+    assert np.abs(counts - share).max() < 1
+    previous: Counter[bytes] = Counter()
+    for n in (10, 72, 144, 500, 1438):
+        sub = load("digits", "train", n_train=n, seed=0)
+        assert len(sub) == n and sub.mean == full.mean and sub.std == full.std
+        assert (torch.bincount(sub.labels, minlength=10) - n * per_class / len(full)).abs().max() < 1
+        keys = Counter(
+            bytes(img.numpy()) + bytes([int(y)]) for img, y in zip(sub.images, sub.labels, strict=True)
+        )
+        assert not previous - keys  # nested: every image of the smaller subset is in the larger one
+        previous = keys
+        again = load("digits", "train", n_train=n, seed=0)
+        assert torch.equal(again.images, sub.images) and torch.equal(again.labels, sub.labels)
+    assert torch.equal(load("digits", "train", n_train=1438).images, full.images)  # all: the split as is
+    other_seed = load("digits", "train", n_train=144, seed=1)
+    assert not torch.equal(other_seed.images, load("digits", "train", n_train=144).images)
+    assert torch.bincount(load("digits", "train", n_train=10).labels, minlength=10).tolist() == [1] * 10
+
+
+def test_n_train_leaves_the_test_split_untouched():
+    test = load("digits", "test")
+    small = load("digits", "test", n_train=72, seed=3)
+    assert torch.equal(small.images, test.images) and torch.equal(small.labels, test.labels)
+    assert small.tensors()[0].equal(test.tensors()[0])  # same normalisation too
+
+
+@pytest.mark.parametrize(("n_train", "error", "words"), [
+    (1439, ValueError, "n_train=1439 exceeds the 1438 training images of digits"),
+    (9, ValueError, "n_train=9 is below the 10 classes of digits"),
+    (0, ValueError, "n_train must be >= 1"),
+    (2.5, TypeError, "n_train must be an int"),
+])  # fmt: skip
+def test_bad_n_train_is_named(n_train, error, words):
+    for split in ("train", "test"):
+        with pytest.raises(error, match=words):
+            load("digits", split, n_train=n_train)
+
+
+def test_generated_sets_keep_their_n_train():
+    assert len(load("shapes", "train", n_train=40)) == 40

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -269,3 +270,34 @@ def test_one_epoch_stops_between_batches_and_the_rest_continues_it_exactly():
     (whole, a), (cut, b) = run(None), run(3)
     assert a == b and a.batch == a.step == len(data) // 64 and a.seen == 64 * a.batch
     assert all(torch.equal(whole[k], cut[k]) for k in whole)
+
+
+# -- n_train in the trainer --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "10"])
+def test_train_config_n_train_must_be_an_int_at_least_0(bad):
+    with pytest.raises((TypeError, ValueError), match="n_train"):
+        TrainConfig(model="cnn_tiny", n_train=bad)
+
+
+def test_config_json_without_n_train_still_loads(tmp_path):
+    cfg = TrainConfig(model="cnn_tiny", n_train=144)
+    assert TrainConfig.from_json(cfg.to_json()) == cfg
+    raw = json.loads(TrainConfig(model="cnn_tiny").to_json())
+    del raw["n_train"]  # a config.json written before the field existed
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    old = TrainConfig.load(tmp_path / "config.json")
+    assert old.n_train == 0 and not old.differences(TrainConfig(model="cnn_tiny"))
+    assert old.differences(cfg) == ["n_train: 0 != 144"]
+
+
+@pytest.mark.parametrize(("data", "n_train"), [("digits", 72), ("shapes", 64)])
+def test_the_trainer_trains_on_n_train_images_and_its_export_evaluates_alike(tmp_path, data, n_train):
+    cfg = TrainConfig(model="cnn_tiny", data=data, epochs=2, out=str(tmp_path), n_train=n_train, threads=1)
+    result = train(cfg, log=lambda s: None)
+    assert [h["step"] for h in result.history] == [1, 2]  # one batch of 64 per epoch
+    assert TrainConfig.load(tmp_path / "config.json").n_train == n_train
+    # The export remembers n_train: a generated set's test split is normalised as during training.
+    scores = evaluate_weights(tmp_path)
+    assert scores["test_acc"] == result.test_acc and scores["test_loss"] == pytest.approx(result.test_loss)

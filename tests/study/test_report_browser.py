@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from _browser import Browser, BrowserError, BrowserUnavailableError, Page, ensure_chromium
 
 VIEWPORTS: dict[str, dict[str, Any]] = {

@@ -13,7 +13,6 @@ from convattn.attention import (
     TransformerDecoderBlock,
     TransformerEncoderBlock,
 )
-from convattn.study.sections import seq2seq
 
 f64 = torch.float64
 D, H, FFN = 12, 3, 20
@@ -134,34 +133,6 @@ def test_greedy_decoding_restores_training_mode_and_rows_end_in_eos():
     for row in out.tolist():
         if 2 in row:
             assert all(t == 2 for t in row[row.index(2) :])
-
-
-def test_training_halves_the_loss_in_a_few_steps():
-    cfg = seq2seq.Seq2SeqDemoConfig(steps=80, warmup=10, train_size=32, batch_size=32)
-    data = seq2seq.make_reversal_data(32, num_symbols=10, min_len=3, max_len=10, seed=0)
-    _, losses = seq2seq.train(cfg, data)
-    assert sum(losses[-5:]) / 5 < 0.5 * losses[0]
-
-
-def test_reversal_data_is_well_formed_and_held_out():
-    test = seq2seq.make_reversal_data(50, num_symbols=4, min_len=2, max_len=5, seed=1)
-    train = seq2seq.make_reversal_data(
-        200, num_symbols=4, min_len=2, max_len=5, seed=0, exclude=seq2seq.strings_of(test)
-    )
-    assert not seq2seq.strings_of(test) & seq2seq.strings_of(train)
-    for i in range(len(train)):
-        n = int(train.src_len[i])
-        s = train.src[i, : n - 1].tolist()
-        assert train.src[i, n - 1] == seq2seq.EOS and (train.src[i, n:] == seq2seq.PAD).all()
-        assert train.tgt_out[i, : n - 1].tolist() == s[::-1] and train.tgt_out[i, n - 1] == seq2seq.EOS
-        assert train.tgt_in[i, 0] == seq2seq.BOS and train.tgt_in[i, 1:n].tolist() == s[::-1]
-
-
-def test_demo_reaches_95_percent_exact_match(tmp_path):
-    """The full demo (about 20 s on one thread): D2L's small Transformer learns reversal."""
-    metrics = seq2seq.run(tmp_path)
-    assert metrics["test_exact_match"] >= 0.95, metrics
-    assert metrics["train_seconds"] < 90
 
 
 @pytest.mark.parametrize(

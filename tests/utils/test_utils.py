@@ -35,24 +35,29 @@ def test_without_a_group_the_answers_come_from_torchrun_s_variables(no_torchrun,
 
 
 WORKER = """
+import sys
+from pathlib import Path
+
 from convattn.utils import dist
 
 with dist.process_group("gloo") as made:
     me = dist.rank()
     votes = [dist.any_process(False), dist.any_process(me == 1), dist.any_process(True)]
     dist.barrier()
-    print(f"rank {me}/{dist.world_size()} main={dist.is_main()} made={made} votes={votes}", flush=True)
+    line = f"rank {me}/{dist.world_size()} main={dist.is_main()} made={made} votes={votes}"
+    (Path(sys.argv[1]) / f"rank{me}.txt").write_text(line)  # one file each: stdout lines could interleave
 """
 
 
 def test_two_processes_agree_on_any_vote(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
+    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+           str(tmp_path)]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(run, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
-    lines = sorted(line for line in done.stdout.splitlines() if line.startswith("rank"))
+    lines = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
     assert lines == [
         "rank 0/2 main=True made=True votes=[False, True, True]",
         "rank 1/2 main=False made=True votes=[False, True, True]",

@@ -1,18 +1,15 @@
-"""Data efficiency: the crossing point, nested stratified subsets, n_train in the trainer, and the run."""
+"""The data-efficiency section: the crossing point, the equal-steps rule, and the run."""
 
 from __future__ import annotations
 
 import json
 import time
-from collections import Counter
 
-import numpy as np
 import pytest
 import torch
 
-from convattn.data import load, subset_order
 from convattn.study.sections import data_efficiency as de
-from convattn.train import TrainConfig, evaluate_weights, train
+from convattn.train import TrainConfig
 from convattn.utils.records import read_csv
 
 # -------------------------------------------------------------------------------------------- crossing
@@ -53,90 +50,6 @@ def test_equal_steps_rule():
     assert de.epochs_for(200, 1438, 4) == 30  # ceil(88 / 3): at least the budget
     with pytest.raises(ValueError, match="n_train=63"):
         de.epochs_for(63, 1438, 4)
-
-
-# --------------------------------------------------------------------------------- stratified subsets
-
-
-def test_digit_subsets_are_stratified_nested_and_deterministic():
-    full = load("digits", "train")
-    per_class = torch.bincount(full.labels, minlength=10).double()
-    order = subset_order(full.labels.numpy(), 0, len(full))
-    assert sorted(order.tolist()) == list(range(len(full)))  # a permutation
-    # Every prefix holds each class within one image of its share (the greedy's promise).
-    counts = np.cumsum(np.eye(10)[full.labels.numpy()[order]], axis=0)  # (N, 10)
-    share = np.arange(1, len(full) + 1)[:, None] * (per_class.numpy() / len(full))
-    assert np.abs(counts - share).max() < 1
-    previous: Counter[bytes] = Counter()
-    for n in (10, 72, 144, 500, 1438):
-        sub = load("digits", "train", n_train=n, seed=0)
-        assert len(sub) == n and sub.mean == full.mean and sub.std == full.std
-        assert (torch.bincount(sub.labels, minlength=10) - n * per_class / len(full)).abs().max() < 1
-        keys = Counter(
-            bytes(img.numpy()) + bytes([int(y)]) for img, y in zip(sub.images, sub.labels, strict=True)
-        )
-        assert not previous - keys  # nested: every image of the smaller subset is in the larger one
-        previous = keys
-        again = load("digits", "train", n_train=n, seed=0)
-        assert torch.equal(again.images, sub.images) and torch.equal(again.labels, sub.labels)
-    assert torch.equal(load("digits", "train", n_train=1438).images, full.images)  # all: the split as is
-    other_seed = load("digits", "train", n_train=144, seed=1)
-    assert not torch.equal(other_seed.images, load("digits", "train", n_train=144).images)
-    assert torch.bincount(load("digits", "train", n_train=10).labels, minlength=10).tolist() == [1] * 10
-
-
-def test_n_train_leaves_the_test_split_untouched():
-    test = load("digits", "test")
-    small = load("digits", "test", n_train=72, seed=3)
-    assert torch.equal(small.images, test.images) and torch.equal(small.labels, test.labels)
-    assert small.tensors()[0].equal(test.tensors()[0])  # same normalisation too
-
-
-@pytest.mark.parametrize(("n_train", "error", "words"), [
-    (1439, ValueError, "n_train=1439 exceeds the 1438 training images of digits"),
-    (9, ValueError, "n_train=9 is below the 10 classes of digits"),
-    (0, ValueError, "n_train must be >= 1"),
-    (2.5, TypeError, "n_train must be an int"),
-])  # fmt: skip
-def test_bad_n_train_is_named(n_train, error, words):
-    for split in ("train", "test"):
-        with pytest.raises(error, match=words):
-            load("digits", split, n_train=n_train)
-
-
-def test_generated_sets_keep_their_n_train():
-    assert len(load("shapes", "train", n_train=40)) == 40
-
-
-# ---------------------------------------------------------------------------------------- TrainConfig
-
-
-@pytest.mark.parametrize("bad", [-1, 1.5, True, "10"])
-def test_train_config_n_train_must_be_an_int_at_least_0(bad):
-    with pytest.raises((TypeError, ValueError), match="n_train"):
-        TrainConfig(model="cnn_tiny", n_train=bad)
-
-
-def test_config_json_without_n_train_still_loads(tmp_path):
-    cfg = TrainConfig(model="cnn_tiny", n_train=144)
-    assert TrainConfig.from_json(cfg.to_json()) == cfg
-    raw = json.loads(TrainConfig(model="cnn_tiny").to_json())
-    del raw["n_train"]  # a config.json written before the field existed
-    (tmp_path / "config.json").write_text(json.dumps(raw))
-    old = TrainConfig.load(tmp_path / "config.json")
-    assert old.n_train == 0 and not old.differences(TrainConfig(model="cnn_tiny"))
-    assert old.differences(cfg) == ["n_train: 0 != 144"]
-
-
-@pytest.mark.parametrize(("data", "n_train"), [("digits", 72), ("shapes", 64)])
-def test_the_trainer_trains_on_n_train_images_and_its_export_evaluates_alike(tmp_path, data, n_train):
-    cfg = TrainConfig(model="cnn_tiny", data=data, epochs=2, out=str(tmp_path), n_train=n_train, threads=1)
-    result = train(cfg, log=lambda s: None)
-    assert [h["step"] for h in result.history] == [1, 2]  # one batch of 64 per epoch
-    assert TrainConfig.load(tmp_path / "config.json").n_train == n_train
-    # The export remembers n_train: a generated set's test split is normalised as during training.
-    scores = evaluate_weights(tmp_path)
-    assert scores["test_acc"] == result.test_acc and scores["test_loss"] == pytest.approx(result.test_loss)
 
 
 # ------------------------------------------------------------------------------------------------ run
