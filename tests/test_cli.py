@@ -269,6 +269,7 @@ def test_every_train_config_field_has_a_flag():
         "weight_decay": 1e-4, "warmup": 0.1, "label_smoothing": 0.1, "clip_grad": 1.0, "crop_pad": 2,
         "flip": True, "seed": 5, "threads": 2, "device": "cuda", "data_seed": 7, "eval_every": 2,
         "n_train": 100,
+        "holdout": 50,
     }  # fmt: skip
     flags = [
         f"--{k.replace('_', '-')}" if v is True else f"--{k.replace('_', '-')}={v}" for k, v in given.items()

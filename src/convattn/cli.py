@@ -50,7 +50,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
 
     cfg = StudyConfig(
         out=args.out, quick=args.quick, seed=args.seed, fresh=args.fresh, data=args.data, epochs=args.epochs,
-        device=args.device,
+        device=args.device, jobs=args.jobs,
     )  # fmt: skip
     try:
         run_study(cfg)
@@ -254,12 +254,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from convattn.train import Interrupted, train
 
     try:
-        result = train(_train_config(args), resume=args.resume)
+        cfg = _train_config(args)
+        result = train(cfg, resume=args.resume)
     except Interrupted as stop:
         _say(f"{stop}; continue with --resume")
         return 130
     if dist.is_main():  # under torchrun, only the first process reports
-        print(f"test accuracy {result.test_acc:.4f}  (run folder {result.out})")
+        val = cfg.holdout > 0
+        score = f"validation accuracy {result.val_acc:.4f}" if val else f"test accuracy {result.test_acc:.4f}"
+        print(f"{score}  (run folder {result.out})")
     return 0
 
 
@@ -352,6 +355,11 @@ def _add_study_commands(commands: _Commands) -> None:
         help="epochs of the main comparison (default: the study's budget; 300 with --data)",
     )
     study.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device of the training runs")
+    study.add_argument(
+        "--jobs",
+        type=_positive_int,
+        help="training runs at once, one CPU thread each (default: one per core); the results do not change",
+    )
     report = commands.add(
         "report",
         _cmd_report,

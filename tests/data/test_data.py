@@ -475,3 +475,117 @@ def test_bad_n_train_is_named(n_train, error, words):
 
 def test_generated_sets_keep_their_n_train():
     assert len(load("shapes", "train", n_train=40)) == 40
+
+
+# -- holdout: a validation split from the end of the stratified order -------------------------------
+
+
+def _keys(data: ImageSet) -> Counter[bytes]:
+    """Each image with its label, as a multiset of byte strings."""
+    return Counter(
+        bytes(img.numpy()) + bytes([int(y)]) for img, y in zip(data.images, data.labels, strict=True)
+    )
+
+
+def test_digit_holdout_is_the_stratified_end_of_the_subset_order_and_the_rest_trains():
+    from convattn.data.imageset import channel_stats
+
+    full, H = load("digits", "train", seed=4), 288
+    val, rest = load("digits", "val", holdout=H, seed=4), load("digits", "train", holdout=H, seed=4)
+    assert (len(val), len(rest), val.split, rest.split) == (H, len(full) - H, "val", "train")
+    # The rule: the last H of the order are val, the first N - H the rest, each in the split's own order.
+    order = subset_order(full.labels.numpy(), 4, len(full))
+    for part, index in ((val, order[-H:]), (rest, order[:-H])):
+        expect = full.subset(torch.from_numpy(np.sort(index)))
+        assert torch.equal(part.images, expect.images) and torch.equal(part.labels, expect.labels)
+    assert _keys(val) + _keys(rest) == _keys(full)  # disjoint, and together the whole training split
+    per_class = torch.bincount(full.labels, minlength=10).double()
+    assert (torch.bincount(val.labels, minlength=10) - H * per_class / len(full)).abs().max() < 1
+    # Statistics of the rest, for all three splits; the test images themselves do not change.
+    test, plain = load("digits", "test", holdout=H, seed=4), load("digits", "test")
+    assert (rest.mean, rest.std) == channel_stats(rest.images, 16.0)
+    assert val.mean == rest.mean == test.mean != full.mean and val.std == rest.std == test.std
+    assert torch.equal(test.images, plain.images) and torch.equal(test.labels, plain.labels)
+    # Deterministic for a seed, another for another seed.
+    again = load("digits", "val", holdout=H, seed=4)
+    assert torch.equal(again.images, val.images) and torch.equal(again.labels, val.labels)
+    assert _keys(load("digits", "val", holdout=H, seed=5)) != _keys(val)
+
+
+def test_n_train_within_a_holdout_is_the_same_nested_subset_as_without():
+    H = 300
+    val, rest = load("digits", "val", holdout=H), load("digits", "train", holdout=H)
+    previous: Counter[bytes] = Counter()
+    for n in (10, 72, 144, 500, 1138):
+        sub = load("digits", "train", n_train=n, holdout=H)
+        plain = load("digits", "train", n_train=n)
+        assert torch.equal(sub.images, plain.images) and torch.equal(sub.labels, plain.labels)
+        assert sub.mean == rest.mean and sub.std == rest.std  # the statistics of what it is drawn from
+        assert not _keys(sub) - _keys(rest) and not previous - _keys(sub)  # inside the rest, nested
+        previous = _keys(sub)
+    assert previous == _keys(rest)  # n_train = N - H: the whole rest
+    assert _keys(val) + _keys(rest) == _keys(load("digits", "train"))
+
+
+def test_holdout_zero_is_no_holdout():
+    for split in ("train", "test"):
+        a, b = load("digits", split, holdout=0, n_train=100), load("digits", split, n_train=100)
+        assert torch.equal(a.images, b.images) and a.mean == b.mean and a.std == b.std
+
+
+def _folder_of_distinct_images(root):
+    for k, name in enumerate(("cat", "dog")):
+        for i in range(5):
+            _png(root / name / f"{i}.png", (40 * i, 100 * k, 7))
+    return f"folder:{root}"
+
+
+@pytest.mark.parametrize("kind", ["shapes", "long_range", "cifar10", "folder"])
+def test_every_data_set_holds_out_a_stratified_disjoint_part(tmp_path, kind):
+    if kind == "cifar10":
+        _fake_cifar10(tmp_path)
+        spec, options, whole, H = f"cifar10:{tmp_path}", {}, load(f"cifar10:{tmp_path}", "train"), 5
+    elif kind == "folder":
+        spec, options, H = _folder_of_distinct_images(tmp_path), {}, 2
+        whole = load(spec, "train")
+    else:  # generated at n_train + H images and divided: it still trains on n_train
+        spec, options, H = kind, {"n_train": 48, "n_test": 8}, 16
+        whole = load(kind, "train", seed=2, n_train=48 + H, n_test=8)
+    val, rest = (load(spec, split, seed=2, holdout=H, **options) for split in ("val", "train"))
+    assert len(val) == H and len(rest) == len(whole) - H and _keys(val) + _keys(rest) == _keys(whole)
+    per_class = torch.bincount(whole.labels, minlength=whole.num_classes).double()
+    share = H * per_class / len(whole)
+    assert (torch.bincount(val.labels, minlength=whole.num_classes) - share).abs().max() < 1
+    test = load(spec, "test", seed=2, holdout=H, **options)
+    assert test.mean == val.mean == rest.mean != whole.mean
+    plain = load(spec, "test", seed=2, **options)
+    assert torch.equal(test.images, plain.images) and torch.equal(test.labels, plain.labels)
+
+
+@pytest.mark.parametrize(("options", "error", "words"), [
+    ({"holdout": -1}, ValueError, "holdout must be >= 0.*holdout=-1"),
+    ({"holdout": 1.5}, TypeError, "holdout must be an int, got holdout=1.5"),
+    ({"holdout": True}, TypeError, "holdout must be an int, got holdout=True"),
+    ({"holdout": "10"}, TypeError, "holdout must be an int, got holdout='10'"),
+    ({"holdout": 1438}, ValueError, "holdout=1438 must be below the 1438 training images of digits"),
+    ({"holdout": 1430}, ValueError, "holdout=1430 leaves 8 of the 1438 training images of digits, fewer "
+                                    "than its 10 classes"),
+    ({"holdout": 300, "n_train": 1139}, ValueError, "n_train=1139 exceeds the 1138 training images of "
+                                                    "digits left after holdout=300"),
+    ({"holdout": 300, "n_train": 9}, ValueError, "n_train=9 is below the 10 classes"),
+])  # fmt: skip
+def test_bad_holdouts_are_named(options, error, words):
+    for split in ("train", "val", "test"):
+        with pytest.raises(error, match=words):
+            load("digits", split, **options)
+
+
+@pytest.mark.parametrize("holdout", [0, None])
+def test_a_validation_split_needs_a_holdout(holdout):
+    options = {} if holdout is None else {"holdout": holdout}
+    with pytest.raises(ValueError, match="split='val' needs holdout > 0"):
+        load("digits", "val", **options)
+    with pytest.raises(
+        ValueError, match=r"split must be one of \('train', 'val', 'test'\), got split='valid'"
+    ):
+        load("digits", "valid")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from conftest import needs_kernel
 from convattn.layers import reference as ref
@@ -181,6 +182,55 @@ def test_dynamic_dwconv_kernels_change_with_the_input_and_local_mlp_kernels_do_n
     )
 
 
+@pytest.mark.parametrize("mode", ["homogeneous", "inhomogeneous"])
+@pytest.mark.parametrize("k", [3, 7])
+def test_dynamic_dwconv_taps_start_at_the_scale_of_a_static_depthwise_conv(mode, k):
+    static = nn.Conv2d(64, 64, k, groups=64).weight.std()
+    layer = create_mixer("dynamic_dwconv", 64, kernel_size=k, mode=mode)  # training mode, as it starts
+    x = torch.randn(8, 64, 8, 8)
+    with torch.no_grad():
+        assert 1 / 1.5 < layer.kernels(x).std() / static < 1.5
+        layer.expand.reset_parameters()  # torch's default, as before: 2x (k = 3) to 5x (k = 7) too large
+        assert layer.kernels(x).std() / static > 1.5
+
+
+def _sasa_grads(out, layer, x, g):
+    params = [x, layer.q.weight, layer.kv.weight, layer.rel_row, layer.rel_col]
+    return torch.autograd.grad(out, params, g)
+
+
+@pytest.mark.parametrize(
+    ("size", "options"),
+    [
+        ((5, 6), {}),
+        ((1, 1), {}),
+        ((3, 7), {"kernel_size": 5, "out_dim": 4}),  # window taller than the map, fewer channels
+        ((6, 5), {"border": "zeros", "stride": 2}),  # the popular port's zero keys; odd pooled border
+        ((7, 6), {"border": "shift", "dilation": 2}),
+        ((4, 5), {"scale": "sqrt"}),
+        ((4, 5), {"scale": 0.3, "num_heads": 1}),
+    ],
+)
+def test_sasa_matches_the_papers_formula(size, options):
+    """The fast path against the loop over eq. 2-3, forward and backward, in float64."""
+    layer = SASA(6, **{"kernel_size": 3, "num_heads": 2, **options}).double()
+    scale = {None: 1.0, "sqrt": layer.d**-0.5}.get(options.get("scale"), options.get("scale"))
+    x = torch.randn(2, 6, *size, dtype=f64, requires_grad=True)
+    out, expected = layer(x), ref.sasa2d(layer, x, scale=scale)
+    torch.testing.assert_close(out, expected, atol=1e-12, rtol=0)
+    g = torch.randn_like(out)
+    for a, b in zip(_sasa_grads(out, layer, x, g), _sasa_grads(expected, layer, x, g), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-11, rtol=0)
+
+
+def test_sasa_scores_have_no_scale_unless_asked():
+    layer = SASA(8, kernel_size=3, num_heads=2).double()
+    assert layer.scale == 1.0 and SASA(8, num_heads=2, scale="sqrt").scale == 0.5
+    x = torch.randn(1, 8, 5, 5, dtype=f64)
+    # the scaled form (the layer before it followed the paper) is another function
+    assert not torch.allclose(layer(x), ref.sasa2d(layer, x, scale=layer.d**-0.5))
+
+
 def test_sasa_relative_table_is_row_then_column_split_into_heads():
     layer = SASA(8, kernel_size=3, num_heads=2)
     table = layer.rel_table()  # (5, 5, 2, 4)
@@ -202,6 +252,8 @@ def test_sasa_relative_table_is_row_then_column_split_into_heads():
         ("dynamic_dwconv", {"mode": "static"}, "mode='static'"),
         ("sasa", {"border": "wrap"}, "border='wrap'"),
         ("sasa", {"dilation": 0}, "dilation=0"),
+        ("sasa", {"scale": "log"}, "scale='log'"),
+        ("sasa", {"scale": 0.0}, "scale=0.0"),
         ("local_mlp", {"stride": 0}, "stride=0"),
         ("nope", {}, "unknown mixer 'nope'"),
     ],

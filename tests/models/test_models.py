@@ -19,6 +19,7 @@ from convattn.layers.mixers import SASA, DynamicDWConv, WindowAttention, list_mi
 from convattn.models.attention_net import AttentionNet
 from convattn.models.dwnet import DWNet
 from convattn.models.registry import create_model, list_models, model_info
+from convattn.models.resnet import KEEPS_WIDTH
 from convattn.models.sasa_resnet import DEPTHS, Bottleneck, SASAResNet
 from convattn.models.swin import SwinBlock, SwinTransformer, stage_windows
 from convattn.models.vit import Attention, VisionTransformer
@@ -229,14 +230,67 @@ def test_the_shared_checks_pass_good_values_through() -> None:
 def test_resnet_swaps_every_3x3_conv_for_any_mixer(mixer: str) -> None:
     model = create_model("resnet_tiny", mixer=mixer)
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
-    if mixer == "conv":
-        assert len(convs) == 9  # stem + 2 per block
-    elif mixer not in ("dwconv", "dynamic_dwconv", "local_mlp"):
-        assert convs == []  # the stem of width-keeping mixers stays a conv (3 input channels)
+    assert convs[0] is model.stem[0] and model.stem[0].in_channels == 3  # a conv stem for every mixer
+    assert len(convs) == (9 if mixer == "conv" else 1)  # stem + 2 per block, or the stem alone
     y = model(torch.randn(2, 3, 12, 12))
     assert y.shape == (2, 10)
     y.sum().backward()
     assert not [n for n, p in model.named_parameters() if p.grad is None]
+
+
+def _stem_rank(model: nn.Module, x: torch.Tensor) -> int:
+    """Rank of the stem's output as a (C, B·H·W) matrix: how many independent maps it gives."""
+    with torch.no_grad():
+        y = model.double().eval().stem(x)  # (B, C, H, W)
+    return int(torch.linalg.matrix_rank(y.transpose(0, 1).flatten(1)))
+
+
+@pytest.mark.parametrize("mixer", list_mixers())
+def test_resnet_stem_gives_independent_channels_for_every_mixer(mixer: str) -> None:
+    """Attention on a 1-channel image is degenerate (q, k, v multiples of one pixel value): the stem
+    must not be the mixer, as SASA's never is."""
+    x = torch.randn(4, 1, 8, 8, dtype=torch.float64)
+    assert _stem_rank(create_model("resnet_digits", mixer=mixer), x) == 16  # min(C, B·H·W)
+    if mixer != "conv" and mixer not in KEEPS_WIDTH:  # the old stem, kept as an opt-in, is rank-poor
+        assert _stem_rank(create_model("resnet_digits", mixer=mixer, stem="mixer"), x) < 16
+
+
+# Ours, with the conv stem (3x3, 3 -> 64: 1,728 weights) for every mixer.
+RESNET_MIXERS = {
+    "resnet18_cifar_sasa": 3_877_194,
+    "resnet18_cifar_dwconv": 530_122,
+    "resnet18_cifar_dynamic": 14_714_218,
+    "resnet18_cifar_window": 4_833_162,
+}
+
+
+@pytest.mark.parametrize(("name", "count"), RESNET_MIXERS.items())
+def test_resnet_mixer_presets_have_their_counts(name: str, count: int) -> None:
+    assert meta_params(name) == count
+
+
+def _activation_stds(model: nn.Module, x: torch.Tensor) -> list[float]:
+    """Std of every spatial layer's output (what its BN then sees) and of every block's, in training."""
+    stds: list[float] = []
+    layers = [m for b in model.blocks for m in (b.conv1, b.conv2, b)]
+    hooks = [m.register_forward_hook(lambda m, i, o: stds.append(float(o.std()))) for m in layers]
+    with torch.no_grad():
+        model.train()(x)
+    for h in hooks:
+        h.remove()
+    return stds
+
+
+def test_dynamic_dwconv_resnet_starts_at_the_scale_of_the_conv_resnet() -> None:
+    x = torch.randn(32, 1, 8, 8)
+    conv = _activation_stds(create_model("resnet_digits"), x)
+    model = create_model("resnet_digits", mixer="dynamic_dwconv")
+    ratios = [d / c for c, d in zip(conv, _activation_stds(model, x), strict=True)]
+    assert max(ratios) <= 2, ratios
+    for m in model.modules():  # torch's default predictor init, as before: 5-17x at some layer
+        if isinstance(m, DynamicDWConv):
+            m.expand.reset_parameters()
+    assert max(d / c for c, d in zip(conv, _activation_stds(model, x), strict=True)) > 4
 
 
 # --- SASA ResNets ---------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import signal
 import subprocess
@@ -174,7 +175,7 @@ def test_weight_decay_spares_norms_biases_and_attention_centres():
 
 NUMERIC_FIELDS = [
     "epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup", "label_smoothing", "clip_grad",
-    "crop_pad", "seed", "threads", "data_seed", "eval_every", "n_train",
+    "crop_pad", "seed", "threads", "data_seed", "eval_every", "n_train", "holdout",
 ]  # fmt: skip
 
 
@@ -301,3 +302,92 @@ def test_the_trainer_trains_on_n_train_images_and_its_export_evaluates_alike(tmp
     # The export remembers n_train: a generated set's test split is normalised as during training.
     scores = evaluate_weights(tmp_path)
     assert scores["test_acc"] == result.test_acc and scores["test_loss"] == pytest.approx(result.test_loss)
+
+
+# -- holdout: a validation split instead of the test split -------------------------------------------
+
+ROW_KEYS = [
+    "epoch",
+    "step",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "test_loss",
+    "test_acc",
+    "seconds",
+    "images_per_s",
+]
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "10"])
+def test_train_config_holdout_must_be_an_int_at_least_0(bad):
+    with pytest.raises((TypeError, ValueError), match="holdout"):
+        TrainConfig(model="cnn_tiny", holdout=bad)
+
+
+def test_config_json_without_holdout_still_loads(tmp_path):
+    cfg = TrainConfig(model="cnn_tiny", holdout=200)
+    assert TrainConfig.from_json(cfg.to_json()) == cfg
+    raw = json.loads(TrainConfig(model="cnn_tiny").to_json())
+    del raw["holdout"], raw["n_train"]  # a config.json written before either field existed
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    old = TrainConfig.load(tmp_path / "config.json")
+    assert (old.holdout, old.n_train) == (0, 0) and not old.differences(TrainConfig(model="cnn_tiny"))
+    assert old.differences(cfg) == ["holdout: 0 != 200"]
+
+
+def test_without_holdout_the_history_keeps_its_keys_and_adds_the_final_train_accuracy(tmp_path):
+    from convattn.data import load
+    from convattn.train import evaluate, load_weights
+
+    cfg = _cfg(tmp_path, model="cnn_tiny", epochs=2, eval_every=2)
+    history = train(cfg, log=lambda s: None).history
+    assert [list(r) for r in history] == [ROW_KEYS, [*ROW_KEYS, "train_eval_acc"]]
+    assert history[0]["test_acc"] is None and 0 < history[1]["test_acc"] <= 1
+    # The final model in eval mode on every training image, without augmentation.
+    model, _ = load_weights(tmp_path)
+    assert history[1]["train_eval_acc"] == evaluate(model, load("digits", "train"))[0]
+    lines = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert lines[0].split(",") == [*ROW_KEYS, "train_eval_acc"] and lines[1].endswith(",")
+
+
+@pytest.mark.parametrize(("data", "n_train", "holdout"), [("digits", 0, 288), ("shapes", 64, 32)])
+def test_a_holdout_run_validates_on_it_and_never_reads_the_test_split(
+    tmp_path, monkeypatch, data, n_train, holdout
+):
+    import convattn.train.loop as loop_module
+    from convattn.data import load
+    from convattn.train import evaluate, load_weights
+
+    asked: list[str] = []
+
+    def no_test(spec, split, **kw):
+        asked.append(split)
+        if split == "test":
+            raise AssertionError("a run with a holdout loaded the test split")
+        return load(spec, split, **kw)
+
+    monkeypatch.setattr(loop_module, "load", no_test)
+    cfg = _cfg(tmp_path, model="cnn_tiny", data=data, epochs=2, n_train=n_train, holdout=holdout)
+    result = train(cfg, log=lambda s: None)
+    monkeypatch.undo()
+    assert "test" not in asked and "val" in asked
+    keys = [k.replace("test", "val") for k in ROW_KEYS]
+    assert [list(r) for r in result.history] == [keys, [*keys, "train_eval_acc"]]
+    options = {"seed": 0, "n_train": n_train or None, "holdout": holdout}
+    trained_on, val = load(data, "train", **options), load(data, "val", **options)
+    assert len(trained_on) == (n_train or 1438 - holdout) and len(val) == holdout
+    steps = len(trained_on) // 64
+    assert [r["step"] for r in result.history] == [steps, 2 * steps]
+    # The history's numbers are the final model's on the validation split and on its training images.
+    model, meta = load_weights(tmp_path)
+    last = result.history[-1]
+    assert (last["val_acc"], last["val_loss"]) == pytest.approx(evaluate(model, val), rel=1e-6)
+    assert result.val_acc == last["val_acc"] and math.isnan(result.test_acc)  # not tested
+    assert last["train_eval_acc"] == evaluate(model, trained_on)[0]
+    # The export remembers the holdout: `convattn eval` tests with the normalisation of the training.
+    assert meta["holdout"] == holdout and TrainConfig.load(tmp_path / "config.json").holdout == holdout
+    scores = evaluate_weights(tmp_path)
+    test = load(data, "test", **options)
+    assert (scores["test_acc"], scores["n"]) == (evaluate(model, test)[0], len(test))
+    assert test.mean == trained_on.mean != load(data, "test", seed=0, n_train=n_train or None).mean

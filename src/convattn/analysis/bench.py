@@ -30,7 +30,7 @@ from convattn.layers.window import window_attention2d
 from convattn.utils.environment import environment
 from convattn.utils.records import write_csv
 
-__all__ = ["BenchConfig", "run_bench", "unfold_local_attention"]
+__all__ = ["BenchConfig", "inference_rate", "run_bench", "training_rate", "unfold_local_attention"]
 
 BASELINE = "dwconv7_channels_last"
 # flex_attention runs eagerly on CPU, scoring every pair of pixels: measured up to 32×32 only.
@@ -74,6 +74,29 @@ def inference_rate(model: torch.nn.Module, images: torch.Tensor, repeats: int = 
         if images.is_cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
+    return len(images) / statistics.median(times)
+
+
+def training_rate(
+    model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *, steps: int = INFERENCE_REPEATS
+) -> float:
+    """Images per second of AdamW training steps (forward, backward, update) on one batch, median of
+    `steps` after a warm-up step. `model` is trained in place: pass a fresh one."""
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    times = []
+    for i in range(steps + 1):
+        if images.is_cuda:
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(model(images), labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if images.is_cuda:
+            torch.cuda.synchronize()
+        if i:  # the first step is the warm-up
+            times.append(time.perf_counter() - t)
     return len(images) / statistics.median(times)
 
 

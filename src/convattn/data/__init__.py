@@ -18,10 +18,22 @@ fixed set (digits, CIFAR, folder) keeps a class-stratified subset of its trainin
 learning curve adds images, it never swaps them). The subset keeps the normalisation statistics of the
 whole training split, so the test split is the same, tensor for tensor, whatever ``n_train``.
 
+``holdout=H`` holds out H training images as a validation split, ``load(spec, "val", holdout=H)``, so
+that recipes are chosen without the test split. The validation images are the *last* H of the same
+seeded order (stratified too), and ``load(spec, "train", holdout=H)`` serves the rest, or the first
+``n_train`` of the order: the very images the same ``(n_train, seed)`` trains on without a holdout. The
+statistics of all three splits then come from the remaining training images (see `subsets`), so
+``load(spec, "test", holdout=H)`` is the same test images normalised as that run saw them. A generated
+set is generated at ``n_train + H`` training images (default 2000 + H) and divided by the same rule, so
+it still trains on ``n_train`` (2000) images. The test split never depends on the holdout but for its
+normalisation.
+
 Example:
     >>> train = load("digits", "train")
     >>> for x, y in batches(train, 64, seed=0, epoch=0, augment=default_augment(train)):
     ...     pass  # x: (64, 1, 8, 8) float32 normalised, y: (64,) int64
+    >>> val = load("digits", "val", holdout=288)  # 28 or 29 per class, none of them in:
+    >>> rest = load("digits", "train", holdout=288)  # the other 1150, whose statistics all three use
 """
 
 from __future__ import annotations
@@ -29,7 +41,6 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from convattn.data.augment import Augment, augment_batch, batches, default_augment, num_batches
@@ -38,6 +49,7 @@ from convattn.data.digits import load_digits
 from convattn.data.folder import load_folder
 from convattn.data.generated import LONG_RANGE_CLASSES, SHAPE_CLASSES, long_range_images, shape_images
 from convattn.data.imageset import SPLITS, ImageSet, derive_seed, make_splits
+from convattn.data.subsets import split_training, subset_order
 from convattn.utils.checks import check_positive_int
 
 __all__ = [
@@ -80,65 +92,43 @@ def _parse(spec: object) -> tuple[str, str]:
     return name, path
 
 
-def _generated(name: str, seed: int, n_train: int | None, n_test: int | None) -> tuple[ImageSet, ImageSet]:
-    """Both splits of a generated set, from two independent streams of `seed`."""
+def _generated(
+    name: str, seed: int, n_train: int | None, n_test: int | None, holdout: int
+) -> tuple[ImageSet, ImageSet]:
+    """Both splits of a generated set, from two independent streams of `seed`, `holdout` images extra."""
     make, classes = GENERATED[name]
-    sizes = (DEFAULT_SIZES[0] if n_train is None else n_train, DEFAULT_SIZES[1] if n_test is None else n_test)
+    sizes = (
+        holdout + (DEFAULT_SIZES[0] if n_train is None else n_train),
+        DEFAULT_SIZES[1] if n_test is None else n_test,
+    )
     train, test = (
         make(n, torch.Generator().manual_seed(derive_seed(seed, name, split)))
-        for n, split in zip(sizes, SPLITS, strict=True)
+        for n, split in zip(sizes, ("train", "test"), strict=True)
     )
     return make_splits(name, train, test, classes)
 
 
-def subset_order(labels: np.ndarray, seed: int, n: int) -> np.ndarray:
-    """The first `n` items of a seeded, class-stratified order of `labels`: an (n,) index array.
-
-    Within each class the items are ranked by a hash of (seed, index), as in `stratified_split`, so no
-    library's random generator is involved. The classes are then interleaved greedily: item k + 1 comes
-    from the class furthest below its proportional share (k + 1) · n_c / N (ties: the lower label), so every
-    prefix is as close to the class proportions as one image allows, and a prefix of a prefix is a
-    prefix: the subsets are nested.
-
-    Args:
-        labels: (N,) int class labels.
-        seed: picks the order within each class.
-        n: how many items to take, 0 <= n <= N.
-    """
-    labels = np.asarray(labels)
-    if not 0 <= n <= len(labels):
-        raise ValueError(f"n must lie in [0, {len(labels)}], got {n=}")
-    rank = np.array([derive_seed("subset", seed, i) for i in range(len(labels))], dtype=np.int64)
-    classes = np.unique(labels)
-    queues = []  # (n_c,) indices of each class, in rank order
-    for c in classes:
-        members = np.flatnonzero(labels == c)
-        queues.append(members[np.argsort(rank[members], kind="stable")])
-    sizes = np.array([len(q) for q in queues], dtype=np.int64)
-    taken = np.zeros(len(classes), dtype=np.int64)
-    order = np.empty(n, dtype=np.int64)
-    for k in range(n):
-        # Shortfall below the share (k + 1) · n_c / N, times N to stay in integers; argmax takes the lowest
-        # label among ties, and a full class never has the largest shortfall (its share is at most n_c).
-        shortfall = (k + 1) * sizes - taken * len(labels)
-        c = int(np.argmax(shortfall))
-        order[k] = queues[c][taken[c]]
-        taken[c] += 1
-    return order
-
-
-def _train_subset(pair: tuple[ImageSet, ImageSet], n_train: int, seed: int) -> tuple[ImageSet, ImageSet]:
-    """(a stratified subset of n_train training images, the test split untouched); see the module doc."""
-    train, test = pair
-    if n_train > len(train):
-        raise ValueError(f"n_train={n_train} exceeds the {len(train)} training images of {train.name}")
-    if n_train < train.num_classes:
+def _check_options(
+    name: str, split: str, seed: int, n_train: int | None, n_test: int | None, holdout: int
+) -> None:
+    """TypeError/ValueError naming the first option of `load` that is wrong for data set `name`."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got split={split!r}")
+    for option, number in (("seed", seed), ("holdout", holdout)):
+        if isinstance(number, bool) or not isinstance(number, int):
+            raise TypeError(f"{option} must be an int, got {option}={number!r}")
+    if holdout < 0:
+        raise ValueError(f"holdout must be >= 0 (0: no validation split), got holdout={holdout}")
+    if split == "val" and not holdout:
         raise ValueError(
-            f"n_train={n_train} is below the {train.num_classes} classes of {train.name}: a class-stratified "
-            "subset needs at least one image per class"
+            "split='val' needs holdout > 0, the number of training images held out for validation, "
+            f"got holdout={holdout}"
         )
-    index = np.sort(subset_order(train.labels.numpy(), seed, n_train))  # keep the split's own order
-    return train.subset(torch.from_numpy(index)), test
+    for option, value in (("n_train", n_train), ("n_test", n_test)):
+        if value is not None:
+            if name not in GENERATED and option == "n_test":
+                raise ValueError(f"n_test applies to generated sets only, got n_test={value} for {name}")
+            check_positive_int(option, value)
 
 
 def load(
@@ -148,20 +138,23 @@ def load(
     seed: int = 0,
     n_train: int | None = None,
     n_test: int | None = None,
+    holdout: int = 0,
     image_size: int = 32,
     verify: str = "auto",
 ) -> ImageSet:
-    """Load one split of a data set into memory, normalised with the statistics of its train split.
+    """Load one split of a data set into memory, normalised with the statistics of its training images.
 
     Args:
         name_or_spec: "digits", "shapes", "long_range", "cifar10:PATH", "cifar100:PATH" or "folder:PATH".
-        split: "train" or "test".
+        split: "train", "val" (needs a `holdout`) or "test".
         seed: the seed of a generated set (same seed, bit-identical images); the other sets have a
-            fixed split and use it only to pick an `n_train` subset.
+            fixed split and use it only to pick an `n_train` subset and the `holdout`.
         n_train: number of training images (default: a generated set's 2000, a fixed set's whole
-            training split); a fixed set keeps a nested class-stratified subset (see the module doc). It
-            never changes the test images, nor, for a fixed set, their normalisation.
+            training split, less the holdout); a fixed set keeps a nested class-stratified subset (see
+            the module doc). It never changes the test images, nor, for a fixed set, their normalisation.
         n_test: number of test images of a generated set (default 500).
+        holdout: training images held out as the "val" split, the last of the stratified order (0:
+            none). Pass the same value for every split of one run: it sets their normalisation.
         image_size: side images of "folder:PATH" are resized to.
         verify: CIFAR checksums: "auto" (files with the published image count), "strict" or "off".
 
@@ -169,31 +162,25 @@ def load(
         The split as an `ImageSet` of uint8 pixels.
 
     Raises:
-        ValueError: an unknown name (close names are suggested), a bad split, options that do not apply
-            to the set, an `n_train` above the training split or below its number of classes, or a
-            missing/corrupt/unsafe file (FileNotFoundError for missing ones).
+        ValueError: an unknown name (close names are suggested), a bad split, "val" without a holdout,
+            options that do not apply to the set, a negative holdout or one that leaves fewer training
+            images than classes, an `n_train` above the training images (after the holdout) or below
+            their number of classes, or a missing/corrupt/unsafe file (FileNotFoundError for missing
+            ones).
+        TypeError: a seed, n_train, n_test or holdout that is not an int.
     """
     name, path = _parse(name_or_spec)
-    if split not in SPLITS:
-        raise ValueError(f"split must be 'train' or 'test', got split={split!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got seed={seed!r}")
-    for option, value in (("n_train", n_train), ("n_test", n_test)):
-        if value is not None:
-            if name not in GENERATED and option == "n_test":
-                raise ValueError(f"n_test applies to generated sets only, got n_test={value} for {name}")
-            check_positive_int(option, value)
+    _check_options(name, split, seed, n_train, n_test, holdout)
     check_positive_int("image_size", image_size)
     if verify not in VERIFY_MODES:
         raise ValueError(f"verify must be one of {VERIFY_MODES}, got verify={verify!r}")
     if name == "digits":
         pair = load_digits()
     elif name in GENERATED:
-        pair = _generated(name, seed, n_train, n_test)
+        pair = _generated(name, seed, n_train, n_test, holdout)
+        n_train = None  # generated at its size: the holdout alone divides it
     elif name == "folder":
         pair = load_folder(Path(path), image_size=image_size)
     else:
         pair = load_cifar(name, Path(path), verify=verify)
-    if n_train is not None and name not in GENERATED:
-        pair = _train_subset(pair, n_train, seed)
-    return pair[SPLITS.index(split)]
+    return split_training(*pair, seed=seed, n_train=n_train, holdout=holdout)[split]

@@ -2,7 +2,8 @@
 
 Pixels are kept as stored (uint8 for every set here, so CIFAR-10 costs 150 MB, not 600 MB) and turned
 into normalised float32 batches on demand: ``(x / max_value - mean) / std`` per channel, with mean and
-std measured on the *train* split so that a test batch is normalised with train statistics.
+std measured on the *training* images (those left after a validation holdout, see `subsets`) so that a
+validation or test batch is normalised with training statistics.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torch import Tensor
 
 __all__ = ["ImageSet", "channel_stats", "derive_seed", "make_splits", "stratified_split"]
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True, eq=False)
@@ -28,9 +29,9 @@ class ImageSet:
         labels: (N,) int64 class indices in [0, num_classes).
         classes: class names; their count is the number of classes.
         name: the data set's name, e.g. "digits", "cifar10".
-        split: "train" or "test".
-        mean: per-channel mean of the train split, in units of max_value (pixels scaled to [0, 1]).
-        std: per-channel standard deviation of the train split, same units.
+        split: "train", "val" (images held out of the training split) or "test".
+        mean: per-channel mean of the training images, in units of max_value (pixels scaled to [0, 1]).
+        std: per-channel standard deviation of the training images, same units.
         max_value: the pixel value that maps to 1.0 (255 for 8-bit images, 16 for the digits).
     """
 
@@ -55,7 +56,7 @@ class ImageSet:
             lo, hi = int(y.min()), int(y.max())
             raise ValueError(f"labels must lie in [0, {len(self.classes)}), got {lo}..{hi}")
         if self.split not in SPLITS:
-            raise ValueError(f"split must be 'train' or 'test', got split={self.split!r}")
+            raise ValueError(f"split must be one of {SPLITS}, got split={self.split!r}")
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -85,7 +86,7 @@ class ImageSet:
         return self.normalize(self.images), self.labels
 
     def subset(self, index: Tensor | slice) -> ImageSet:
-        """The images at `index`, keeping the statistics of the full train split."""
+        """The images at `index`, keeping this set's split and normalisation statistics."""
         return ImageSet(
             self.images[index],
             self.labels[index],

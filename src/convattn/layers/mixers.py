@@ -20,7 +20,13 @@ from convattn.layers.geometry import BORDERS
 from convattn.layers.mhsa2d import MultiHeadSelfAttention2d
 from convattn.layers.neighborhood import neighborhood_attention2d
 from convattn.layers.window import window_attention2d
-from convattn.utils.checks import check_heads_divide, check_odd, check_positive_int, check_tensor
+from convattn.utils.checks import (
+    check_heads_divide,
+    check_odd,
+    check_positive,
+    check_positive_int,
+    check_tensor,
+)
 
 __all__ = [
     "SASA",
@@ -151,6 +157,17 @@ class DynamicDWConv(_KernelMixer):
     homogeneous: kernels per image, GAP -> 1×1 conv (C -> C/r, no bias) -> BN -> ReLU -> 1×1 conv
     (C/r -> C·k²). inhomogeneous: the same predictor on every pixel's own feature gives per-pixel
     kernels for `groups` channel groups (C/r -> groups·k²), shared by the channels of a group.
+
+    Initialisation (`reset_kernel_predictor`): the kernel starts as a static depth-wise kernel drawn like
+    nn.Conv2d(C, C, k, groups=C)'s taps (U(±1/k), std σ = 1/(k√3)), held by the bias of the last 1×1
+    conv, plus a predicted part of std σ/2 (its weights, for an input of mean square 1/2: ReLU of
+    batch-normalised features), so taps of std ≈ 1.1σ. torch's default init there, which DWNet's code
+    keeps, predicts taps of std ≈ √(1/6) ≈ 0.41 whatever k: 5× a static 7×7 kernel's (2× at 3×3), and
+    the spatial layers of `resnet_digits` start at 2-17× the conv ResNet's activations (the BN behind it
+    hides the scale from the forward, but the predictor's effective step shrinks as its square). The
+    predicted part starts small because it makes the output quadratic in the input: in training mode
+    the predictor's BN hands the largest kernels to the images with the largest activations, and a
+    kernel predicted in full at std σ still leaves layers at 3-4× the conv ResNet's at batch 32-64.
     """
 
     def __init__(
@@ -180,6 +197,15 @@ class DynamicDWConv(_KernelMixer):
         self.norm = nn.BatchNorm2d(hidden)
         self.expand = nn.Conv2d(hidden, outputs, 1)
         self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+        self.reset_kernel_predictor()
+
+    def reset_kernel_predictor(self) -> None:
+        """Taps at init: a default static depth-wise kernel (the bias) plus a predicted part of σ/2."""
+        bound = 1 / self.k  # nn.Conv2d(C, C, k, groups=C) draws its taps from U(±1/k): std 1/(k√3)
+        if self.expand.bias is not None:  # always: it holds the static part of the kernel
+            nn.init.uniform_(self.expand.bias, -bound, bound)
+        predicted = bound / math.sqrt(3) / 2
+        nn.init.normal_(self.expand.weight, std=predicted * math.sqrt(2 / self.expand.in_channels))
 
     def kernels(self, x: Tensor) -> Tensor:
         """Predicted kernels: (B, C, k, k) per image, or (B, groups, k², H, W) per pixel."""
@@ -236,13 +262,38 @@ class LocalMLP(_KernelMixer):
         )
 
 
+def _score_scale(scale: str | float | None, head_dim: int) -> float:
+    """The factor on q·k: None -> 1 (SASA's eq. 2), "sqrt" -> 1/√head_dim, or a positive number."""
+    if scale is None:
+        return 1.0
+    if isinstance(scale, str):
+        if scale != "sqrt":
+            raise ValueError(f"scale must be None, 'sqrt' or a positive number, got scale={scale!r}")
+        return head_dim**-0.5
+    return check_positive("scale", scale)
+
+
 @register_mixer("sasa")
 class SASA(nn.Module):
-    """Stand-alone self-attention (Ramachandran et al. 2019, eq. 2-3): k×k neighbourhood attention.
+    """Stand-alone self-attention (Ramachandran et al. 2019, eq. 2-3): k×k neighbourhood attention,
+
+        y_ij = Σ_{ab ∈ N_k(i,j)} softmax_ab(q_ij·k_ab + q_ij·r_{a-i,b-j}) v_ab.
 
     q, k, v are 1×1 projections (no bias); heads split the channels and q·k sums over a head's
     channels. The relative embedding of offset (δ_r, δ_c) is [row(δ_r), col(δ_c)], each out_dim/2 wide,
     split into heads like the keys; it adds q·r to the score. Stride s > 1 average-pools the output.
+    The paper's score has no scale; `scale="sqrt"` multiplies q·k (not q·r) by the Transformer's
+    1/√d, d = out_dim / num_heads (what this layer did before it followed the paper).
+
+    Args:
+        dim: input channels.
+        out_dim: output channels (default dim); even, and a multiple of num_heads.
+        kernel_size: odd window side k.
+        num_heads: heads, each out_dim / num_heads channels wide.
+        stride: average-pooling stride after the attention.
+        border: "mask", "zeros" or "shift" (see `convattn.layers.geometry`).
+        dilation: spacing of the window's keys.
+        scale: factor on q·k: None (1, the paper's eq. 2), "sqrt" (1/√d) or a positive number.
     """
 
     def __init__(
@@ -255,11 +306,13 @@ class SASA(nn.Module):
         stride: int = 1,
         border: str = "mask",
         dilation: int = 1,
+        scale: str | float | None = None,
     ) -> None:
         super().__init__()
         out = out_dim or dim
         self.k = check_odd("kernel_size", kernel_size)
         self.heads, self.d = num_heads, check_heads_divide(out, num_heads)
+        self.scale = _score_scale(scale, self.d)
         if out % 2:
             raise ValueError(
                 f"SASA splits out_dim between row and column embeddings: it must be even, got {out}"
@@ -299,6 +352,7 @@ class SASA(nn.Module):
             dilation=self.dilation,
             rel=self.rel_table(),
             border=self.border,
+            scale=self.scale,
         )
         return _from_heads(out)
 

@@ -27,6 +27,7 @@ __all__ = [
     "nadaraya_watson",
     "neighborhood_attention2d",
     "pixel_dwconv2d",
+    "sasa2d",
     "sinusoidal_1d",
     "window_attention2d",
 ]
@@ -291,6 +292,54 @@ def neighborhood_attention2d(
                     p = torch.softmax(torch.stack(scores), dim=0)
                     out[b, i, j, h] = (p[:, None] * torch.stack(vals)).sum(0)
     return out
+
+
+def sasa2d(layer: Any, x: Tensor, scale: float = 1.0) -> Tensor:
+    """A `SASA` layer from Ramachandran et al. 2019, eq. 2-3, one output pixel and head at a time:
+
+        y_ij = Σ_{ab ∈ N_k(i,j)} softmax_ab(scale · q_ij·k_ab + q_ij·r_{a-i,b-j}) v_ab,
+
+    with q, k, v = W_Q x, W_K x, W_V x of each pixel (the layer's 1×1 weights), dot products summed over
+    a head's channels, and r_{δr,δc} = [row(δr), col(δc)] read from the layer's embeddings by offset
+    (in window steps, i.e. offset / dilation), split into heads like the keys. The paper has no scale:
+    scale = 1. N_k follows the layer's border mode; then stride×stride average pooling of each block.
+    """
+    B, _, H, W = x.shape
+    out_dim, heads, d, k = layer.q.out_channels, layer.heads, layer.d, layer.k
+    pixels = x.permute(0, 2, 3, 1)  # (B, H, W, C)
+    q = pixels @ layer.q.weight[:, :, 0, 0].T  # (B, H, W, out)
+    keys = pixels @ layer.kv.weight[:out_dim, :, 0, 0].T
+    values = pixels @ layer.kv.weight[out_dim:, :, 0, 0].T
+    centre = (layer.rel_row.shape[0] - 1) // 2  # the row of offset 0
+    y = torch.zeros(B, out_dim, H, W, dtype=x.dtype)
+    for b in range(B):
+        for i in range(H):
+            for j in range(W):
+                rows = _window_1d(i, H, k, layer.dilation, layer.border)
+                cols = _window_1d(j, W, k, layer.dilation, layer.border)
+                for h in range(heads):
+                    sl = slice(h * d, (h + 1) * d)
+                    scores, vals = [], []
+                    for a, oa in rows:
+                        for c, oc in cols:
+                            inside = a is not None and c is not None
+                            if not inside and layer.border != "zeros":
+                                continue  # not a pixel: not a key
+                            key = keys[b, a, c, sl] if inside else torch.zeros(d, dtype=x.dtype)
+                            val = values[b, a, c, sl] if inside else torch.zeros(d, dtype=x.dtype)
+                            dr, dc = oa - (k - 1), oc - (k - 1)  # the key's offset from the query
+                            r = torch.cat([layer.rel_row[centre + dr], layer.rel_col[centre + dc]])[sl]
+                            qij = q[b, i, j, sl]
+                            scores.append(scale * (qij * key).sum() + (qij * r).sum())
+                            vals.append(val)
+                    p = torch.softmax(torch.stack(scores), dim=0)
+                    y[b, sl, i, j] = (p[:, None] * torch.stack(vals)).sum(0)
+    s = layer.stride
+    pooled = torch.zeros(B, out_dim, -(-H // s), -(-W // s), dtype=x.dtype)
+    for i in range(pooled.shape[2]):
+        for j in range(pooled.shape[3]):
+            pooled[:, :, i, j] = y[:, :, i * s : (i + 1) * s, j * s : (j + 1) * s].mean((2, 3))
+    return pooled
 
 
 def window_attention2d(

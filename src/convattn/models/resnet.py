@@ -4,10 +4,18 @@
 The CIFAR variant: 3×3 stem, no max-pool, four stages of two basic blocks (64, 128, 256, 512 channels),
 global average pooling and a linear head: 11,173,962 parameters at 10 classes.
 
-With `mixer=name`, each 3×3 conv of a block (and of the stem) becomes that mixer with the same input and
-output widths and stride. Mixers that keep the channel count (dwconv, dynamic_dwconv, local_mlp) are
-followed by a 1×1 convolution where the width changes (the depth-wise-separable form); the others
-(conv, sasa, window, mhsa, sasa_stem) map the widths themselves.
+With `mixer=name`, each 3×3 conv of a block becomes that mixer with the same input and output widths
+and stride. Mixers that keep the channel count (dwconv, dynamic_dwconv, local_mlp) are followed by a 1×1
+convolution where the width changes (the depth-wise-separable form); the others (conv, sasa, window,
+mhsa, sasa_stem) map the widths themselves.
+
+The stem stays a 3×3 conv (+BN+ReLU) whatever the mixer, as in SASA (Ramachandran et al. 2019, §3.3:
+a conv stem, or its own spatially-aware stem, never plain attention on the pixels). Attention on a
+1-channel image is degenerate: q, k and v of a pixel are multiples of its one value, so every output
+channel of a SASA stem is a multiple of one attention-pooled map (channel rank 1 before the ReLU; the
+other attention stems give 5-8 independent maps of 16 after the ReLU in `resnet_digits`).
+`stem="mixer"` builds that anyway (the mixer on the raw image; a conv for the width-keeping mixers),
+only to reproduce runs made before the fix; the paper does not do it.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ __all__ = ["BasicBlock", "ResNet"]
 
 KEEPS_WIDTH = ("dwconv", "dynamic_dwconv", "local_mlp")
 HEADED = ("sasa", "local_mlp", "window", "mhsa")
+STEMS = ("conv", "mixer")
 
 
 def spatial_layer(
@@ -82,6 +91,8 @@ class ResNet(nn.Module):
         width: channels of the first stage (doubled at every later stage).
         mixer: the spatial layer in place of every 3×3 conv (any name of `convattn.list_mixers()`).
         mixer_options: keyword options for the mixer (e.g. {"kernel_size": 7, "num_heads": 8}).
+        stem: "conv" (a 3×3 conv, BN, ReLU for every mixer; SASA's choice) or "mixer" (the mixer on the
+            raw image, as before the fix; not what the paper does, see the module docstring).
         image_size: accepted for the registry (any size ≥ 1 works).
     """
 
@@ -94,19 +105,22 @@ class ResNet(nn.Module):
         width: int = 64,
         mixer: str = "conv",
         mixer_options: dict[str, Any] | None = None,
+        stem: str = "conv",
         image_size: int | None = None,
     ) -> None:
         super().__init__()
         if mixer not in list_mixers():
             raise ValueError(f"unknown mixer {mixer!r}; choose one of {', '.join(list_mixers())}")
+        if stem not in STEMS:
+            raise ValueError(f"stem must be one of {STEMS}, got {stem=!r}")
         check_positive_int("width", width)
         for n in layers:
             check_positive_int("blocks per stage", n)
+        check_positive_int("in_chans", in_chans)
         self.mixer = mixer
+        on_pixels = stem == "mixer" and mixer not in KEEPS_WIDTH
         self.stem = nn.Sequential(
-            spatial_layer(mixer, check_positive_int("in_chans", in_chans), width, 1, mixer_options)
-            if mixer not in KEEPS_WIDTH
-            else nn.Conv2d(in_chans, width, 3, padding=1, bias=False),  # no depth-wise layer on 3 channels
+            spatial_layer(mixer if on_pixels else "conv", in_chans, width, 1, mixer_options),
             nn.BatchNorm2d(width),
             nn.ReLU(inplace=True),
         )

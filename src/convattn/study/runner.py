@@ -20,6 +20,7 @@ is continued only when it holds a study with the same settings, and is otherwise
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import sys
@@ -35,7 +36,7 @@ from typing import Any, TextIO
 from convattn.data import load
 from convattn.study.budget import budget_for
 from convattn.study.report import write_report
-from convattn.study.runs import progress_to, shared_runs
+from convattn.study.runs import parallel, progress_to, shared_runs
 from convattn.study.section import Context, Section, get_section
 from convattn.train import Interrupted
 from convattn.utils import dist
@@ -85,6 +86,8 @@ class StudyConfig:
             et al.'s CIFAR-10 comparison with their recipe, next to their published numbers).
         epochs: epochs of the main comparison (default: the study's budget; the paper's 300 with `data`).
         device: "cpu" or "cuda" for the training runs.
+        jobs: training runs at once, each in a worker process on one thread (None: one per CPU core;
+            1: one after another in this process). The results do not depend on it.
     """
 
     out: Path | None = None
@@ -94,8 +97,12 @@ class StudyConfig:
     data: str | None = None
     epochs: int | None = None
     device: str = "cpu"
+    jobs: int | None = None
 
     def __post_init__(self) -> None:
+        if self.jobs is not None and (isinstance(self.jobs, bool) or not isinstance(self.jobs, int)
+                                      or self.jobs < 1):  # fmt: skip
+            raise ValueError(f"jobs must be a positive int or None, got jobs={self.jobs!r}")
         if self.epochs is not None and (isinstance(self.epochs, bool) or not isinstance(self.epochs, int)
                                         or self.epochs < 1):  # fmt: skip
             raise ValueError(f"epochs must be a positive int, got epochs={self.epochs!r}")
@@ -161,6 +168,13 @@ def find_run_dir(cfg: StudyConfig) -> tuple[Path, bool]:
             if _holds_study(folder, cfg.settings()) and not (folder / "report.html").exists():
                 return folder, True
     return new_run_dir(None), False
+
+
+def _jobs(cfg: StudyConfig) -> int:
+    """Worker processes for the training runs: one per core by default, none on CUDA or under torchrun."""
+    if cfg.device == "cuda" or dist.world_size() > 1:
+        return 1
+    return cfg.jobs or max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
 
 
 def _run_section(section: Section, ctx: Context, run_dir: Path, log: TextIO, share: bool) -> dict[str, Any]:
@@ -269,7 +283,7 @@ def run_study(cfg: StudyConfig | None = None, *, log: TextIO | None = None) -> P
     sections, ctx = cfg.sections(), cfg.context()
     records = {}
     try:
-        with _sigterm_as_interrupt():
+        with _sigterm_as_interrupt(), parallel(_jobs(cfg)):
             for i, section in enumerate(sections, 1):
                 print(f"[{i}/{len(sections)}] {section.title} ...", file=log, flush=True)
                 records[section.key] = _run_section(section, ctx, run_dir, log, share=cfg.data is None)

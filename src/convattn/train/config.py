@@ -59,13 +59,26 @@ class TrainConfig:
         0, "torch CPU threads (0: torch's default); runs are bit-reproducible at a fixed count"
     )
     device: str = _opt("cpu", "the device to train on", choices=DEVICES)
-    data_seed: int = _opt(0, "seed of generated data sets, and of the `n_train` subset of a fixed one")
-    eval_every: int = _opt(1, "evaluate on the test split every this many epochs, and after the last")
+    data_seed: int = _opt(
+        0, "seed of generated data sets, and of the `n_train` subset and `holdout` split of any data set"
+    )
+    eval_every: int = _opt(
+        1,
+        "evaluate on the test split (on the validation split with a `holdout`) every this many epochs, "
+        "and after the last",
+    )
     n_train: int = _opt(  # the default keeps config.json files written before the field loadable
         0,
-        "train on this many images (0: the whole training split); a fixed data set keeps a nested "
-        "class-stratified subset of its training split, a generated one is generated at this size "
-        "(`convattn.data.load`). The test split is always the whole one",
+        "train on this many images (0: the whole training split, less the holdout); a fixed data set "
+        "keeps a nested class-stratified subset of its training split, a generated one is generated at "
+        "this size, plus the holdout (`convattn.data.load`). The test split is always the whole one",
+    )
+    holdout: int = _opt(  # the default keeps config.json files written before the field loadable
+        0,
+        "hold out this many training images, class-stratified by data_seed, as a validation split: the "
+        "run trains on the rest (n_train of them, if set) and evaluates on the validation split instead "
+        "of the test split, which it never reads; normalised with the statistics of the rest (0: no "
+        "holdout, evaluate on the test split)",
     )
 
     def __post_init__(self) -> None:
@@ -80,6 +93,10 @@ class TrainConfig:
         if self.n_train < 0:
             raise ValueError(
                 f"n_train must be an int >= 0 (0: the whole training split), got n_train={self.n_train!r}"
+            )
+        if self.holdout < 0:
+            raise ValueError(
+                f"holdout must be an int >= 0 (0: no validation split), got holdout={self.holdout!r}"
             )
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got lr={self.lr!r}")

@@ -32,6 +32,7 @@ def export_model(out: Path, model: nn.Module, cfg: TrainConfig, data: ImageSet) 
         "data": cfg.data,
         "data_seed": cfg.data_seed,
         "n_train": cfg.n_train,
+        "holdout": cfg.holdout,  # with n_train, the statistics the inputs were normalised with
     }
     atomic_write_bytes(out / "model.json", json.dumps(meta, indent=2, sort_keys=True).encode())
 
@@ -65,10 +66,18 @@ def load_weights(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
 
 
 def evaluate_weights(folder: Path, data: str | None = None, device: str = "cpu") -> dict[str, Any]:
-    """Test accuracy and loss of the model exported in `folder`, on its own data set or on `data`."""
+    """Test accuracy and loss of the model exported in `folder`, on its own data set or on `data`.
+
+    On its own data set the test split is normalised as during training: with the statistics of the
+    training images its `n_train` and `holdout` left (a model.json without them: the whole split). A
+    run with a holdout never saw the test split; this is where its test score is measured.
+    """
     model, meta = load_weights(folder)
-    n_train = None if data else meta.get("n_train") or None  # the normalisation the model trained with
-    test = load(data or meta["data"], "test", seed=meta.get("data_seed", 0), n_train=n_train)
+    # The normalisation the model trained with; another data set: that set's own statistics.
+    n_train = None if data else meta.get("n_train") or None
+    holdout = 0 if data else meta.get("holdout", 0)
+    seed = meta.get("data_seed", 0)
+    test = load(data or meta["data"], "test", seed=seed, n_train=n_train, holdout=holdout)
     acc, loss = evaluate(model.to(device), test, device=device)
     return {
         "weights": str(folder),

@@ -9,6 +9,12 @@ at any moment and resumed therefore ends with the same weights, to the bit, as a
 Run folder: config.json, checkpoint.pt (after every epoch, and on SIGINT/SIGTERM mid-epoch),
 metrics.jsonl and metrics.csv (one row per epoch), and at the end model.safetensors and model.json.
 
+History: each row holds epoch, step, lr, train_loss and train_acc (running means over the epoch's
+augmented batches, before each update), then the evaluation — test_loss and test_acc, or with
+``cfg.holdout`` val_loss and val_acc on the validation split (the test split is then never loaded) —
+or None when no evaluation was due, then seconds and images_per_s. The last row adds train_eval_acc:
+the final model's accuracy on all its training images in eval mode, without augmentation.
+
 Under torchrun the processes join one process group (gloo on CPU, nccl on CUDA) and train with
 DistributedDataParallel; only the main process writes files and logs.
 """
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import signal
 import time
 from collections.abc import Callable
@@ -48,12 +55,18 @@ class Interrupted(Exception):  # noqa: N818 (a requested stop, not an error)
 
 @dataclass(frozen=True)
 class RunResult:
-    """What a finished run reports: its folder, final test accuracy and loss, and every epoch's metrics."""
+    """What a finished run reports: its folder, final test accuracy and loss, and every epoch's metrics.
+
+    With a holdout the test numbers are NaN (the test split is not touched) and val_acc and val_loss
+    are the final validation numbers; without one those are NaN.
+    """
 
     out: Path
     test_acc: float
     test_loss: float
     history: list[dict[str, Any]]
+    val_acc: float = math.nan
+    val_loss: float = math.nan
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -122,8 +135,9 @@ class _StopFlag:
 def _write_metrics(out: Path, history: list[dict[str, Any]]) -> None:
     lines = "".join(json.dumps(row, sort_keys=True) + "\n" for row in history)
     atomic_write_bytes(out / "metrics.jsonl", lines.encode())
-    if history:
-        write_csv(out / "metrics.csv", history)
+    if history:  # one column per key of any row (train_eval_acc is in the last row only)
+        keys = list(dict.fromkeys(k for row in history for k in row))
+        write_csv(out / "metrics.csv", [{k: row.get(k) for k in keys} for row in history])
 
 
 def _augment(cfg: TrainConfig, data: ImageSet) -> Augment:
@@ -155,7 +169,7 @@ class _Run:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     train_set: ImageSet
-    test_set: ImageSet
+    eval_set: ImageSet  # the test split, or the validation split with a holdout
     device: torch.device
     steps_per_epoch: int
     net: nn.Module  # the model, wrapped in DistributedDataParallel under torchrun
@@ -179,11 +193,11 @@ def _start(cfg: TrainConfig, resume: bool) -> _Run:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device if cfg.device == "cpu" else f"cuda:{dist.local_rank()}")
-    # n_train goes to both loads: it never changes the test images, but a generated set normalises its
-    # test split with the statistics of the training images actually generated.
-    n_train = cfg.n_train or None
-    train_set = load(cfg.data, "train", seed=cfg.data_seed, n_train=n_train)
-    test_set = load(cfg.data, "test", seed=cfg.data_seed, n_train=n_train)
+    # n_train and holdout go to both loads: they never change the evaluated images, but they decide the
+    # statistics (of the generated or remaining training images) that normalise them.
+    options: dict[str, Any] = {"seed": cfg.data_seed, "n_train": cfg.n_train or None, "holdout": cfg.holdout}
+    train_set = load(cfg.data, "train", **options)
+    eval_set = load(cfg.data, "val" if cfg.holdout else "test", **options)
     model = build_model(cfg, train_set).to(device)
     optimizer = _optimizer(model, cfg)
     # Only now that the model and data are known good: a mistyped name leaves no folder behind.
@@ -192,7 +206,7 @@ def _start(cfg: TrainConfig, resume: bool) -> _Run:
     steps_per_epoch = len(train_set) // cfg.batch_size  # whole global batches: every rank steps alike
     if steps_per_epoch == 0:
         raise ValueError(f"batch_size={cfg.batch_size} exceeds the {len(train_set)} training images")
-    return _Run(cfg, out, model, optimizer, train_set, test_set, device, steps_per_epoch, net=model)
+    return _Run(cfg, out, model, optimizer, train_set, eval_set, device, steps_per_epoch, net=model)
 
 
 def _resume(run: _Run, log: Callable[[str], None]) -> None:
@@ -234,7 +248,7 @@ def _save(run: _Run) -> None:
 
 
 def _epoch(run: _Run, augment: Augment, stop: Callable[[], bool]) -> dict[str, Any]:
-    """Train epoch `run.epoch` from its next batch, then test (when due); its row of the history.
+    """Train epoch `run.epoch` from its next batch, then evaluate (when due); its row of the history.
 
     Raises:
         Interrupted: `stop` answered True; checkpoint.pt then holds the position inside the epoch.
@@ -259,31 +273,44 @@ def _epoch(run: _Run, augment: Augment, stop: Callable[[], bool]) -> dict[str, A
             f"stopped at epoch {run.epoch + 1}, batch {state.batch}; checkpoint saved in {run.ckpt}"
         )
     seconds = time.perf_counter() - t0
-    # The test split every eval_every epochs and after the last; None in between.
-    due = (run.epoch + 1) % cfg.eval_every == 0 or run.epoch + 1 == cfg.epochs
-    test_acc, test_loss = (None, None) if not due else (
-        evaluate(run.model, run.test_set, device=run.device) if dist.is_main() else (0.0, 0.0)
-    )  # fmt: skip
-    return {
+    # The evaluation split every eval_every epochs and after the last; None in between.
+    last = run.epoch + 1 == cfg.epochs
+    due = (run.epoch + 1) % cfg.eval_every == 0 or last
+    acc, loss = (None, None) if not due else _evaluate(run, run.eval_set)
+    split = run.eval_set.split
+    row = {
         "epoch": run.epoch + 1,
         "step": state.step,
         "lr": run.lr(max(state.step - 1, 0)),
         "train_loss": state.loss_sum / max(state.seen, 1),
         "train_acc": state.correct / max(state.seen, 1),
-        "test_loss": test_loss,
-        "test_acc": test_acc,
+        f"{split}_loss": loss,
+        f"{split}_acc": acc,
         "seconds": seconds,
         "images_per_s": state.seen * world / max(seconds, 1e-9),
     }
+    if last:  # convergence beside the held-out score: one no-grad pass, no augmentation
+        row["train_eval_acc"] = _evaluate(run, run.train_set)[0]
+    return row
+
+
+def _evaluate(run: _Run, data: ImageSet) -> tuple[float, float]:
+    """(accuracy, loss) of the model on `data`, measured by the main process (the others: zeros)."""
+    return evaluate(run.model, data, device=run.device) if dist.is_main() else (0.0, 0.0)
 
 
 def _log_epoch(row: dict[str, Any], epochs: int, log: Callable[[str], None]) -> None:
-    tested = (
-        "" if row["test_acc"] is None else f"  test loss {row['test_loss']:.4f} acc {row['test_acc']:.3f}"
+    split = "val" if "val_acc" in row else "test"
+    scored = (
+        ""
+        if row[f"{split}_acc"] is None
+        else f"  {split} loss {row[f'{split}_loss']:.4f} acc {row[f'{split}_acc']:.3f}"
     )
+    if "train_eval_acc" in row:
+        scored += f"  final train acc (eval mode) {row['train_eval_acc']:.3f}"
     log(
         f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f} "
-        f"acc {row['train_acc']:.3f}{tested}  ({row['seconds']:.1f} s)"
+        f"acc {row['train_acc']:.3f}{scored}  ({row['seconds']:.1f} s)"
     )
 
 
@@ -316,5 +343,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
         if dist.is_main():
             export_model(run.out, run.model, cfg, run.train_set)
         dist.barrier()  # leave together: a process that exits while gloo still talks aborts
-    final = run.history[-1] if run.history else {"test_acc": float("nan"), "test_loss": float("nan")}
-    return RunResult(run.out, final["test_acc"], final["test_loss"], run.history)
+    final = run.history[-1] if run.history else {}
+    nan = math.nan
+    return RunResult(
+        run.out,
+        final.get("test_acc", nan),
+        final.get("test_loss", nan),
+        run.history,
+        val_acc=final.get("val_acc", nan),
+        val_loss=final.get("val_loss", nan),
+    )

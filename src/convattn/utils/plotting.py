@@ -112,8 +112,10 @@ def bar_plot(
     title: str | None = None,
     ylim: tuple[float, float] | None = None,
     log: bool = False,
+    hlines: dict[str, float] | None = None,
 ) -> Path:
-    """Horizontal bars with optional error bars (one per label); `log` puts the values on a log axis."""
+    """Horizontal bars with optional error bars (one per label); `log` puts the values on a log axis;
+    `hlines` draws a labelled reference line across the bars at each value (e.g. a floor)."""
     fig, ax = plt.subplots(figsize=(6.0, 0.35 * len(labels) + 1.2))
     pos = np.arange(len(labels))
     ax.barh(pos, values, xerr=errors, color="#4c78a8", ecolor="#333", capsize=3)
@@ -124,6 +126,10 @@ def bar_plot(
         ax.set_xlim(*ylim)
     if log:
         ax.set_xscale("log")
+    for (name, value), style in zip((hlines or {}).items(), ("--", ":", "-."), strict=False):
+        ax.axvline(value, ls=style, color="#d62728", lw=1.0, label=f"{name}: {value:.3f}")
+    if hlines:
+        ax.legend(fontsize=7, loc="lower right")
     if title:
         ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)

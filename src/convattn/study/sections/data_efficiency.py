@@ -32,7 +32,8 @@ import numpy as np
 import torch
 
 from convattn.data import load
-from convattn.study.runs import Contender, run_training
+from convattn.study.contest import Contender
+from convattn.study.runs import run_training
 from convattn.study.section import Context, Description, Section, register_section
 from convattn.train import TrainConfig
 from convattn.utils.records import read_csv, write_csv

@@ -68,7 +68,7 @@ def initial_model(cfg: TrainConfig) -> nn.Module:
 
     The global RNG state is restored afterwards, so calling this has no side effects.
     """
-    train_set = load(cfg.data, "train", seed=cfg.data_seed, n_train=cfg.n_train or None)
+    train_set = load(cfg.data, "train", seed=cfg.data_seed, n_train=cfg.n_train or None, holdout=cfg.holdout)
     with torch.random.fork_rng(devices=[]):
         return build_model(cfg, train_set)
 

@@ -7,10 +7,11 @@ kernels and local attention should suit the first; global attention (the ViT) sh
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from convattn.study.runs import Contender, compare_models, plot_compare
+from convattn.study.contest import Contender, contest, fit_sentence, plot_contest, recipe_sentence
 from convattn.study.section import Context, Description, Section, register_section
 
 __all__ = ["LOCALITY_CONTENDERS", "SECTION", "TASKS", "describe", "plot"]
@@ -36,18 +37,17 @@ def _run(folder: Path, ctx: Context) -> dict[str, Any]:
         LOCALITY_CONTENDERS if labels is None else tuple(c for c in LOCALITY_CONTENDERS if c.label in labels)
     )
     return {
-        data: compare_models(
-            folder / data, models, data=data, epochs=b.locality_epochs, seeds=(ctx.seed,),
-            device=ctx.device, n_train=b.locality_images,
+        data: contest(
+            folder / data, models, replace(b.locality, data=data), seeds=(ctx.seed,), device=ctx.device
         )
         for data in TASKS
-    }  # fmt: skip
+    }
 
 
 def plot(folder: Path) -> None:
     """Each task's accuracy figure, from its compare.csv."""
     for data in TASKS:
-        plot_compare(folder / data)
+        plot_contest(folder / data)
 
 
 def describe(m: dict[str, Any]) -> Description:
@@ -80,14 +80,13 @@ def describe(m: dict[str, Any]) -> Description:
         if chance
         else ""
     )
-    epochs = m["shapes"]["epochs"]
     text = (
-        f"{epochs} epoch{'s' * (epochs != 1)} on {f'{n:,}' if (n := m['shapes']['n_train']) else 'all'} "
-        "generated training images "
-        "per task, one seed, the same budget for all. "
+        recipe_sentence(m["shapes"]).replace("of shapes", "of each task")
+        + " "
         + " ".join(sentences)
         + verdict
-        + f" Speeds in the tables: {m['shapes']['timing']}"
+        + "".join(f" {d}:{fit_sentence(m[d])}" for d in TASKS)
+        + f" {m['shapes']['timing']}"
     )
     figures = [(f"{d}/compare_accuracy.png", f"Test accuracy on {d}.") for d in ("shapes", "long_range")]
     tables = [
