@@ -15,6 +15,7 @@ from convattn.cli import main
 
 EXPECTED_PARTS = [
     "conversion",
+    "fit_conv",
     "learns_conv",
     "cnn_vs_attention",
     "data_efficiency",

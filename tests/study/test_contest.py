@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from convattn.study.contest import Contender, Recipe, contest, fit_sentence, recipe_sentence
+from convattn.study.contest import FITTED, Contender, Recipe, contest, fit_sentence, recipe_sentence
 from convattn.study.runs import parallel, run_trainings
 from convattn.utils.records import read_csv
 
@@ -55,7 +55,9 @@ def test_the_table_has_accuracy_fit_size_cost_speed_and_the_floors(tiny_contest)
         assert r["train_images_per_s"] > 0 and r["inference_images_per_s"] > 0
     floors = {r["floor"]: float(r["test_acc"]) for r in read_csv(out / "floors.csv")}
     assert floors["linear"] > 0.9 and floors["mlp"] > 0.9  # the digits give a lot away to pixels
-    assert m["undertrained"] == [r["model"] for r in m["rows"] if r["test_acc_mean"] < floors["linear"]]
+    below = [r for r in m["rows"] if r["test_acc_mean"] < floors["linear"]]
+    assert m["below_floor"] == [r["model"] for r in below]
+    assert m["undertrained"] == [r["model"] for r in below if r["train_acc_mean"] < FITTED]
     assert (out / "compare_accuracy.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -64,10 +66,14 @@ def test_the_paragraph_names_the_recipe_the_search_and_the_undertrained(tiny_con
     text = recipe_sentence(m) + fit_sentence(m)
     assert "1 epoch (the budget unit)" in text and "0.001, 0.01" in text and "288 training images" in text
     assert f"{m['floors']['linear']:.1%}" in text
-    for name in m["undertrained"]:
+    for name in m["below_floor"]:
         assert name in text
-    fitted = {**m, "undertrained": []}
-    assert "Every network ends above the linear floor" in fit_sentence(fitted)
+    assert "Every network ends above the linear floor" in fit_sentence(
+        {**m, "undertrained": [], "below_floor": []}
+    )
+    fit_but_below = fit_sentence({**m, "undertrained": [], "below_floor": ["X"]})
+    assert "although they fit their training data" in fit_but_below and "undertrained" not in fit_but_below
+    assert "undertrained at this budget" in fit_sentence({**m, "undertrained": ["X"], "below_floor": ["X"]})
 
 
 def test_runs_in_worker_processes_equal_the_same_runs_in_this_process(tmp_path):

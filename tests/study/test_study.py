@@ -44,9 +44,9 @@ def test_the_budget_table_is_the_one_place_quick_is_read():
     full, quick = budget.budget_for(False), budget.budget_for(True)
     assert not full.quick and quick.quick
     assert (full.epochs, full.seeds, quick.epochs, quick.seeds) == (6, 3, 1, 1)
-    assert budget.budget_for(False, 9).epochs == 9 and budget.budget_for(False, 9).seeds == 3
+    assert budget.budget_for(False, 9).compare.epochs == 9 and budget.budget_for(False, 9).seeds == 3
     ctx = runner.StudyConfig(quick=True, seed=4, epochs=2).context()
-    assert ctx.budget.epochs == 2 and ctx.budget.quick and ctx.seed == 4
+    assert ctx.budget.compare.epochs == 2 and ctx.budget.quick and ctx.seed == 4
     src = Path(runner.__file__).parent
     readers = sorted(
         str(p.relative_to(src))
@@ -62,7 +62,7 @@ def test_the_quick_comparison_and_locality_name_existing_models():
     from convattn.study.sections import compare, locality
 
     quick = budget.BUDGETS["quick"]
-    assert len(compare.contenders(quick.compare)) == len(quick.compare or ())
+    assert len(compare.contenders(quick.compare_models)) == len(quick.compare_models or ())
     labels = {c.label for c in locality.LOCALITY_CONTENDERS}
     assert set(quick.locality_models or ()) <= labels
     with pytest.raises(ValueError, match="no contenders"):

@@ -29,7 +29,8 @@ class Budget:
             and of the learned-convolution nets.
         fractions: of the training digits, for the data-efficiency curve.
         centre_images: test images the attention of the learned-convolution nets is averaged over.
-        fit_conv_steps: gradient steps of the "learn a conv" experiment.
+        fit_conv_steps: gradient steps of each fit of the "learn a conv" section.
+        fit_conv_seeds: how many fits (seeds) it makes.
         locality: the recipe of the locality section (one rate: it asks which models beat chance).
         locality_models: the locality section's models, by label; None: all of them.
         bench: the operator benchmark of the operators section.
@@ -45,6 +46,7 @@ class Budget:
     fractions: tuple[float, ...]
     centre_images: int
     fit_conv_steps: int
+    fit_conv_seeds: int
     locality: Recipe
     locality_models: tuple[str, ...] | None
     bench: BenchConfig
@@ -73,7 +75,8 @@ BUDGETS = {
         epochs=6,
         fractions=(0.1, 0.3, 1.0),  # 144, 431 and 1,438 images: about evenly spaced on a log axis
         centre_images=256,
-        fit_conv_steps=1500,
+        fit_conv_steps=2000,
+        fit_conv_seeds=5,
         locality=Recipe(data="shapes", epochs=3, lrs=(3e-3,), holdout=0, n_train=1200),
         locality_models=None,
         bench=BenchConfig(sizes=(32,), repeats=7, warmup=2),
@@ -88,6 +91,7 @@ BUDGETS = {
         fractions=(0.1, 1.0),
         centre_images=32,
         fit_conv_steps=100,
+        fit_conv_seeds=1,
         locality=Recipe(data="shapes", epochs=1, lrs=(3e-3,), holdout=0, n_train=512),
         locality_models=("CNN (3×3 convs)", "ViT, patch 2 (global attention)"),
         bench=BenchConfig.quick(),

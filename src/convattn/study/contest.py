@@ -39,7 +39,9 @@ from convattn.train import TrainConfig
 from convattn.utils.plotting import bar_plot
 from convattn.utils.records import read_csv, write_csv
 
-__all__ = ["Contender", "Recipe", "contest", "plot_contest"]
+__all__ = ["FITTED", "Contender", "Recipe", "contest", "fit_sentence", "plot_contest", "recipe_sentence"]
+
+FITTED = 0.99  # final training accuracy from which a model counts as having fit its training data
 
 
 @dataclass(frozen=True)
@@ -159,7 +161,8 @@ def contest(
     device: str = "cpu",
 ) -> dict[str, Any]:
     """Search, train and test every contender; write search.csv (if searched), compare.csv, floors.csv
-    and compare_accuracy.png; return the metrics (rows, search, floors, undertrained models)."""
+    and compare_accuracy.png; return the metrics (rows, search, floors, the models below the linear
+    floor, and those of them that did not fit their training data: undertrained)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     search, chosen = _search(out_dir, contenders, recipe, seeds[0])
@@ -197,7 +200,10 @@ def _metrics(
         "search": search,
         "recipe": asdict(recipe),
         "floors": floors,
-        "undertrained": [r["model"] for r in rows if r["test_acc_mean"] < floors["linear"]],
+        "below_floor": [r["model"] for r in rows if r["test_acc_mean"] < floors["linear"]],
+        "undertrained": [
+            r["model"] for r in rows if r["test_acc_mean"] < floors["linear"] and r["train_acc_mean"] < FITTED
+        ],
         "data": recipe.data,
         "epochs": recipe.epochs,
         "n_train": recipe.n_train,
@@ -274,12 +280,18 @@ def fit_sentence(m: dict[str, Any]) -> str:
         f"{f['mlp']:.1%} test accuracy. Final training accuracy of the networks (eval mode, no "
         f"augmentation): {min(fit):.0%}–{max(fit):.0%}."
     )
-    low = m["undertrained"]
+    low, below = m["undertrained"], [name for name in m["below_floor"] if name not in m["undertrained"]]
     if low:
         text += (
-            f" Below the linear floor, and so undertrained at this budget rather than evidence about "
-            f"their architecture: {', '.join(low)}."
+            f" Below the linear floor without fitting their training data (final training accuracy under "
+            f"{FITTED:.0%}), and so undertrained at this budget rather than evidence about their "
+            f"architecture: {', '.join(low)}."
         )
-    else:
+    if below:
+        text += (
+            f" Below the linear floor although they fit their training data (≥ {FITTED:.0%}), so they "
+            f"generalise worse than a linear model on these pixels: {', '.join(below)}."
+        )
+    if not low and not below:
         text += " Every network ends above the linear floor."
     return text

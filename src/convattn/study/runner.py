@@ -6,9 +6,10 @@ its claim and the paragraph written from them), `runs/` (the training runs the s
 `metrics.json`, `summary.md` and `report.html`.
 
 The sections (`convattn.study.sections`, one file each), on embedded data: conversion (Theorem 1),
-learns_conv (does attention learn convolution?), cnn_vs_attention, data_efficiency, locality,
-operators, attention_pooling, seq2seq. With `data="cifar10:PATH"`: conversion and paper (Cordonnier et
-al.'s Table 1 at paper scale). Their sizes come from one table, `convattn.study.budget`.
+fit_conv (is it learned?), learns_conv (does attention learn convolution?), cnn_vs_attention,
+data_efficiency, locality, operators, attention_pooling, seq2seq. With `data="cifar10:PATH"`:
+conversion and paper (Cordonnier et al.'s Table 1 at paper scale). Their sizes come from one
+table, `convattn.study.budget`.
 
 Resumable: a section's `part.json` is written last and atomically, so it marks a finished section.
 Running the same command again continues the newest unfinished run folder with the same settings:
@@ -57,6 +58,7 @@ __all__ = [
 # The sections of each kind of study, in the report's order.
 EMBEDDED = (
     "conversion",
+    "fit_conv",
     "learns_conv",
     "cnn_vs_attention",
     "data_efficiency",

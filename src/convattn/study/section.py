@@ -82,6 +82,7 @@ class Section:
 _SECTIONS: dict[str, Section] = {}
 _MODULES = (
     "conversion",
+    "fit_conv",
     "learns_conv",
     "compare",
     "data_efficiency",
