@@ -33,7 +33,7 @@ import torch
 
 from convattn.data import load
 from convattn.study.contest import Contender
-from convattn.study.runs import run_training
+from convattn.study.runs import run_training, run_trainings
 from convattn.study.section import Context, Description, Section, register_section
 from convattn.train import TrainConfig
 from convattn.utils.records import read_csv, write_csv
@@ -151,24 +151,30 @@ def _check_run_args(
     return sizes
 
 
-def _train(
+def _config(
     folder: Path, c: Contender, n: int, n_full: int, epochs: int, eval_every: int, seed: int
-) -> dict[str, Any]:
-    """The last epoch's metrics of one run, trained, resumed or reused (`run_training` refuses a folder
-    that holds another run).
+) -> TrainConfig:
+    """One run of the curve (one thread: runs train side by side in worker processes).
 
-    The whole training split is asked for as n_train=0, the trainer's default, so that the run is the
-    same run as the comparison's (a study shares it between its parts). A small subset trains many
-    short epochs: it is tested every `eval_every` epochs (and after the last), so that evaluation does
-    not cost more than its training.
+    The whole training split is asked for as n_train=0, the trainer's default. A small subset trains
+    many short epochs: it is tested every `eval_every` epochs (and after the last), so that evaluation
+    does not cost more than its training.
     """
     whole = n == n_full
-    cfg = TrainConfig(
+    return TrainConfig(
         model=c.model, data=DATA, epochs=epochs, out=str(folder / "runs" / f"{c.model}-n{n}-s{seed}"),
         model_options=c.options, batch_size=BATCH_SIZE, seed=seed, data_seed=0 if whole else seed,
-        n_train=0 if whole else n, eval_every=eval_every,
+        n_train=0 if whole else n, eval_every=eval_every, threads=1,
     )  # fmt: skip
-    return run_training(cfg)[-1]
+
+
+def _configs(
+    folder: Path, c: Contender, n: int, sizes: list[int], n_full: int, epochs: int, seeds: tuple[int, ...]
+) -> list[TrainConfig]:
+    """The runs of one point of a curve, one per seed."""
+    n_epochs = epochs_for(n, max(sizes), epochs)
+    every = max(1, n_epochs // epochs)  # about as many tests as the largest subset's run has
+    return [_config(folder, c, n, n_full, n_epochs, every, seed) for seed in seeds]
 
 
 def _point(
@@ -182,9 +188,8 @@ def _point(
     seeds: tuple[int, ...],
 ) -> dict[str, Any]:
     """One point of a curve: model `c` on `n` training images (fraction `f`), over the seeds."""
-    n_epochs = epochs_for(n, max(sizes), epochs)
-    every = max(1, n_epochs // epochs)  # about as many tests as the largest subset's run has
-    last = [_train(folder, c, n, n_full, n_epochs, every, seed) for seed in seeds]
+    cfgs = _configs(folder, c, n, sizes, n_full, epochs, seeds)
+    last = [run_training(cfg)[-1] for cfg in cfgs]  # trained already by `run`: reused here
     acc = [h["test_acc"] for h in last]
     return {
         "model": c.label,
@@ -194,7 +199,7 @@ def _point(
         "seeds": len(seeds),
         "test_acc_mean": round(statistics.fmean(acc), 4),
         "test_acc_std": round(statistics.stdev(acc), 4) if len(acc) > 1 else 0.0,
-        "epochs": n_epochs,
+        "epochs": cfgs[0].epochs,
         "steps": last[0]["step"],
         "train_acc_mean": round(statistics.fmean(h["train_acc"] for h in last), 4),
     }  # fmt: skip
@@ -223,6 +228,9 @@ def run(
     n_full, n_test = len(load(DATA, "train")), len(load(DATA, "test"))
     sizes = _check_run_args(fractions, epochs, seeds, n_full)
     steps = epochs * (max(sizes) // BATCH_SIZE)
+    run_trainings([
+        cfg for c in MODELS for n in sizes for cfg in _configs(folder, c, n, sizes, n_full, epochs, seeds)
+    ])  # fmt: skip
     rows = [
         _point(folder, c, f, n, sizes, n_full, epochs, seeds)
         for c in MODELS

@@ -45,7 +45,7 @@ from convattn.analysis.viz import plot_stage_centres, plot_stage_maps
 from convattn.data import load
 from convattn.layers.mhsa2d import MultiHeadSelfAttention2d
 from convattn.models.attention_net import AttentionLayer, AttentionNet
-from convattn.study.runs import run_folder, run_training
+from convattn.study.runs import run_folder, run_training, run_trainings
 from convattn.study.section import Context, Description, Section, register_section
 from convattn.train import TrainConfig, build_model, load_weights, lr_at
 from convattn.utils.plotting import plt, save_figure
@@ -82,6 +82,7 @@ def _config(folder: Path, encoding: str, epochs: int, seed: int) -> TrainConfig:
         out=str(out),
         model_options={"encoding": encoding},
         seed=seed,
+        threads=1,  # the runs train side by side in worker processes
     )
 
 
@@ -241,6 +242,7 @@ def run(folder: Path, *, epochs: int, seed: int, test_images: int, quick: bool =
     centre_rows: list[dict] = []
     map_rows: list[dict] = []
     accs = {}
+    run_trainings([_config(folder, e, epochs, seed) for e in ENCODINGS])  # side by side
     for encoding in ENCODINGS:
         accs[encoding], steps, lr_sum = _train_and_measure(
             _config(folder, encoding, epochs, seed), x, centre_rows, map_rows
