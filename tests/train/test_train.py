@@ -276,21 +276,23 @@ def test_one_epoch_stops_between_batches_and_the_rest_continues_it_exactly():
 # -- n_train in the trainer --------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("field", ["n_train", "holdout"])
 @pytest.mark.parametrize("bad", [-1, 1.5, True, "10"])
-def test_train_config_n_train_must_be_an_int_at_least_0(bad):
-    with pytest.raises((TypeError, ValueError), match="n_train"):
-        TrainConfig(model="cnn_tiny", n_train=bad)
+def test_train_config_subset_sizes_must_be_ints_at_least_0(field, bad):
+    with pytest.raises((TypeError, ValueError), match=field):
+        TrainConfig(model="cnn_tiny", **{field: bad})
 
 
-def test_config_json_without_n_train_still_loads(tmp_path):
-    cfg = TrainConfig(model="cnn_tiny", n_train=144)
+@pytest.mark.parametrize(("field", "value"), [("n_train", 144), ("holdout", 200)])
+def test_config_json_without_a_newer_field_still_loads(tmp_path, field, value):
+    cfg = TrainConfig(model="cnn_tiny", **{field: value})
     assert TrainConfig.from_json(cfg.to_json()) == cfg
     raw = json.loads(TrainConfig(model="cnn_tiny").to_json())
-    del raw["n_train"]  # a config.json written before the field existed
+    del raw["holdout"], raw["n_train"]  # a config.json written before either field existed
     (tmp_path / "config.json").write_text(json.dumps(raw))
     old = TrainConfig.load(tmp_path / "config.json")
-    assert old.n_train == 0 and not old.differences(TrainConfig(model="cnn_tiny"))
-    assert old.differences(cfg) == ["n_train: 0 != 144"]
+    assert (old.holdout, old.n_train) == (0, 0) and not old.differences(TrainConfig(model="cnn_tiny"))
+    assert old.differences(cfg) == [f"{field}: 0 != {value}"]
 
 
 @pytest.mark.parametrize(("data", "n_train"), [("digits", 72), ("shapes", 64)])
@@ -317,23 +319,6 @@ ROW_KEYS = [
     "seconds",
     "images_per_s",
 ]
-
-
-@pytest.mark.parametrize("bad", [-1, 1.5, True, "10"])
-def test_train_config_holdout_must_be_an_int_at_least_0(bad):
-    with pytest.raises((TypeError, ValueError), match="holdout"):
-        TrainConfig(model="cnn_tiny", holdout=bad)
-
-
-def test_config_json_without_holdout_still_loads(tmp_path):
-    cfg = TrainConfig(model="cnn_tiny", holdout=200)
-    assert TrainConfig.from_json(cfg.to_json()) == cfg
-    raw = json.loads(TrainConfig(model="cnn_tiny").to_json())
-    del raw["holdout"], raw["n_train"]  # a config.json written before either field existed
-    (tmp_path / "config.json").write_text(json.dumps(raw))
-    old = TrainConfig.load(tmp_path / "config.json")
-    assert (old.holdout, old.n_train) == (0, 0) and not old.differences(TrainConfig(model="cnn_tiny"))
-    assert old.differences(cfg) == ["holdout: 0 != 200"]
 
 
 def test_without_holdout_the_history_keeps_its_keys_and_adds_the_final_train_accuracy(tmp_path):
