@@ -50,6 +50,27 @@ def test_digits_are_the_1797_real_images_in_a_fixed_stratified_split():
     assert torch.equal(again.images, test.images) and torch.equal(again.labels, test.labels)
 
 
+def test_digits32_are_the_same_digits_enlarged_4x_and_never_flipped():
+    import torch.nn.functional as F
+
+    small, big = load("digits", "train"), load("digits32", "train")
+    assert big.images.shape == (1438, 1, 32, 32) and big.max_value == 255 and big.classes == small.classes
+    assert torch.equal(big.labels, small.labels)  # the same images in the same order
+    # Average-pooling each 4×4 block gives back the original pixel, smoothed by the interpolation with
+    # its neighbours: nearly the same image, a different image would not correlate.
+    back = F.avg_pool2d(big.images.double() * (16 / 255), 4).flatten(1)  # (N, 64)
+    orig = small.images.double().flatten(1)
+    corr = [float(torch.corrcoef(torch.stack([a, b]))[0, 1]) for a, b in zip(back, orig, strict=True)]
+    assert min(corr) > 0.9
+    shuffled = [
+        float(torch.corrcoef(torch.stack([a, b]))[0, 1]) for a, b in zip(back[1:], orig[:-1], strict=True)
+    ]
+    assert np.mean(shuffled) < 0.6
+    assert default_augment(big) == Augment(crop_pad=4, flip=False)  # a mirrored 2 is no 2 at any size
+    sub = load("digits32", "train", n_train=200, seed=3)  # a fixed set: the digits' own nested subset
+    assert torch.equal(sub.labels, load("digits", "train", n_train=200, seed=3).labels)
+
+
 def test_test_split_is_normalised_with_train_statistics():
     train, test = load("digits", "train"), load("digits", "test")
     assert test.mean == train.mean and test.std == train.std
@@ -416,6 +437,7 @@ def test_bad_batching_arguments_are_named():
 def test_list_datasets_names_every_spec():
     assert list_datasets() == [
         "digits",
+        "digits32",
         "shapes",
         "long_range",
         "cifar10:PATH",

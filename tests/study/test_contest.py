@@ -90,3 +90,21 @@ def test_runs_in_worker_processes_equal_the_same_runs_in_this_process(tmp_path):
         assert [h["test_acc"] for h in c] == [h["test_acc"] for h in d]
         wa, wb = load_file(f"{a.out}/model.safetensors"), load_file(f"{b.out}/model.safetensors")
         assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.slow
+def test_every_digits_contender_reaches_90_percent_within_the_study_recipe(tmp_path):
+    """The full comparison's recipe (rate searched on validation, 30 epochs), one seed: ~4 min on 2 cores.
+
+    Every CNN, hybrid, attention-only net and ViT of the comparison must learn the digits; a model
+    defect (a rank-1 attention stem, an oversized dynamic kernel, a crop that breaks the patches)
+    shows here as a model stuck far below the others.
+    """
+    from convattn.study.budget import BUDGETS
+    from convattn.study.contest import contest
+    from convattn.study.sections.compare import DIGITS_CONTENDERS
+
+    m = contest(tmp_path, DIGITS_CONTENDERS, BUDGETS["full"].compare, seeds=(0,))
+    accs = {r["model"]: r["test_acc_mean"] for r in m["rows"]}
+    assert len(accs) == len(DIGITS_CONTENDERS)
+    assert all(acc >= 0.9 for acc in accs.values()), accs

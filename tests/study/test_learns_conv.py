@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from convattn.study.budget import BUDGETS
 from convattn.study.sections import learns_conv
 from convattn.study.sections.learns_conv import describe, initial_model, plot, run
 from convattn.train import TrainConfig
@@ -71,19 +72,20 @@ def test_run_writes_the_tables_and_json_metrics(quick_run):
     assert {"model", "encoding", "stage", "layer", "head", "centre_row", "centre_col", "width"} <= set(
         centres[0]
     )
-    assert len(_rows(folder / "attention_maps.csv")) == len(centres) * 64
+    assert len(_rows(folder / "attention_maps.csv")) == len(centres) * 16 * 16  # 16×16 token maps
     grid = _rows(folder / "grid_likeness.csv")
     assert len(grid) == 2 * 2 * 2
     assert set(metrics["models"]) == {"quadratic", "relative"}
     for m in metrics["models"].values():
         assert 0 <= m["mean_distance_trained"] and m["verdict"] in ("grid", "closer", "farther", "unchanged")
     # The init rows are this run's own initial model: Δ of its first layer.
-    cfg = learns_conv._config(folder, "quadratic", 1, 0)
+    cfg = learns_conv._config(folder, "quadratic", BUDGETS["quick"].learns_conv, 0)
+    assert cfg.data == "digits32" and cfg.position_lr_scale > 1
     delta = initial_model(cfg).layers[0].attention.centres.detach().double()
     mine = [r for r in centres if r["encoding"] == "quadratic" and r["stage"] == "init" and r["layer"] == "0"]
     got = torch.tensor([[float(r["centre_row"]), float(r["centre_col"])] for r in mine], dtype=torch.float64)
     torch.testing.assert_close(got, delta, atol=1e-5, rtol=0)
-    probs = [float(r["prob"]) for r in _rows(folder / "attention_maps.csv")[:64]]
+    probs = [float(r["prob"]) for r in _rows(folder / "attention_maps.csv")[:256]]
     assert sum(probs) == pytest.approx(1.0, abs=1e-4)
 
 
@@ -104,16 +106,22 @@ def test_describe_writes_the_measured_numbers(quick_run):
     claim, text, figures, tables = d.claim, d.text, d.figures, d.tables
     assert "Cordonnier" in claim
     for m in metrics["models"].values():
-        assert f"{m['mean_distance_init']:.2f} px" in text and f"{m['mean_distance_trained']:.2f} px" in text
+        assert (
+            f"{m['mean_distance_init']:.2f} from" in text
+            and f"{m['mean_distance_trained']:.2f} trained" in text
+        )
+        assert f"per layer {', '.join(f'{v:.2f}' for v in m['centre_shift_per_layer'])}" in text
+    assert f"sum to {metrics['lr_sum']:.1f}" in text and "16×16 token maps" in text
     assert f"{metrics['random_mean_distance']:.2f}" in text and "support" in text
     assert all((folder / f).exists() for f, _ in figures + tables)
 
 
 def test_bad_inputs_name_the_value(tmp_path):
-    with pytest.raises(ValueError, match="epochs"):
-        run(tmp_path, epochs=0, seed=0, test_images=4)
+    recipe = BUDGETS["quick"].learns_conv
+    with pytest.raises(TypeError, match="recipe must be a Recipe"):
+        run(tmp_path, recipe=1, seed=0, test_images=4)
     with pytest.raises(ValueError, match="seed"):
-        run(tmp_path, epochs=1, seed=-1, test_images=4)
+        run(tmp_path, recipe=recipe, seed=-1, test_images=4)
     with pytest.raises(FileNotFoundError, match=r"centres\.csv"):
         plot(tmp_path)
     with pytest.raises(ValueError, match="metrics lack"):

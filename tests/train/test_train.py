@@ -163,19 +163,42 @@ def test_weight_decay_spares_norms_biases_and_attention_centres():
     from convattn.train.loop import _param_groups
 
     model = create_model("attention_net_tiny")
-    decay, rest = _param_groups(model, 0.1)
+    decay, rest, positions = _param_groups(model, 0.1, 7.0)
     names = {id(p): n for n, p in model.named_parameters()}
-    spared = {names[id(p)] for p in rest["params"]}
-    assert {n for n in spared if "centres" in n or "spreads" in n}  # the quadratic encoding's own
+    assert {names[id(p)].rsplit(".", 1)[-1] for p in positions["params"]} == {"centres"}
     assert all(p.ndim > 1 and not names[id(p)].endswith(("centres", "spreads")) for p in decay["params"])
-    assert all(names[id(p)].endswith(("bias", "weight", "centres", "spreads")) for p in rest["params"])
-    assert decay["weight_decay"] == 0.1 and rest["weight_decay"] == 0.0
-    assert len(decay["params"]) + len(rest["params"]) == len(list(model.parameters()))
+    assert all(names[id(p)].endswith(("bias", "weight", "spreads")) for p in rest["params"])
+    assert any(names[id(p)].endswith("spreads") for p in rest["params"])
+    assert (decay["weight_decay"], rest["weight_decay"], positions["weight_decay"]) == (0.1, 0.0, 0.0)
+    assert (decay["lr_scale"], rest["lr_scale"], positions["lr_scale"]) == (1.0, 1.0, 7.0)
+    n = len(decay["params"]) + len(rest["params"]) + len(positions["params"])
+    assert n == len(list(model.parameters()))
+    assert len(_param_groups(create_model("cnn_tiny"), 0.1, 7.0)) == 2  # no centres: no empty group
+
+
+def test_position_lr_scale_moves_the_centres_that_much_faster(tmp_path):
+    """Adam's first steps move every parameter by about its rate: the centres' travel scales with it."""
+    from convattn.study.sections.learns_conv import initial_model
+    from convattn.train import load_weights
+
+    travel = {}
+    for scale in (1.0, 10.0):
+        cfg = _cfg(tmp_path / f"s{scale}", model="attention_net_tiny", data="shapes", n_train=64,
+                   epochs=1, lr=1e-3, warmup=0.0, position_lr_scale=scale)  # fmt: skip
+        train(cfg)
+        start = dict(initial_model(cfg).named_parameters())
+        trained, _ = load_weights(cfg.out)
+        moved = {n: float((p - start[n]).abs().max().detach()) for n, p in trained.named_parameters()}
+        travel[scale] = (max(v for n, v in moved.items() if n.endswith("centres")),
+                         max(v for n, v in moved.items() if n.endswith("ffn_in.weight")))  # fmt: skip
+    (c1, w1), (c10, w10) = travel[1.0], travel[10.0]
+    assert 5 < c10 / c1 < 15  # one epoch of 1 step: the centres moved ~10x as far
+    assert 0.5 < w10 / w1 < 2  # and the other weights about as far as before
 
 
 NUMERIC_FIELDS = [
     "epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup", "label_smoothing", "clip_grad",
-    "crop_pad", "seed", "threads", "data_seed", "eval_every", "n_train", "holdout",
+    "crop_pad", "seed", "threads", "data_seed", "eval_every", "n_train", "holdout", "position_lr_scale",
 ]  # fmt: skip
 
 

@@ -4,6 +4,8 @@
 
 * ``digits`` — scikit-learn's 1,797 real 8×8 handwritten digits, 1 channel, values 0..16, a fixed
   stratified 80/20 split (1,438 / 359). The default data set: it ships with a dependency.
+* ``digits32`` — the same digits and split, bilinearly enlarged 4× to 32×32 (0..255): with a 2×2
+  space-to-depth, 16×16 token maps, the scale of Cordonnier et al.'s CIFAR-10 attention nets.
 * ``shapes`` — generated 32×32 RGB shapes (square, circle, triangle, cross) on noise: locality wins.
 * ``long_range`` — generated 32×32 RGB images whose label is whether two markers in opposite corners
   have the same colour: each marker alone says nothing, so small receptive fields are at chance.
@@ -45,7 +47,7 @@ import torch
 
 from convattn.data.augment import Augment, augment_batch, batches, default_augment, num_batches
 from convattn.data.cifar import VERIFY_MODES, UnsafePickleError, load_cifar
-from convattn.data.digits import load_digits
+from convattn.data.digits import load_digits, load_digits32
 from convattn.data.folder import load_folder
 from convattn.data.generated import LONG_RANGE_CLASSES, SHAPE_CLASSES, long_range_images, shape_images
 from convattn.data.imageset import SPLITS, ImageSet, derive_seed, make_splits
@@ -72,7 +74,7 @@ DEFAULT_SIZES = (2000, 500)  # train, test images of a generated set
 
 def list_datasets() -> list[str]:
     """The spec forms `load` accepts."""
-    return ["digits", *GENERATED, *(f"{name}:PATH" for name in WITH_PATH)]
+    return ["digits", "digits32", *GENERATED, *(f"{name}:PATH" for name in WITH_PATH)]
 
 
 def _parse(spec: object) -> tuple[str, str]:
@@ -80,7 +82,7 @@ def _parse(spec: object) -> tuple[str, str]:
     if not isinstance(spec, str):
         raise TypeError(f"a data spec must be a str such as 'digits', got {type(spec).__name__}")
     name, _, path = spec.partition(":")
-    known = ["digits", *GENERATED, *WITH_PATH]
+    known = ["digits", "digits32", *GENERATED, *WITH_PATH]
     if name not in known:
         close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
         hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
@@ -145,7 +147,8 @@ def load(
     """Load one split of a data set into memory, normalised with the statistics of its training images.
 
     Args:
-        name_or_spec: "digits", "shapes", "long_range", "cifar10:PATH", "cifar100:PATH" or "folder:PATH".
+        name_or_spec: "digits", "digits32", "shapes", "long_range", "cifar10:PATH", "cifar100:PATH" or
+            "folder:PATH".
         split: "train", "val" (needs a `holdout`) or "test".
         seed: the seed of a generated set (same seed, bit-identical images); the other sets have a
             fixed split and use it only to pick an `n_train` subset and the `holdout`.
@@ -176,6 +179,8 @@ def load(
         raise ValueError(f"verify must be one of {VERIFY_MODES}, got verify={verify!r}")
     if name == "digits":
         pair = load_digits()
+    elif name == "digits32":
+        pair = load_digits32()
     elif name in GENERATED:
         pair = _generated(name, seed, n_train, n_test, holdout)
         n_train = None  # generated at its size: the holdout alone divides it

@@ -45,7 +45,7 @@ class Augment:
 
 def default_augment(data: ImageSet) -> Augment:
     """Pad H // 8 (4 for 32×32, 1 for 8×8) and flip, except for the digits (a mirrored 2 is no 2)."""
-    return Augment(crop_pad=max(1, data.shape[1] // 8), flip=data.name != "digits")
+    return Augment(crop_pad=max(1, data.shape[1] // 8), flip=not data.name.startswith("digits"))
 
 
 def _draw(aug: Augment, n: int, g: torch.Generator) -> tuple[Tensor, Tensor]:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from convattn.data.imageset import ImageSet, make_splits, stratified_split
 
-__all__ = ["TEST_FRACTION", "load_digits"]
+__all__ = ["TEST_FRACTION", "load_digits", "load_digits32"]
 
 TEST_FRACTION = 0.2
 
@@ -31,3 +32,20 @@ def load_digits() -> tuple[ImageSet, ImageSet]:
     tr, te = torch.from_numpy(train_idx), torch.from_numpy(test_idx)
     classes = tuple(str(d) for d in range(10))
     return make_splits("digits", (x[tr], y[tr]), (x[te], y[te]), classes, max_value=16.0)
+
+
+def load_digits32() -> tuple[ImageSet, ImageSet]:
+    """The same digits and split, bilinearly enlarged 4× to (1, 32, 32), as uint8 in 0..255.
+
+    A 2×2 space-to-depth of these images gives a 16×16 token map on which each original pixel spans
+    2×2 tokens: the scale of Cordonnier et al.'s CIFAR-10 nets (32×32 images, 16×16 maps), where a
+    3×3 grid of head offsets means "a token and its neighbours" inside a stroke. `align_corners=False`
+    keeps the enlarged image centred on the original one.
+    """
+    train, test = load_digits()
+    pairs = []
+    for part in (train, test):
+        x = part.images.to(torch.float32) * (255.0 / 16.0)  # (N, 1, 8, 8) in 0..255
+        big = F.interpolate(x, scale_factor=4, mode="bilinear", align_corners=False)  # (N, 1, 32, 32)
+        pairs.append((big.round().clamp(0, 255).to(torch.uint8), part.labels))
+    return make_splits("digits32", pairs[0], pairs[1], train.classes)

@@ -177,3 +177,14 @@ register_preset(
     ffn=128,
     downsample=1,
 )
+register_preset(
+    "cordonnier",
+    AttentionNet,
+    "attention_net_small",
+    "a small attention-only network for 32×32 images (16×16 maps after 2×2 space-to-depth): hidden 32, "
+    "2 layers, 9 quadratic heads",
+    attn_dropout=0.0,
+    hidden=32,
+    depth=2,
+    ffn=64,
+)

@@ -234,3 +234,16 @@ register_preset(
     depth=2,
     num_heads=2,
 )
+register_preset(
+    "vit",
+    VisionTransformer,
+    "vit_shapes",
+    "ViT for the 32×32 generated sets: patch 4 (64 tokens), dim 64, depth 4, 4 heads",
+    image_size=32,
+    in_chans=3,
+    patch_size=4,
+    dim=64,
+    depth=4,
+    num_heads=4,
+    mlp_ratio=2.0,
+)

@@ -25,10 +25,13 @@ class Budget:
         seeds: the comparisons and the data-efficiency curve train one run per seed (seed, seed + 1, ...).
         compare: the recipe of the CNN-vs-attention comparison on the digits (epochs, searched rates).
         compare_models: the comparison's models, by label; None: every model of `sections.compare`.
-        epochs: of the data-efficiency runs on the digits (their steps, see `sections.data_efficiency`)
-            and of the learned-convolution nets.
-        fractions: of the training digits, for the data-efficiency curve.
-        centre_images: test images the attention of the learned-convolution nets is averaged over.
+        data_efficiency: the recipe both models of the data-efficiency curve share (generated data,
+            the fewest epochs of a run, one learning rate; see `sections.data_efficiency`).
+        sizes: its training-set sizes.
+        min_steps: the fewest optimisation steps of each of its runs.
+        learns_conv: the recipe of the attention-only nets whose heads are measured (one rate, and
+            the centres' rate scale).
+        centre_images: test images the attention of those nets is averaged over.
         fit_conv_steps: gradient steps of each fit of the "learn a conv" section.
         fit_conv_seeds: how many fits (seeds) it makes.
         locality: the recipe of the locality section (one rate: it asks which models beat chance).
@@ -42,8 +45,10 @@ class Budget:
     seeds: int
     compare: Recipe
     compare_models: tuple[str, ...] | None
-    epochs: int
-    fractions: tuple[float, ...]
+    data_efficiency: Recipe
+    sizes: tuple[int, ...]
+    min_steps: int
+    learns_conv: Recipe
     centre_images: int
     fit_conv_steps: int
     fit_conv_seeds: int
@@ -66,14 +71,24 @@ _QUICK_COMPARE = (
     "ViT, patch 2",
 )
 
+# 16×16 token maps; the centres' rate at 10× lets them travel ~10 map steps over 30 epochs (660 steps).
+_LEARNS_CONV = Recipe(data="digits32", epochs=30, lrs=(3e-3,), holdout=0, position_lr_scale=10.0)
+
+# Generated shapes, random crops and flips, batch 32; 10 epochs of 3,200 images are 1,000 steps.
+_DATA_EFFICIENCY = Recipe(
+    data="shapes", epochs=10, lrs=(1e-3, 2e-3, 4e-3), holdout=500, batch_size=32, crop_pad=-1
+)
+
 BUDGETS = {
     "full": Budget(
         name="full",
         seeds=3,
         compare=Recipe(epochs=30, lrs=(1e-3, 3e-3, 1e-2), holdout=288),
         compare_models=None,
-        epochs=6,
-        fractions=(0.1, 0.3, 1.0),  # 144, 431 and 1,438 images: about evenly spaced on a log axis
+        data_efficiency=_DATA_EFFICIENCY,
+        sizes=(32, 320, 3200),  # two orders of magnitude, evenly spaced on a log axis
+        min_steps=400,
+        learns_conv=_LEARNS_CONV,
         centre_images=256,
         fit_conv_steps=2000,
         fit_conv_seeds=5,
@@ -87,8 +102,10 @@ BUDGETS = {
         seeds=1,
         compare=Recipe(epochs=1, lrs=(1e-3, 1e-2), holdout=288),
         compare_models=_QUICK_COMPARE,
-        epochs=1,
-        fractions=(0.1, 1.0),
+        data_efficiency=replace(_DATA_EFFICIENCY, epochs=1, lrs=(1e-3, 4e-3), holdout=64),
+        sizes=(32, 128),
+        min_steps=4,
+        learns_conv=replace(_LEARNS_CONV, epochs=1),
         centre_images=32,
         fit_conv_steps=100,
         fit_conv_seeds=1,

@@ -39,7 +39,16 @@ from convattn.train import TrainConfig
 from convattn.utils.plotting import bar_plot
 from convattn.utils.records import read_csv, write_csv
 
-__all__ = ["FITTED", "Contender", "Recipe", "contest", "fit_sentence", "plot_contest", "recipe_sentence"]
+__all__ = [
+    "FITTED",
+    "Contender",
+    "Recipe",
+    "contest",
+    "fit_sentence",
+    "plot_contest",
+    "recipe_sentence",
+    "search_rates",
+]
 
 FITTED = 0.99  # final training accuracy from which a model counts as having fit its training data
 
@@ -64,8 +73,9 @@ class Recipe:
         lrs: the learning rates searched on validation; one rate means no search.
         holdout: training images held out as the validation split of the search.
         n_train: training images (0: the whole training split).
-        batch_size, optimizer, weight_decay, warmup, crop_pad: as in `TrainConfig`; crop_pad 0 turns the
-            random crop off (the digits' 1-pixel crop moves the content of every 2×2 patch).
+        batch_size, optimizer, weight_decay, warmup, crop_pad, position_lr_scale: as in `TrainConfig`;
+            crop_pad 0 turns the random crop off (the digits' 1-pixel crop moves the content of every
+            2×2 patch).
     """
 
     data: str = "digits"
@@ -78,6 +88,7 @@ class Recipe:
     weight_decay: float = 0.05
     warmup: float = 0.05
     crop_pad: int = 0
+    position_lr_scale: float = 1.0
 
     def config(self, c: Contender, out: Path, *, lr: float, seed: int, search: bool) -> TrainConfig:
         """The run of contender `c`: a search run (validation split held out) or a final one."""
@@ -85,7 +96,8 @@ class Recipe:
             model=c.model, data=self.data, epochs=self.epochs, out=str(out), model_options=c.options,
             batch_size=self.batch_size, lr=lr, seed=seed, optimizer=self.optimizer,
             weight_decay=self.weight_decay, warmup=self.warmup, crop_pad=self.crop_pad,
-            n_train=self.n_train, holdout=self.holdout if search else 0, eval_every=self.epochs, threads=1,
+            position_lr_scale=self.position_lr_scale, n_train=self.n_train,
+            holdout=self.holdout if search else 0, eval_every=self.epochs, threads=1,
         )  # fmt: skip
 
 
@@ -94,10 +106,15 @@ def _folder(out_dir: Path, c: Contender, tag: str) -> Path:
     return out_dir / "runs" / f"{c.model}-{label}-{tag}"
 
 
-def _search(
+def search_rates(
     out_dir: Path, contenders: tuple[Contender, ...], recipe: Recipe, seed: int
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    """(search table rows, chosen learning rate per label)."""
+    """Train every contender at every rate of `recipe.lrs` with the validation split held out.
+
+    Returns:
+        (search table rows: model, lr, val_acc, train_acc, chosen; the chosen rate per label, the best
+        validation accuracy, the smaller rate on a tie). One rate: no runs, no rows, that rate.
+    """
     if len(recipe.lrs) == 1:
         return [], {c.label: recipe.lrs[0] for c in contenders}
     plan = [(c, lr) for c in contenders for lr in recipe.lrs]
@@ -165,7 +182,7 @@ def contest(
     floor, and those of them that did not fit their training data: undertrained)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    search, chosen = _search(out_dir, contenders, recipe, seeds[0])
+    search, chosen = search_rates(out_dir, contenders, recipe, seeds[0])
     plan = [(c, s) for c in contenders for s in seeds]
     cfgs = [recipe.config(c, _folder(out_dir, c, f"s{s}"), lr=chosen[c.label], seed=s, search=False)
             for c, s in plan]  # fmt: skip

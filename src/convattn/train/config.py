@@ -35,7 +35,9 @@ class TrainConfig:
 
     model: str = field(metadata={"help": "a name of `convattn.list_models()` (`convattn models`)"})
     data: str = _opt(
-        "digits", "a data spec of `convattn.data.load`: digits, shapes, long_range, cifar10:PATH, folder:PATH"
+        "digits",
+        "a data spec of `convattn.data.load`: digits, digits32, shapes, long_range, cifar10:PATH, "
+        "folder:PATH",
     )
     epochs: int = _opt(10, "passes over the training set")
     out: str = _opt("runs/train", "the run folder")
@@ -48,6 +50,11 @@ class TrainConfig:
     momentum: float = _opt(0.9, "SGD momentum (AdamW: beta1)")
     weight_decay: float = _opt(
         0.05, "decoupled for AdamW, L2 for SGD; never on norms, biases, attention centres/spreads"
+    )
+    position_lr_scale: float = _opt(
+        1.0,
+        "multiplies lr for the quadratic attention centres Δ (not their spreads): Adam moves a parameter "
+        "by about its rate per step, so at lr 1e-3 a centre travels at most ~1 px in 1,000 steps",
     )
     warmup: float = _opt(0.05, "fraction of all steps spent in linear warm-up, then cosine decay to 0")
     label_smoothing: float = _opt(0.0, "label smoothing of the cross-entropy")
@@ -100,6 +107,8 @@ class TrainConfig:
             )
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got lr={self.lr!r}")
+        if not self.position_lr_scale > 0:
+            raise ValueError(f"position_lr_scale must be positive, got {self.position_lr_scale!r}")
         for name in ("weight_decay", "clip_grad", "label_smoothing", "threads"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {name}={getattr(self, name)!r}")

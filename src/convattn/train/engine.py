@@ -83,7 +83,7 @@ def train_one_epoch(
     for x, y in stream:
         x, y = x.to(device), y.to(device)
         for group in optimizer.param_groups:
-            group["lr"] = lr(state.step)
+            group["lr"] = lr(state.step) * group.get("lr_scale", 1.0)
         logits = net(x)
         loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)

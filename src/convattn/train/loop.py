@@ -69,19 +69,35 @@ class RunResult:
     val_loss: float = math.nan
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on weights only: never on norms, biases, or attention centres and spreads."""
+def _param_groups(
+    model: nn.Module, weight_decay: float, position_lr_scale: float = 1.0
+) -> list[dict[str, Any]]:
+    """Weight decay on weights only: never on norms, biases, or attention centres and spreads.
+
+    The centres are a group of their own whose "lr_scale" multiplies the scheduled rate
+    (`train_one_epoch` reads it); the other groups, the spreads among them, have lr_scale 1. Empty
+    groups are left out.
+    """
     decay: list[nn.Parameter] = []
     rest: list[nn.Parameter] = []
+    positions: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (rest if p.ndim <= 1 or name.endswith(NO_DECAY) else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+        if name.endswith("centres"):
+            positions.append(p)
+        else:
+            (rest if p.ndim <= 1 or name.endswith(NO_DECAY) else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay, "lr_scale": 1.0},
+        {"params": rest, "weight_decay": 0.0, "lr_scale": 1.0},
+        {"params": positions, "weight_decay": 0.0, "lr_scale": position_lr_scale},
+    ]
+    return [g for g in groups if g["params"]]
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    groups = _param_groups(model, cfg.weight_decay)
+    groups = _param_groups(model, cfg.weight_decay, cfg.position_lr_scale)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))

@@ -1,22 +1,25 @@
-"""Data efficiency: test accuracy of a CNN and of a self-attention net against the number of training images.
+"""Data efficiency: test accuracy of a CNN and of a ViT against the number of training images.
 
 The claim (Cordonnier et al. 2020; Dosovitskiy et al. 2021, ViT; Ramachandran et al. 2019): convolution's
 locality is a prior that pays when data is scarce, so a CNN wins on small training sets, while
 self-attention, with weaker priors, catches up (and may overtake) as the data grows.
 
-`run` trains `cnn_digits` and `attention_digits` (quadratic encoding, hidden 64, 2 layers) on nested
-class-stratified subsets of the 1,438 training digits (`convattn.data.load` with ``n_train``) and
-measures test accuracy on all 359 test digits. The seed picks the subset as well as the initialisation
-and batch order, so the spread over seeds includes the luck of the draw of the subset.
+`run` trains a small CNN (`cnn_digits` at width 16) and a ViT (`vit_shapes`: patch 4, dim 64, depth 4)
+on the generated `shapes`, at training-set sizes over two orders of magnitude (32 to 3,200 images in the
+study): generated data has no size limit, so the largest set is as new as the smallest. Every seed
+generates its own training and test images (`data_seed`) and initialises and orders the run; the test
+split is the 500 test images of that seed, the same for every size. The spread over seeds therefore
+includes the luck of the draw of the data.
 
-Budget rule, equal optimisation steps: every run takes the steps of ``epochs`` epochs over the largest
-subset measured (the whole training split in the study), ``S = epochs * (n_max // 64)`` steps of batch 64,
-so a subset of n images trains ``ceil(S / (n // 64))`` epochs. Equal epochs would give a run on 10 % of the
-data a tenth of the updates, and the curve would measure optimisation, not data. The epochs are capped
-at ``EPOCH_CAP * epochs``: the trainer evaluates the whole test split after every epoch, which for the
-attention net costs about as much as three training steps, so a run on a subset a hundred times smaller
-than the largest would mostly evaluate. The study's fractions never reach the cap; a capped run is marked
-in the metrics. `crossing` finds where the attention net's curve meets the CNN's.
+Budget rule: every run trains to convergence, or the table says it did not. A run on n images takes
+``max(epochs, ceil(min_steps / (n // B)))`` epochs of batch B: at least `min_steps` optimisation steps
+(a small set is seen many times, until it is fitted) and at least `epochs` passes over a large one.
+Each point reports the final training accuracy in eval mode beside the test accuracy: a point below
+`FITTED` did not fit its training set, and the paragraph names it, so a curve limited by optimisation
+is never read as one limited by data. Both models share one recipe (AdamW, the warm-up + cosine
+schedule, random crops and flips); each model's learning rate is chosen among the recipe's on a
+validation split held out at the middle size (the search never sees the test split). `crossing` finds
+where the ViT's curve meets the CNN's, interpolating in log(n).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import itertools
 import math
 import statistics
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +36,13 @@ import numpy as np
 import torch
 
 from convattn.data import load
-from convattn.study.contest import Contender
+from convattn.study.contest import FITTED, Contender, Recipe, search_rates
 from convattn.study.runs import run_training, run_trainings
 from convattn.study.section import Context, Description, Section, register_section
 from convattn.train import TrainConfig
 from convattn.utils.records import read_csv, write_csv
 
 __all__ = [
-    "EPOCH_CAP",
     "MODELS",
     "SECTION",
     "crossing",
@@ -49,41 +52,36 @@ __all__ = [
     "run",
 ]
 
-DATA = "digits"
-BATCH_SIZE = 64
-EPOCH_CAP = 20  # at most this many times `epochs` epochs per run (see the module docstring)
-UNDERFIT = 0.9  # below this training accuracy on the smallest subset, a model is short of steps, not data
 _Curve = tuple[list[float], list[int], list[float]]  # fractions, training images, mean test accuracy
 MODELS = (
-    Contender("CNN (3 conv layers)", "cnn_digits", cnn=True),
-    Contender("Attention net, quadratic", "attention_digits", {"encoding": "quadratic"}),
+    Contender("CNN (3 conv layers)", "cnn_digits", {"width": 16}, cnn=True),
+    Contender("ViT, patch 4", "vit_shapes"),
 )
 
 
-def epochs_for(n_train: int, n_max: int, epochs: int, batch_size: int = BATCH_SIZE) -> int:
-    """Epochs on `n_train` images that take the optimisation steps of `epochs` epochs on `n_max` images.
+def epochs_for(n_train: int, epochs: int, min_steps: int, batch_size: int = 64) -> int:
+    """Epochs of a run on `n_train` images: at least `epochs`, and at least `min_steps` steps.
 
     Args:
         n_train: images of this run; at least one batch.
-        n_max: images of the largest subset of the curve, >= n_train.
-        epochs: epochs on the largest subset.
-        batch_size: images per step; an epoch takes n // batch_size whole batches.
+        epochs: the fewest passes over the data.
+        min_steps: the fewest optimisation steps; an epoch takes n // batch_size whole batches.
+        batch_size: images per step.
 
     Returns:
-        ``ceil(epochs * (n_max // batch_size) / (n_train // batch_size))``, at most ``EPOCH_CAP * epochs``.
+        ``max(epochs, ceil(min_steps / (n_train // batch_size)))``.
     """
     for name, value in (
         ("n_train", n_train),
-        ("n_max", n_max),
         ("epochs", epochs),
+        ("min_steps", min_steps),
         ("batch_size", batch_size),
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {name}={value!r}")
-    if not batch_size <= n_train <= n_max:
-        raise ValueError(f"need batch_size <= n_train <= n_max, got {batch_size=}, {n_train=}, {n_max=}")
-    budget = epochs * (n_max // batch_size)
-    return min(math.ceil(budget / (n_train // batch_size)), EPOCH_CAP * epochs)
+    if n_train < batch_size:
+        raise ValueError(f"need n_train >= batch_size, got {n_train=}, {batch_size=}")
+    return max(epochs, math.ceil(min_steps / (n_train // batch_size)))
 
 
 def _check_fractions(fractions: Sequence[float]) -> list[float]:
@@ -95,15 +93,16 @@ def _check_fractions(fractions: Sequence[float]) -> list[float]:
 
 
 def crossing(fractions: Sequence[float], cnn_acc: Sequence[float], att_acc: Sequence[float]) -> float | None:
-    """The smallest training fraction at which the attention net's accuracy reaches the CNN's.
+    """The smallest training fraction at which the attention model's accuracy reaches the CNN's.
 
-    The difference d = att_acc - cnn_acc is interpolated linearly in the fraction between measured
-    points; the answer is the first place where d reaches 0 (a measured fraction when d is exactly 0 there).
+    The difference d = att_acc - cnn_acc is interpolated linearly in log(fraction) between measured
+    points (the sizes of a learning curve are spaced on a log scale); the answer is the first place
+    where d reaches 0 (a measured fraction when d is exactly 0 there).
 
     Args:
-        fractions: measured training fractions, strictly increasing, in (0, 1].
+        fractions: measured training fractions (n / n_max), strictly increasing, in (0, 1].
         cnn_acc: the CNN's accuracy at each fraction.
-        att_acc: the attention net's accuracy at each fraction.
+        att_acc: the attention model's accuracy at each fraction.
 
     Returns:
         The crossing fraction; ``fractions[0]`` when attention is level or ahead already at the smallest
@@ -123,100 +122,117 @@ def crossing(fractions: Sequence[float], cnn_acc: Sequence[float], att_acc: Sequ
         return f[0]
     for i in range(1, len(f)):
         if d[i] >= 0:  # d[i - 1] < 0 <= d[i]: the zero lies in (f[i - 1], f[i]]
-            return f[i - 1] + (f[i] - f[i - 1]) * -d[i - 1] / (d[i] - d[i - 1])
+            t = -d[i - 1] / (d[i] - d[i - 1])
+            return math.exp(math.log(f[i - 1]) + t * (math.log(f[i]) - math.log(f[i - 1])))
     return None
 
 
-def _check_run_args(
-    fractions: tuple[float, ...], epochs: int, seeds: tuple[int, ...], n_full: int
-) -> list[int]:
-    """Validate run's arguments; the training images of each fraction."""
-    if not isinstance(fractions, tuple | list) or not fractions:
-        raise ValueError(f"fractions must be a non-empty tuple, got {fractions=}")
-    _check_fractions(fractions)
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be a positive int, got {epochs=}")
+def _check_run_args(recipe: Recipe, sizes: tuple[int, ...], min_steps: int, seeds: tuple[int, ...]) -> None:
+    """TypeError/ValueError naming the first bad argument of `run`."""
+    if not isinstance(recipe, Recipe):
+        raise TypeError(f"recipe must be a Recipe, got {type(recipe).__name__}")
+    if not isinstance(sizes, tuple | list) or not sizes:
+        raise ValueError(f"sizes must be a non-empty tuple of training-set sizes, got {sizes=}")
+    if any(isinstance(n, bool) or not isinstance(n, int) for n in sizes) or any(
+        a >= b for a, b in itertools.pairwise(sizes)
+    ):
+        raise ValueError(f"sizes must be ints that increase strictly, got {sizes=}")
+    if len(recipe.lrs) > 1 and recipe.holdout < 1:
+        raise ValueError(f"searching {len(recipe.lrs)} rates needs a holdout, got holdout={recipe.holdout}")
+    if sizes[0] < recipe.batch_size:
+        raise ValueError(f"every size needs one batch of {recipe.batch_size} images, got {sizes=}")
+    if isinstance(min_steps, bool) or not isinstance(min_steps, int) or min_steps < 1:
+        raise ValueError(f"min_steps must be a positive int, got {min_steps=}")
     if (
         not seeds
         or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds)
         or len(set(seeds)) < len(seeds)
     ):
         raise ValueError(f"seeds must be distinct ints, at least one, got {seeds=}")
-    sizes = [round(f * n_full) for f in fractions]
-    small = [(f, n) for f, n in zip(fractions, sizes, strict=True) if n < BATCH_SIZE]
-    if small:
-        raise ValueError(
-            f"every fraction needs one batch of {BATCH_SIZE} images, got (fraction, images) {small}"
-        )
-    return sizes
 
 
-def _config(
-    folder: Path, c: Contender, n: int, n_full: int, epochs: int, eval_every: int, seed: int
-) -> TrainConfig:
-    """One run of the curve (one thread: runs train side by side in worker processes).
-
-    The whole training split is asked for as n_train=0, the trainer's default. A small subset trains
-    many short epochs: it is tested every `eval_every` epochs (and after the last), so that evaluation
-    does not cost more than its training.
-    """
-    whole = n == n_full
-    return TrainConfig(
-        model=c.model, data=DATA, epochs=epochs, out=str(folder / "runs" / f"{c.model}-n{n}-s{seed}"),
-        model_options=c.options, batch_size=BATCH_SIZE, seed=seed, data_seed=0 if whole else seed,
-        n_train=0 if whole else n, eval_every=eval_every, threads=1,
-    )  # fmt: skip
+def _search_recipe(recipe: Recipe, sizes: tuple[int, ...], min_steps: int) -> Recipe:
+    """The rate search: at the middle size, with its epochs, `recipe.holdout` images held out."""
+    mid = sizes[len(sizes) // 2]
+    return replace(recipe, n_train=mid, epochs=epochs_for(mid, recipe.epochs, min_steps, recipe.batch_size))
 
 
 def _configs(
-    folder: Path, c: Contender, n: int, sizes: list[int], n_full: int, epochs: int, seeds: tuple[int, ...]
+    folder: Path, c: Contender, n: int, recipe: Recipe, min_steps: int, seeds: tuple[int, ...], lr: float
 ) -> list[TrainConfig]:
-    """The runs of one point of a curve, one per seed."""
-    n_epochs = epochs_for(n, max(sizes), epochs)
-    every = max(1, n_epochs // epochs)  # about as many tests as the largest subset's run has
-    return [_config(folder, c, n, n_full, n_epochs, every, seed) for seed in seeds]
+    """The runs of one point of a curve, one per seed (one thread each: they train side by side).
+
+    A small set trains many short epochs: it is tested about as often as a run of `recipe.epochs`
+    epochs (and after the last), so that evaluation does not cost more than its training.
+    """
+    n_epochs = epochs_for(n, recipe.epochs, min_steps, recipe.batch_size)
+    every = max(1, n_epochs // recipe.epochs)
+    return [
+        TrainConfig(
+            model=c.model,
+            data=recipe.data,
+            epochs=n_epochs,
+            out=str(folder / "runs" / f"{c.model}-n{n}-lr{lr:g}-s{s}"),
+            model_options=c.options,
+            batch_size=recipe.batch_size,
+            lr=lr,
+            seed=s,
+            data_seed=s,
+            optimizer=recipe.optimizer,
+            weight_decay=recipe.weight_decay,
+            warmup=recipe.warmup,
+            crop_pad=recipe.crop_pad,
+            n_train=n,
+            eval_every=every,
+            threads=1,
+        )
+        for s in seeds
+    ]
 
 
-def _point(
-    folder: Path,
-    c: Contender,
-    f: float,
-    n: int,
-    sizes: list[int],
-    n_full: int,
-    epochs: int,
-    seeds: tuple[int, ...],
-) -> dict[str, Any]:
-    """One point of a curve: model `c` on `n` training images (fraction `f`), over the seeds."""
-    cfgs = _configs(folder, c, n, sizes, n_full, epochs, seeds)
+def _point(c: Contender, cfgs: list[TrainConfig], n_max: int) -> dict[str, Any]:
+    """One point of a curve: model `c`, its runs on one size (one per seed)."""
     last = [run_training(cfg)[-1] for cfg in cfgs]  # trained already by `run`: reused here
+    n = cfgs[0].n_train
     acc = [h["test_acc"] for h in last]
+    fit = [h.get("train_eval_acc", h["train_acc"]) for h in last]
     return {
         "model": c.label,
         "kind": "CNN" if c.cnn else "attention",
-        "fraction": f,
+        "fraction": round(n / n_max, 6),
         "n_train": n,
-        "seeds": len(seeds),
+        "seeds": len(cfgs),
+        "lr": cfgs[0].lr,
         "test_acc_mean": round(statistics.fmean(acc), 4),
         "test_acc_std": round(statistics.stdev(acc), 4) if len(acc) > 1 else 0.0,
         "epochs": cfgs[0].epochs,
         "steps": last[0]["step"],
-        "train_acc_mean": round(statistics.fmean(h["train_acc"] for h in last), 4),
+        "train_acc_mean": round(statistics.fmean(fit), 4),
+        "train_acc_min": round(min(fit), 4),
+        "fitted": int(min(fit) >= FITTED),
     }  # fmt: skip
 
 
 def run(
-    folder: Path, *, fractions: tuple[float, ...], epochs: int, seeds: tuple[int, ...], quick: bool
+    folder: Path,
+    *,
+    recipe: Recipe,
+    sizes: tuple[int, ...],
+    min_steps: int,
+    seeds: tuple[int, ...],
+    quick: bool,
 ) -> dict[str, Any]:
-    """Train both models on every fraction of the training digits; write curve.csv and data_efficiency.png.
+    """Train both models at every size; write curve.csv and data_efficiency.png.
 
     Args:
         folder: where curve.csv, the figure and the run folders (runs/<model>-n<N>-s<seed>) go; finished
             runs are reused and interrupted ones resumed.
-        fractions: of the 1,438 training digits, strictly increasing in (0, 1]; each at least 64 images.
-        epochs: epochs over the largest subset; every run gets the same steps (module docstring).
-        seeds: one run per seed, model and fraction; a seed picks the subset, the initialisation and
-            the order.
+        recipe: the data (a generated set), the fewest epochs, the learning rates searched (each
+            model's is chosen on `recipe.holdout` validation images at the middle size, seed
+            `seeds[0]`), batch, optimiser and augmentation, shared by both models.
+        sizes: training images per run, strictly increasing, each at least one batch.
+        min_steps: the fewest optimisation steps of a run (module docstring).
+        seeds: one run per seed, model and size; a seed draws the data, the initialisation and the order.
         quick: a smoke-test budget (recorded, and said in `describe`'s paragraph).
 
     Returns:
@@ -224,47 +240,49 @@ def run(
     """
     if not isinstance(quick, bool):
         raise TypeError(f"quick must be a bool, got quick={quick!r}")
+    _check_run_args(recipe, sizes, min_steps, seeds)
     folder = Path(folder)
-    n_full, n_test = len(load(DATA, "train")), len(load(DATA, "test"))
-    sizes = _check_run_args(fractions, epochs, seeds, n_full)
-    steps = epochs * (max(sizes) // BATCH_SIZE)
-    run_trainings([
-        cfg for c in MODELS for n in sizes for cfg in _configs(folder, c, n, sizes, n_full, epochs, seeds)
-    ])  # fmt: skip
-    rows = [
-        _point(folder, c, f, n, sizes, n_full, epochs, seeds)
-        for c in MODELS
-        for f, n in zip(fractions, sizes, strict=True)
+    n_test = len(load(recipe.data, "test", seed=seeds[0], n_train=sizes[0]))
+    searched = _search_recipe(recipe, sizes, min_steps)
+    search, chosen = search_rates(folder, MODELS, searched, seeds[0])
+    plan = [
+        (c, _configs(folder, c, n, recipe, min_steps, seeds, chosen[c.label])) for c in MODELS for n in sizes
     ]
+    run_trainings([cfg for _, cfgs in plan for cfg in cfgs])  # side by side, one thread each
+    rows = [_point(c, cfgs, max(sizes)) for c, cfgs in plan]
     folder.mkdir(parents=True, exist_ok=True)
     write_csv(folder / "curve.csv", rows)
+    if search:
+        write_csv(folder / "search.csv", search)
     plot(folder)
+    fractions = [n / max(sizes) for n in sizes]
     cnn = [r["test_acc_mean"] for r in rows if r["kind"] == "CNN"]
     att = [r["test_acc_mean"] for r in rows if r["kind"] == "attention"]
     cross = crossing(fractions, cnn, att)
-    capped = [n for n in sizes if epochs_for(n, max(sizes), epochs) * (n // BATCH_SIZE) < steps]
     return {
-        "data": DATA,
-        "n_train_full": n_full,
+        "data": recipe.data,
         "n_test": n_test,
-        "fractions": list(fractions),
-        "n_train": sizes,
-        "epochs": epochs,
+        "n_train": list(sizes),
+        "epochs": recipe.epochs,
+        "min_steps": min_steps,
+        "lrs": list(recipe.lrs),
+        "chosen_lr": chosen,
+        "search": search,
+        "search_n_train": searched.n_train,
+        "holdout": recipe.holdout if search else 0,
         "seeds": list(seeds),
         "quick": quick,
-        "batch_size": BATCH_SIZE,
-        "steps_budget": steps,
+        "batch_size": recipe.batch_size,
+        "fitted_threshold": FITTED,
         "budget_rule": (
-            f"equal optimisation steps: {steps} steps of {BATCH_SIZE} images per run ({epochs} epoch(s) over "
-            f"the largest subset, {max(sizes)} images); a subset of n images trains ceil({steps} / (n // "
-            f"{BATCH_SIZE})) epochs, at most {EPOCH_CAP * epochs}"
+            f"a run on n images trains max({recipe.epochs}, ceil({min_steps} / (n // {recipe.batch_size}))) "
+            f"epochs of batch {recipe.batch_size}: at least {min_steps} steps and {recipe.epochs} passes"
         ),
-        "capped_n_train": capped,
         "rows": rows,
         "cnn": MODELS[0].label,
         "attention": MODELS[1].label,
         "crossing_fraction": None if cross is None else round(cross, 4),
-        "crossing_n_train": None if cross is None else round(cross * n_full),
+        "crossing_n_train": None if cross is None else round(cross * max(sizes)),
         "threads": torch.get_num_threads(),
     }
 
@@ -305,7 +323,7 @@ def plot(folder: Path) -> None:
     ax.minorticks_off()
     ax.set_xlabel("training images (log scale)")
     ax.set_ylabel("test accuracy (whole test split)")
-    ax.set_title("Data efficiency: equal optimisation steps per run", fontsize=10)
+    ax.set_title("Data efficiency: every run to its fit, or marked", fontsize=10)
     ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -321,21 +339,21 @@ def _mark_crossing(ax: Any, cnn: _Curve, att: _Curve) -> None:
     if cross is None:
         return
     images = cross * n[-1] / fractions[-1]  # the images are proportional to the fraction
-    acc = float(np.interp(cross, fractions, cnn_acc))
+    acc = float(np.interp(math.log(cross), np.log(fractions), cnn_acc))
     ax.axvline(images, color="0.3", ls="--", lw=1)
     ax.plot([images], [acc], "k*", ms=10, label=f"attention reaches the CNN: ~{images:.0f} images")
 
 
 def _lead(gap: float) -> str:
-    """'the CNN leads by x points' / 'the attention net leads by x points' / 'they are level'."""
+    """'the CNN leads by x points' / 'the ViT leads by x points' / 'they are level'."""
     if abs(gap) < 0.005:
         return "they are level (within half a point)"
-    who = "the CNN" if gap > 0 else "the attention net"
+    who = "the CNN" if gap > 0 else "the ViT"
     return f"{who} leads by {100 * abs(gap):.1f} points"
 
 
 def _verdict(m: dict[str, Any], cnn: list[dict[str, Any]], att: list[dict[str, Any]]) -> str:
-    """Whether and where the attention net reaches the CNN, or how the gap moves."""
+    """Whether and where the ViT reaches the CNN, or how the gap moves."""
     first, last = (cnn[i]["test_acc_mean"] - att[i]["test_acc_mean"] for i in (0, -1))
     if m["crossing_fraction"] is None:
         # A change of the gap within the spread over seeds of its four ends is no trend.
@@ -347,18 +365,47 @@ def _verdict(m: dict[str, Any], cnn: list[dict[str, Any]], att: list[dict[str, A
             if last > first + noise
             else "stays within the spread over seeds,"
         )
-        verdict = (
-            f"The attention net does not reach the CNN at this scale: the gap {trend} from "
-            f"{100 * first:.1f} to {100 * last:.1f} points as the data grows."
+        grows = cnn[-1]["n_train"] // cnn[0]["n_train"]
+        return (
+            f"The ViT does not reach the CNN at this scale: the gap {trend} from "
+            f"{100 * first:.1f} to {100 * last:.1f} points as the data grows {grows}-fold."
         )
-    elif first <= 0:
-        verdict = "The attention net is level or ahead already on the smallest subset: no CNN advantage here."
-    else:
-        verdict = (
-            f"The attention net reaches the CNN at about {m['crossing_n_train']:,} training images "
-            f"({m['crossing_fraction']:.0%} of the set, interpolated), as the claim predicts."
+    if first <= 0:
+        return "The ViT is level or ahead already on the smallest set: no CNN advantage here."
+    return (
+        f"The ViT reaches the CNN at about {m['crossing_n_train']:,} training images (interpolated in "
+        "log n), as the claim predicts."
+    )
+
+
+def _rate_sentence(m: dict[str, Any]) -> str:
+    """How each model's learning rate was chosen (searched on validation data, or the one given)."""
+    rates = ", ".join(f"{label} {lr:g}" for label, lr in m["chosen_lr"].items())
+    if not m["search"]:
+        return f"Learning rate: {rates}."
+    tried = ", ".join(f"{lr:g}" for lr in m["lrs"])
+    return (
+        f"Each model's learning rate was chosen among {tried} by accuracy on {m['holdout']} held-out "
+        f"validation images after training on {m['search_n_train']:,} (the test split unseen): {rates}."
+    )
+
+
+def _fit_sentence(m: dict[str, Any]) -> str:
+    """Which points did not fit their training set (computed from the final training accuracies)."""
+    short = [r for r in m["rows"] if not r["fitted"]]
+    threshold = m["fitted_threshold"]
+    if not short:
+        return (
+            f" Every point fitted its training set (final training accuracy ≥ {threshold:.0%} on every "
+            "seed), so the curves measure data, not optimisation."
         )
-    return verdict
+    named = "; ".join(
+        f"{r['model']} at {r['n_train']:,} images ({r['train_acc_min']:.1%} on its worst seed)" for r in short
+    )
+    return (
+        f" Not fitted (final training accuracy below {threshold:.0%} on some seed): {named}. There the "
+        "budget, not the data, may limit the curve."
+    )
 
 
 def describe(m: dict[str, Any]) -> Description:
@@ -374,44 +421,48 @@ def describe(m: dict[str, Any]) -> Description:
     for i, where in ((0, "smallest"), (-1, "largest")):
         c, a = cnn[i], att[i]
         ends.append(
-            f"On the {where} subset ({c['n_train']:,} images, {c['fraction']:.0%}) the CNN reaches "
-            f"{c['test_acc_mean']:.1%} and the attention net {a['test_acc_mean']:.1%}: "
+            f"On the {where} set ({c['n_train']:,} images) the CNN reaches {c['test_acc_mean']:.1%} ± "
+            f"{c['test_acc_std']:.1%} and the ViT {a['test_acc_mean']:.1%} ± {a['test_acc_std']:.1%}: "
             f"{_lead(c['test_acc_mean'] - a['test_acc_mean'])}."
         )
-    verdict = _verdict(m, cnn, att)
-    if att[0]["train_acc_mean"] < UNDERFIT:
-        verdict += (
-            " Caveat: the attention net has not fit even the smallest subset (training accuracy over its "
-            f"last epoch {att[0]['train_acc_mean']:.0%}, the CNN's {cnn[0]['train_acc_mean']:.0%}), so with "
-            f"{m['steps_budget']} steps its curve is limited by optimisation, not by data; this budget "
-            "cannot show it catching up."
-        )
     n = len(m["seeds"])
+    sizes = ", ".join(f"{s:,}" for s in m["n_train"])
     text = (
-        f"Both models trained on nested class-stratified subsets of the {m['n_train_full']:,} training "
-        f"digits with AdamW, batch {m['batch_size']} and the same schedule, {n} seed{'s' if n > 1 else ''} "
-        f"each (a seed draws the subset too), and the same number of optimisation steps, "
-        f"{m['steps_budget']}: smaller subsets get proportionally more epochs. Test accuracy is on all "
-        f"{m['n_test']} test digits "
-        f"({m['threads']} thread{'s' if m['threads'] > 1 else ''}). " + " ".join(ends) + " " + verdict
+        f"{m['cnn']} and {m['attention']} trained on {m['data']} at {sizes} generated training images, "
+        f"{n} seed{'s' if n > 1 else ''} each (a seed generates its own images), with one recipe: AdamW, "
+        f"batch {m['batch_size']}, warm-up + cosine, and {m['budget_rule']}. {_rate_sentence(m)} "
+        f"Test accuracy is on the {m['n_test']} test images of each seed "
+        f"({m['threads']} thread{'s' if m['threads'] > 1 else ''}). "
+        + " ".join(ends)
+        + " "
+        + _verdict(m, cnn, att)
+        + _fit_sentence(m)
     )
     if m["quick"]:
         text += " Quick mode: a smoke test of the pipeline, too small a budget to judge the claim."
     figures = [
         (
             "data_efficiency.png",
-            "Test accuracy against training images (log scale), mean ± std over seeds, equal steps per run; "
-            "a star marks where the attention net reaches the CNN, if it does.",
+            "Test accuracy against training images (log scale), mean ± std over seeds; a star marks where "
+            "the ViT reaches the CNN, if it does.",
         )
     ]
-    tables = [("curve.csv", "The learning curves: accuracy per model and subset, with the epochs and steps.")]
+    tables = [
+        (
+            "curve.csv",
+            "The learning curves: test and final training accuracy per model and size, epochs and steps.",
+        )
+    ]
+    if m["search"]:
+        tables.append(("search.csv", "The learning-rate search: validation accuracy of every try."))
     return Description(claim, text, figures, tables)
 
 
 def _run(folder: Path, ctx: Context) -> dict[str, Any]:
     b = ctx.budget
     seeds = tuple(ctx.seed + i for i in range(b.seeds))
-    return run(folder, fractions=b.fractions, epochs=b.epochs, seeds=seeds, quick=b.quick)
+    return run(folder, recipe=b.data_efficiency, sizes=b.sizes, min_steps=b.min_steps, seeds=seeds,
+               quick=b.quick)  # fmt: skip
 
 
 SECTION = register_section(

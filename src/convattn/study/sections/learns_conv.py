@@ -3,9 +3,18 @@
 Cordonnier et al. 2020 (§4, Figs. 3–5) train an attention-only network with the quadratic encoding
 (eq. 9) and find heads whose centres Δ^(h) spread around the query like the taps of a K×K convolution,
 narrow in the early layers; with learned relative encodings the heads attend to localised patterns
-around the query. Here `attention_digits` (hidden 64, 2 layers, 9 heads, 8×8 maps) is trained on the
-digits with the quadratic and the learned relative encoding, and every head of every layer is measured
-in the run's own initial model (re-created exactly as the trainer seeds it) and in the trained one.
+around the query. Here `attention_net_small` (hidden 32, 2 layers, 9 heads) is trained where a 3×3 grid
+means what it means in the paper: on `digits32`, the digits enlarged to 32×32, which its 2×2
+space-to-depth turns into 16×16 token maps (each original pixel spans 2×2 tokens), with the quadratic
+and with the learned relative encoding. Every head of every layer is measured in the run's own initial
+model (re-created exactly as the trainer seeds it) and in the trained one.
+
+The recipe (`Recipe`, one rate, no search: this section measures heads, it compares no models) gives
+the quadratic centres Δ `position_lr_scale` times the learning rate (their spreads keep the shared
+one). AdamW moves a parameter by about its rate per step, so at the shared rate a centre could travel
+only ~Σ lr tokens (about 1 in the whole run); with the scale it can travel several, and whether the
+heads form a grid is a finding.
+The section reports that bound, Σ over the steps of the centres' rate, beside the measured travel.
 
 Measures of a head (`convattn.analysis.centres`): for the quadratic net, the parameters Δ and σ =
 √(tr Σ / 2), the per-axis standard deviation of the Gaussian score; for both, the empirical centre and
@@ -45,6 +54,7 @@ from convattn.analysis.viz import plot_stage_centres, plot_stage_maps
 from convattn.data import load
 from convattn.layers.mhsa2d import MultiHeadSelfAttention2d
 from convattn.models.attention_net import AttentionLayer, AttentionNet
+from convattn.study.contest import Contender, Recipe
 from convattn.study.runs import run_folder, run_training, run_trainings
 from convattn.study.section import Context, Description, Section, register_section
 from convattn.train import TrainConfig, build_model, load_weights, lr_at
@@ -53,9 +63,9 @@ from convattn.utils.records import read_csv, write_csv
 
 __all__ = ["SECTION", "describe", "initial_model", "plot", "run"]
 
-MODEL = "attention_digits"
+MODEL = "attention_net_small"
 ENCODINGS = ("quadratic", "relative")
-MOVE_TOL = 0.05  # px: smaller changes of a mean distance or spread count as "unchanged"
+MOVE_TOL = 0.05  # map steps: smaller changes of a mean distance or spread count as "unchanged"
 STAGES = ("init", "trained")
 CSV_FILES = ("centres.csv", "attention_maps.csv", "grid_likeness.csv")
 
@@ -73,17 +83,11 @@ def initial_model(cfg: TrainConfig) -> nn.Module:
         return build_model(cfg, train_set)
 
 
-def _config(folder: Path, encoding: str, epochs: int, seed: int) -> TrainConfig:
-    out = folder / "runs" / f"{MODEL}-{encoding}-e{epochs}-s{seed}"
-    return TrainConfig(
-        model=MODEL,
-        data="digits",
-        epochs=epochs,
-        out=str(out),
-        model_options={"encoding": encoding},
-        seed=seed,
-        threads=1,  # the runs train side by side in worker processes
-    )
+def _config(folder: Path, encoding: str, recipe: Recipe, seed: int) -> TrainConfig:
+    """The run of one encoding (one thread: the runs train side by side in worker processes)."""
+    out = folder / "runs" / f"{MODEL}-{encoding}-e{recipe.epochs}-s{seed}"
+    net = Contender(encoding, MODEL, {"encoding": encoding})
+    return recipe.config(net, out, lr=recipe.lrs[0], seed=seed, search=False)
 
 
 def _centre_rows(layer: MultiHeadSelfAttention2d, x: Tensor, tag: dict[str, Any]) -> list[dict[str, Any]]:
@@ -163,16 +167,14 @@ def _grid_rows(centre_rows: list[dict], reference: tuple[float, float], uniform:
     return rows
 
 
-def _shift(centre_rows: list[dict], encoding: str) -> list[float]:
-    """How far each head's centre moved between initialisation and training (px)."""
+def _shift(centre_rows: list[dict], encoding: str, layer: int | None = None) -> list[float]:
+    """How far each head's centre moved between initialisation and training (tokens), in one layer or all."""
     at = {
-        (r["stage"], r["layer"], r["head"]): (r["centre_row"], r["centre_col"])
+        (r["stage"], int(r["layer"]), r["head"]): (r["centre_row"], r["centre_col"])
         for r in centre_rows
-        if r["encoding"] == encoding
+        if r["encoding"] == encoding and (layer is None or int(r["layer"]) == layer)
     }
-    return [
-        math.dist(c, at["init", layer, head]) for (stage, layer, head), c in at.items() if stage == "trained"
-    ]
+    return [math.dist(c, at["init", i, head]) for (stage, i, head), c in at.items() if stage == "trained"]
 
 
 def _summary(grid_rows: list[dict], centre_rows: list[dict], encoding: str, acc: float) -> dict[str, Any]:
@@ -190,6 +192,8 @@ def _summary(grid_rows: list[dict], centre_rows: list[dict], encoding: str, acc:
         out[f"spread_per_layer_{stage}"] = [r["mean_empirical_spread"] for r in rows]
     shifts = _shift(centre_rows, encoding)
     out["centre_shift_mean"], out["centre_shift_max"] = float(np.mean(shifts)), float(np.max(shifts))
+    layers = sorted({int(r["layer"]) for r in mine})
+    out["centre_shift_per_layer"] = [float(np.mean(_shift(centre_rows, encoding, i))) for i in layers]
     d_init, d_trained = out["mean_distance_init"], out["mean_distance_trained"]
     out["verdict"] = (
         "grid" if d_trained <= GRID_TOL
@@ -204,11 +208,11 @@ def _train_and_measure(
     cfg: TrainConfig, x: Tensor, centre_rows: list[dict], map_rows: list[dict]
 ) -> tuple[float, int, float]:
     """Train (or reuse) the run `cfg`, append its initial and trained heads' rows; (test accuracy,
-    steps, Σ lr over the steps)."""
+    steps, Σ over the steps of the centres' learning rate)."""
     history = run_training(cfg)
-    # AdamW moves a parameter by about the learning rate per step: Σ lr bounds a centre's travel.
+    # AdamW moves a parameter by about its learning rate per step: the sum bounds a centre's travel.
     steps = int(history[-1]["step"])
-    lr_sum = sum(lr_at(i, steps, cfg) for i in range(steps))
+    lr_sum = cfg.position_lr_scale * sum(lr_at(i, steps, cfg) for i in range(steps))
     trained, _ = load_weights(run_folder(cfg))
     encoding = str(cfg.model_options["encoding"])
     for stage, model in zip(STAGES, (initial_model(cfg), trained), strict=True):
@@ -218,34 +222,34 @@ def _train_and_measure(
     return float(history[-1]["test_acc"]), steps, lr_sum
 
 
-def run(folder: Path, *, epochs: int, seed: int, test_images: int, quick: bool = False) -> dict[str, Any]:
+def run(folder: Path, *, recipe: Recipe, seed: int, test_images: int, quick: bool = False) -> dict[str, Any]:
     """Train both nets (or reuse their run folders), measure every head, write the CSVs and PNGs.
 
     Args:
         folder: the section's folder; training runs live in folder/"runs".
-        epochs: training epochs of each net (the study gives the comparison's, so the runs are shared).
+        recipe: data, epochs, the one learning rate (`recipe.lrs[0]`) and the centres' rate scale.
         seed: seed of the training runs (and so of the initial models).
-        test_images: how many test digits the attention is averaged over.
+        test_images: how many test images the attention is averaged over.
         quick: a smoke-test budget (recorded in the metrics).
 
     Returns:
         JSON-serialisable metrics: per model the per-layer grid-likeness, its means at init and trained,
         the centre shift and a verdict; the random and uniform references; settings.
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be a positive int, got {epochs=!r}")
+    if not isinstance(recipe, Recipe):
+        raise TypeError(f"recipe must be a Recipe, got {type(recipe).__name__}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be an int >= 0, got {seed=!r}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    x = load("digits", "test").tensors()[0][:test_images]  # (N, 1, 8, 8)
+    x = load(recipe.data, "test").tensors()[0][:test_images]  # (N, C, H, W)
     centre_rows: list[dict] = []
     map_rows: list[dict] = []
     accs = {}
-    run_trainings([_config(folder, e, epochs, seed) for e in ENCODINGS])  # side by side
+    run_trainings([_config(folder, e, recipe, seed) for e in ENCODINGS])  # side by side
     for encoding in ENCODINGS:
         accs[encoding], steps, lr_sum = _train_and_measure(
-            _config(folder, encoding, epochs, seed), x, centre_rows, map_rows
+            _config(folder, encoding, recipe, seed), x, centre_rows, map_rows
         )
     heads = sum(1 for r in centre_rows if r["stage"] == "init" and r["layer"] == 0) // len(ENCODINGS)
     reference = random_grid_reference(heads, seed=seed)
@@ -256,8 +260,12 @@ def run(folder: Path, *, epochs: int, seed: int, test_images: int, quick: bool =
     plot(folder)
     return {
         "model": MODEL,
+        "data": recipe.data,
         "encodings": list(ENCODINGS),
-        "epochs": epochs,
+        "epochs": recipe.epochs,
+        "lr": recipe.lrs[0],
+        "position_lr_scale": recipe.position_lr_scale,
+        "map_size": 1 + max(r["key_row"] for r in map_rows),
         "steps": steps,
         "lr_sum": lr_sum,
         "seed": seed,
@@ -302,12 +310,12 @@ def _plot_grid(rows: list[dict[str, str]], path: Path) -> None:
                    label="random centres (mean)")  # fmt: skip
         ax.axhline(float(mine[0]["random_p05_distance"]), ls=":", color="#d62728", lw=0.9,
                    label="random centres (5th pct.)")  # fmt: skip
-        ax.axhline(GRID_TOL, ls="-.", color="#2ca02c", lw=0.9, label=f"on-grid tolerance {GRID_TOL} px")
+        ax.axhline(GRID_TOL, ls="-.", color="#2ca02c", lw=0.9, label=f"on-grid tolerance {GRID_TOL}")
         ax.set_xticks(pos, [f"layer {layer}" for layer in layers], fontsize=7)
         ax.set_title(f"{encoding} ({mine[0]['centre_source']} centres)", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(axis="y", alpha=0.3)
-    axes[0, 0].set_ylabel("mean distance to the 3×3 grid (px)", fontsize=7)
+    axes[0, 0].set_ylabel("mean distance to the 3×3 grid (map steps)", fontsize=7)
     axes[0, 0].legend(fontsize=6)
     fig.tight_layout()
     save_figure(fig, path)
@@ -339,8 +347,8 @@ def _model_sentence(name: str, m: dict[str, Any], metrics: dict[str, Any]) -> st
     d0, d1 = m["mean_distance_init"], m["mean_distance_trained"]
     where = {
         "grid": "which is on the grid",
-        "closer": f"closer to a grid than at initialisation by {d0 - d1:.2f} px but still off it",
-        "farther": f"farther from a grid than at initialisation by {d1 - d0:.2f} px",
+        "closer": f"closer to a grid than at initialisation by {d0 - d1:.2f} but still off it",
+        "farther": f"farther from a grid than at initialisation by {d1 - d0:.2f}",
         "unchanged": "no closer to a grid than at initialisation",
     }[m["verdict"]]
 
@@ -351,59 +359,64 @@ def _model_sentence(name: str, m: dict[str, Any], metrics: dict[str, Any]) -> st
     if m["centre_source"] == "parameter":
         widths = (
             f"; the widths σ per layer went from {listed('width_per_layer_init')} to "
-            f"{listed('width_per_layer_trained')} px"
+            f"{listed('width_per_layer_trained')}"
         )
     else:
         widths = ""
     s0, s1 = listed("spread_per_layer_init"), listed("spread_per_layer_trained")
     return (
         f"{name} ({m['centre_source']} centres, test accuracy {m['test_acc']:.1%}): the heads lie "
-        f"{d0:.2f} px from their best-matched 3×3 offsets at initialisation and {d1:.2f} px trained "
+        f"{d0:.2f} from their best-matched 3×3 offsets at initialisation and {d1:.2f} trained "
         f"(per layer {per_layer}; {m['fraction_within_trained']:.0%} of heads within "
-        f"{metrics['grid_tol']} px), "
-        f"{where}; the centres moved {m['centre_shift_mean']:.2f} px on average (at most "
-        f"{m['centre_shift_max']:.2f}){widths}; the attention's spread per layer went from {s0} to {s1} px."
+        f"{metrics['grid_tol']}), "
+        f"{where}; the centres moved {m['centre_shift_mean']:.2f} on average (per layer "
+        f"{listed('centre_shift_per_layer')}; at most {m['centre_shift_max']:.2f}){widths}; the "
+        f"attention's spread per layer went from {s0} to {s1}."
     )
 
 
 def describe(metrics: dict[str, Any]) -> Description:
     """The claim, the paragraph from this run's numbers, the figures and tables of the section."""
-    missing = [k for k in ("models", "epochs", "random_mean_distance", "uniform_spread") if k not in metrics]
+    keys = ("models", "epochs", "map_size", "random_mean_distance", "uniform_spread")
+    missing = [k for k in keys if k not in metrics]
     if missing:
         raise ValueError(f"metrics lack {missing}: pass the dict run() returned")
     models = metrics["models"]
     names = {"quadratic": "Quadratic encoding", "relative": "Learned relative encoding"}
     quad, rel = models.get("quadratic"), models.get("relative")
     if quad is None or quad["verdict"] in ("unchanged", "farther"):
-        verdict = "This run does not support the claim: the quadratic heads did not move towards a conv grid"
+        verdict = "This run does not support the claim: the quadratic heads did not move towards a conv grid."
     elif quad["verdict"] == "closer":
         verdict = (
-            "This run supports the claim only in its direction: the quadratic heads moved towards a grid"
+            "This run supports the claim only in its direction: the quadratic heads moved towards a grid."
         )
     else:
-        verdict = "This run supports the claim: the quadratic heads sit on a 3×3 conv grid"
+        verdict = "This run supports the claim: the quadratic heads sit on a 3×3 conv grid."
     if rel is not None:
         s0, s1, u = rel["mean_spread_init"], rel["mean_spread_trained"], metrics["uniform_spread"]
         localised = "became more" if s1 < s0 - MOVE_TOL else "did not become more"
         verdict += (
-            f"; the learned relative heads {localised} localised than at initialisation (mean spread "
-            f"{s0:.2f} -> {s1:.2f} px, {s1 / u:.0%} of uniform attention's)."
+            f" The learned relative heads {localised} localised than at initialisation (mean spread "
+            f"{s0:.2f} -> {s1:.2f}, {s1 / u:.0%} of uniform attention's)."
         )
+    n = metrics["map_size"]
     text = (
-        f"Two {metrics['model']} nets ({metrics['heads']} heads per layer, 8×8 maps) trained "
-        f"{metrics['epochs']} epoch{'s' if metrics['epochs'] != 1 else ''} on the digits; a layer's "
-        "grid-likeness is the mean distance of its head centres to the 3×3 offsets {-1, 0, 1}² under the "
-        "best one-to-one assignment (0 = a 3×3 conv), "
-        f"against {metrics['random_mean_distance']:.2f} px for random centres drawn like the quadratic "
-        f"initialisation (5th percentile {metrics['random_p05_distance']:.2f} px) and "
-        f"{metrics['collapsed_distance']:.2f} px for all centres on the query; spreads are RMS "
+        f"Two {metrics['model']} nets ({metrics['heads']} heads per layer, {n}×{n} token maps) trained "
+        f"{metrics['epochs']} epoch{'s' if metrics['epochs'] != 1 else ''} on {metrics['data']} with "
+        f"AdamW at learning rate {metrics['lr']:g}, the quadratic centres at "
+        f"{metrics['position_lr_scale']:g}× that rate. Distances are in steps of the token map. A "
+        "layer's grid-likeness is the mean distance of its head centres to the 3×3 offsets {-1, 0, 1}² "
+        "under the best one-to-one assignment (0 = a 3×3 conv), "
+        f"against {metrics['random_mean_distance']:.2f} for random centres drawn like the quadratic "
+        f"initialisation (5th percentile {metrics['random_p05_distance']:.2f}) and "
+        f"{metrics['collapsed_distance']:.2f} for all centres on the query; spreads are RMS "
         f"distances of the attended offsets from the head's centre (uniform attention: "
-        f"{metrics['uniform_spread']:.2f} px). "
+        f"{metrics['uniform_spread']:.2f}). "
         + " ".join(_model_sentence(names.get(e, e), m, metrics) for e, m in models.items())
         + f" {verdict}"
-        + " For scale: AdamW moves a parameter by about its learning rate per step, and the "
-        f"{metrics['steps']} steps of this budget sum to {metrics['lr_sum']:.2f}, so no centre could "
-        "travel much more than that many pixels; the paper trained 300 CIFAR-10 epochs with SGD."
+        + " For scale: AdamW moves a parameter by about its learning rate per step, and the centres' "
+        f"rates over the {metrics['steps']} steps sum to {metrics['lr_sum']:.1f}, about the farthest a "
+        "centre could travel; the paper trained 300 CIFAR-10 epochs with SGD."
     )
     figures = []
     for e in models:
@@ -423,7 +436,7 @@ def describe(metrics: dict[str, Any]) -> Description:
 
 def _run(folder: Path, ctx: Context) -> dict[str, Any]:
     b = ctx.budget
-    return run(folder, epochs=b.epochs, seed=ctx.seed, test_images=b.centre_images, quick=b.quick)
+    return run(folder, recipe=b.learns_conv, seed=ctx.seed, test_images=b.centre_images, quick=b.quick)
 
 
 SECTION = register_section(Section("learns_conv", "Does attention learn convolution?", _run, plot, describe))
