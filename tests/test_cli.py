@@ -271,6 +271,7 @@ def test_every_train_config_field_has_a_flag():
         "flip": True, "seed": 5, "threads": 2, "device": "cuda", "data_seed": 7, "eval_every": 2,
         "n_train": 100,
         "holdout": 50,
+        "position_lr_scale": 10.0,
     }  # fmt: skip
     flags = [
         f"--{k.replace('_', '-')}" if v is True else f"--{k.replace('_', '-')}={v}" for k, v in given.items()

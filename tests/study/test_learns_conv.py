@@ -68,14 +68,14 @@ def test_run_writes_the_tables_and_json_metrics(quick_run):
     folder, metrics = quick_run
     json.dumps(metrics)  # JSON-serialisable
     centres = _rows(folder / "centres.csv")
-    assert len(centres) == 2 * 2 * 2 * 9  # encodings × stages × layers × heads
+    assert len(centres) == 1 * 2 * 2 * 9  # encodings × stages × layers × heads
     assert {"model", "encoding", "stage", "layer", "head", "centre_row", "centre_col", "width"} <= set(
         centres[0]
     )
     assert len(_rows(folder / "attention_maps.csv")) == len(centres) * 16 * 16  # 16×16 token maps
     grid = _rows(folder / "grid_likeness.csv")
-    assert len(grid) == 2 * 2 * 2
-    assert set(metrics["models"]) == {"quadratic", "relative"}
+    assert len(grid) == 1 * 2 * 2
+    assert set(metrics["models"]) == {"quadratic"}
     for m in metrics["models"].values():
         assert 0 <= m["mean_distance_trained"] and m["verdict"] in ("grid", "closer", "farther", "unchanged")
     # The init rows are this run's own initial model: Δ of its first layer.

@@ -43,7 +43,8 @@ def test_every_section_describes_with_a_description():
 def test_the_budget_table_is_the_one_place_quick_is_read():
     full, quick = budget.budget_for(False), budget.budget_for(True)
     assert not full.quick and quick.quick
-    assert (full.epochs, full.seeds, quick.epochs, quick.seeds) == (6, 3, 1, 1)
+    assert (full.compare.epochs, full.seeds, quick.compare.epochs, quick.seeds) == (30, 3, 1, 1)
+    assert full.learns_conv.epochs == 30 and quick.learns_conv.epochs == 1
     assert budget.budget_for(False, 9).compare.epochs == 9 and budget.budget_for(False, 9).seeds == 3
     ctx = runner.StudyConfig(quick=True, seed=4, epochs=2).context()
     assert ctx.budget.compare.epochs == 2 and ctx.budget.quick and ctx.seed == 4

@@ -17,9 +17,10 @@ Budget rule: every run trains to convergence, or the table says it did not. A ru
 Each point reports the final training accuracy in eval mode beside the test accuracy: a point below
 `FITTED` did not fit its training set, and the paragraph names it, so a curve limited by optimisation
 is never read as one limited by data. Both models share one recipe (AdamW, the warm-up + cosine
-schedule, random crops and flips); each model's learning rate is chosen among the recipe's on a
-validation split held out at the middle size (the search never sees the test split). `crossing` finds
-where the ViT's curve meets the CNN's, interpolating in log(n).
+schedule, no augmentation: a random crop would multiply the data whose effect is measured); each
+model's learning rate is chosen among the recipe's on a validation split held out at the middle size
+(the search never sees the test split). `crossing` finds where the ViT's curve meets the CNN's,
+interpolating in log(n).
 """
 
 from __future__ import annotations
@@ -273,6 +274,7 @@ def run(
         "seeds": list(seeds),
         "quick": quick,
         "batch_size": recipe.batch_size,
+        "crop_pad": recipe.crop_pad,
         "fitted_threshold": FITTED,
         "budget_rule": (
             f"a run on n images trains max({recipe.epochs}, ceil({min_steps} / (n // {recipe.batch_size}))) "
@@ -378,6 +380,13 @@ def _verdict(m: dict[str, Any], cnn: list[dict[str, Any]], att: list[dict[str, A
     )
 
 
+def _augment_words(crop_pad: int) -> str:
+    """'no augmentation' or the random crop, as the recipe has it."""
+    if crop_pad == 0:
+        return "no augmentation"
+    return "the data set's random crop" if crop_pad < 0 else f"random crops of padding {crop_pad}"
+
+
 def _rate_sentence(m: dict[str, Any]) -> str:
     """How each model's learning rate was chosen (searched on validation data, or the one given)."""
     rates = ", ".join(f"{label} {lr:g}" for label, lr in m["chosen_lr"].items())
@@ -430,7 +439,8 @@ def describe(m: dict[str, Any]) -> Description:
     text = (
         f"{m['cnn']} and {m['attention']} trained on {m['data']} at {sizes} generated training images, "
         f"{n} seed{'s' if n > 1 else ''} each (a seed generates its own images), with one recipe: AdamW, "
-        f"batch {m['batch_size']}, warm-up + cosine, and {m['budget_rule']}. {_rate_sentence(m)} "
+        f"batch {m['batch_size']}, warm-up + cosine, {_augment_words(m['crop_pad'])}, and "
+        f"{m['budget_rule']}. {_rate_sentence(m)} "
         f"Test accuracy is on the {m['n_test']} test images of each seed "
         f"({m['threads']} thread{'s' if m['threads'] > 1 else ''}). "
         + " ".join(ends)

@@ -6,8 +6,11 @@ narrow in the early layers; with learned relative encodings the heads attend to 
 around the query. Here `attention_net_small` (hidden 32, 2 layers, 9 heads) is trained where a 3×3 grid
 means what it means in the paper: on `digits32`, the digits enlarged to 32×32, which its 2×2
 space-to-depth turns into 16×16 token maps (each original pixel spans 2×2 tokens), with the quadratic
-and with the learned relative encoding. Every head of every layer is measured in the run's own initial
-model (re-created exactly as the trainer seeds it) and in the trained one.
+encoding. Every head of every layer is measured in the run's own initial model (re-created exactly as
+the trainer seeds it) and in the trained one. The section measures any encoding of `ENCODINGS` (the
+learned relative one's centres are empirical: where its attention falls); the study runs the quadratic
+one alone, because at this budget the learned relative net reached only 77% test accuracy (30 epochs,
+seed 0), too little for its heads to say what a trained net does, and a second net doubles the cost.
 
 The recipe (`Recipe`, one rate, no search: this section measures heads, it compares no models) gives
 the quadratic centres Δ `position_lr_scale` times the learning rate (their spreads keep the shared
@@ -64,7 +67,7 @@ from convattn.utils.records import read_csv, write_csv
 __all__ = ["SECTION", "describe", "initial_model", "plot", "run"]
 
 MODEL = "attention_net_small"
-ENCODINGS = ("quadratic", "relative")
+ENCODINGS = ("quadratic",)
 MOVE_TOL = 0.05  # map steps: smaller changes of a mean distance or spread count as "unchanged"
 STAGES = ("init", "trained")
 CSV_FILES = ("centres.csv", "attention_maps.csv", "grid_likeness.csv")
@@ -338,8 +341,7 @@ def plot(folder: Path) -> None:
 CLAIM = (
     "Cordonnier et al. (2020, §4, Figs. 3–5): an attention-only network with the quadratic encoding "
     "learns heads whose centres Δ spread out around the query like the taps of a K×K convolution (with "
-    "small widths in the early layers), and with learned relative encodings the heads also attend to "
-    "localised patterns around the query."
+    "small widths in the early layers)."
 )
 
 
@@ -401,7 +403,9 @@ def describe(metrics: dict[str, Any]) -> Description:
         )
     n = metrics["map_size"]
     text = (
-        f"Two {metrics['model']} nets ({metrics['heads']} heads per layer, {n}×{n} token maps) trained "
+        f"{'One' if len(models) == 1 else len(models)} {metrics['model']} "
+        f"net{'s' if len(models) > 1 else ''} "
+        f"({metrics['heads']} heads per layer, {n}×{n} token maps) trained "
         f"{metrics['epochs']} epoch{'s' if metrics['epochs'] != 1 else ''} on {metrics['data']} with "
         f"AdamW at learning rate {metrics['lr']:g}, the quadratic centres at "
         f"{metrics['position_lr_scale']:g}× that rate. Distances are in steps of the token map. A "
