@@ -255,7 +255,7 @@ class MultiHeadSelfAttention2d(nn.Module):
         return torch.cat(parts_q, dim=-1), torch.cat(parts_k, dim=-1)
 
     def _attend_fused(self, x: Tensor) -> Tensor:
-        """All encodings: SDPA over features, heads in a batch axis. x: (B, C, H, W) -> (B, h·d_v, H, W)."""
+        """All encodings: SDPA over features, heads in a batch axis. x: (B, C, H, W) -> (B, T, h·d_v)."""
         B, _, H, W = x.shape
         tokens = x.flatten(2).transpose(1, 2).contiguous()  # (B, T, C): fused kernels want unit stride
         q, k = self._features(tokens, H, W)  # (B|1, h, T, F)
@@ -269,21 +269,28 @@ class MultiHeadSelfAttention2d(nn.Module):
         q, k = q.expand(B, -1, -1, -1), k.expand(B, -1, -1, -1)
         p = self.attn_dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=p, scale=1.0)[..., :dv]  # (B, h, T, d_v)
-        return out.transpose(2, 3).reshape(B, self.num_heads * dv, H, W)  # (B, h·d_v, H, W)
+        return out.transpose(1, 2).reshape(B, H * W, self.num_heads * dv)  # (B, T, h·d_v)
 
     def _attend_separable(self, x: Tensor) -> Tensor:
-        """Row-times-column attention of separable position-only layers: (B, C, H, W) -> (B, h·d_v, H, W)."""
-        B, _, H, W = x.shape
+        """Row-times-column attention of separable position-only layers: (B, C, H, W) -> (B, T, h·d_v).
+
+        Channels stay last throughout, so that both mixes are plain (batched) matrix products on
+        contiguous memory: rows mix as A_r @ (H, W·d) per head, columns as A_c @ (W, d) per row.
+        """
+        B, C, H, W = x.shape
+        h = self.num_heads
         rows, cols = self.axis_scores(H, W, x.dtype)
         A_r, A_c = rows.softmax(-1), cols.softmax(-1)  # (h, H, H), (h, W, W)
+        xl = x.permute(0, 2, 3, 1)  # (B, H, W, C): a view when x is channels-last in memory
         if self.W_v is None:
-            t = torch.einsum("hjb,ncab->nhcaj", A_c, x)  # (B, h, C, H, W): mix columns
+            v = xl.reshape(B, 1, H, W * C)  # (B, 1, H, W·C): every head reads the input
         else:
-            v = self.W_v(x.flatten(2).transpose(1, 2))  # (B, T, h·d_v)
-            v = v.transpose(1, 2).reshape(B, self.num_heads, self.value_dim, H, W)  # (B, h, d_v, H, W)
-            t = torch.einsum("hjb,nhcab->nhcaj", A_c, v)
-        out = torch.einsum("hia,nhcaj->nhcij", A_r, t)  # (B, h, d_v, H, W): mix rows
-        return out.reshape(B, self.num_heads * self.value_dim, H, W)
+            v = self.W_v(xl).reshape(B, H, W, h, self.value_dim).permute(0, 3, 1, 2, 4)  # (B, h, H, W, d_v)
+            v = v.reshape(B, h, H, W * self.value_dim)  # (B, h, H, W·d_v)
+        d = v.shape[-1] // W
+        u = torch.matmul(A_r, v).view(B, h, H, W, d)  # (B, h, H, W, d): rows mixed
+        out = torch.matmul(A_c[:, None], u)  # (h, 1, W, W) @ (B, h, H, W, d) -> (B, h, H, W, d): columns
+        return out.permute(0, 2, 3, 1, 4).reshape(B, H * W, h * d)  # (B, T, h·d_v)
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (B, C, H, W) -> (B, C_out, H, W)."""
@@ -293,8 +300,8 @@ class MultiHeadSelfAttention2d(nn.Module):
             heads = self._attend_separable(x)
         else:
             heads = self._attend_fused(x)
-        B, _, H, W = heads.shape
-        out = self.W_o(heads.flatten(2).transpose(1, 2))  # (B, T, C_out)
+        B, _, H, W = x.shape
+        out = self.W_o(heads)  # (B, T, h·d_v) -> (B, T, C_out)
         return out.transpose(1, 2).reshape(B, self.out_channels, H, W)
 
     @torch.no_grad()

@@ -69,11 +69,14 @@ class Recipe:
 
     Attributes:
         data: the data set (`convattn.data.load`).
-        epochs: epochs of every run (the budget unit), search and final alike.
+        epochs: epochs of every final run (the budget unit).
         lrs: the learning rates searched on validation; one rate means no search.
+        search_epochs: epochs of every search run (0: `epochs`). A shorter search ranks the rates by
+            how fast they learn; the final runs all get the whole budget.
         holdout: training images held out as the validation split of the search.
         n_train: training images (0: the whole training split).
-        batch_size, optimizer, weight_decay, warmup, crop_pad, position_lr_scale: as in `TrainConfig`;
+        batch_size, optimizer, weight_decay, warmup, crop_pad, position_lr_scale, threads: as in
+            `TrainConfig` (threads 1: runs train side by side, one per worker process);
             crop_pad 0 turns the random crop off (the digits' 1-pixel crop moves the content of every
             2×2 patch).
     """
@@ -89,15 +92,18 @@ class Recipe:
     warmup: float = 0.05
     crop_pad: int = 0
     position_lr_scale: float = 1.0
+    search_epochs: int = 0
+    threads: int = 1
 
     def config(self, c: Contender, out: Path, *, lr: float, seed: int, search: bool) -> TrainConfig:
         """The run of contender `c`: a search run (validation split held out) or a final one."""
+        epochs = (self.search_epochs or self.epochs) if search else self.epochs
         return TrainConfig(
-            model=c.model, data=self.data, epochs=self.epochs, out=str(out), model_options=c.options,
+            model=c.model, data=self.data, epochs=epochs, out=str(out), model_options=c.options,
             batch_size=self.batch_size, lr=lr, seed=seed, optimizer=self.optimizer,
             weight_decay=self.weight_decay, warmup=self.warmup, crop_pad=self.crop_pad,
             position_lr_scale=self.position_lr_scale, n_train=self.n_train,
-            holdout=self.holdout if search else 0, eval_every=self.epochs, threads=1,
+            holdout=self.holdout if search else 0, eval_every=epochs, threads=self.threads,
         )  # fmt: skip
 
 
@@ -278,10 +284,12 @@ def recipe_sentence(m: dict[str, Any]) -> str:
     )
     if m["search"]:
         rates = ", ".join(f"{lr:g}" for lr in r["lrs"])
+        short = r.get("search_epochs", 0)
+        during = f" after {_plural(short, 'epoch')}" if short and short != r["epochs"] else ""
         text += (
             f" Each model's learning rate was chosen from {rates} by its accuracy on {r['holdout']} "
-            "training images held out as a validation split (the test split was not used); the search "
-            "table lists every try."
+            f"training images held out as a validation split{during} (the test split was not used); the "
+            "search table lists every try."
         )
     else:
         text += f" All used the same learning rate, {r['lrs'][0]:g} (no search)."

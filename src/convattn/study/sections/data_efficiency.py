@@ -153,9 +153,10 @@ def _check_run_args(recipe: Recipe, sizes: tuple[int, ...], min_steps: int, seed
 
 
 def _search_recipe(recipe: Recipe, sizes: tuple[int, ...], min_steps: int) -> Recipe:
-    """The rate search: at the middle size, with its epochs, `recipe.holdout` images held out."""
+    """The rate search: at the middle size, half its run's epochs, `recipe.holdout` images held out."""
     mid = sizes[len(sizes) // 2]
-    return replace(recipe, n_train=mid, epochs=epochs_for(mid, recipe.epochs, min_steps, recipe.batch_size))
+    epochs = epochs_for(mid, recipe.epochs, min_steps, recipe.batch_size)
+    return replace(recipe, n_train=mid, epochs=epochs, search_epochs=max(1, epochs // 2))
 
 
 def _configs(
@@ -270,6 +271,7 @@ def run(
         "chosen_lr": chosen,
         "search": search,
         "search_n_train": searched.n_train,
+        "search_epochs": searched.search_epochs,
         "holdout": recipe.holdout if search else 0,
         "seeds": list(seeds),
         "quick": quick,
@@ -395,7 +397,8 @@ def _rate_sentence(m: dict[str, Any]) -> str:
     tried = ", ".join(f"{lr:g}" for lr in m["lrs"])
     return (
         f"Each model's learning rate was chosen among {tried} by accuracy on {m['holdout']} held-out "
-        f"validation images after training on {m['search_n_train']:,} (the test split unseen): {rates}."
+        f"validation images after {m['search_epochs']} epochs on {m['search_n_train']:,} (half that "
+        f"size's run; the test split unseen): {rates}."
     )
 
 

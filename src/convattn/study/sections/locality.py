@@ -26,7 +26,7 @@ LOCALITY_CONTENDERS = (
         "resnet_digits",
         {"mixer": "sasa", "mixer_options": {"kernel_size": 7, "num_heads": 4}},
     ),
-    Contender("ViT, patch 2 (global attention)", "vit_digits"),
+    Contender("ViT, patch 4 (global attention)", "vit_shapes"),
 )
 
 
