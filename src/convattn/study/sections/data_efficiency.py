@@ -169,24 +169,12 @@ def _configs(
     """
     n_epochs = epochs_for(n, recipe.epochs, min_steps, recipe.batch_size)
     every = max(1, n_epochs // recipe.epochs)
+    sized = replace(recipe, epochs=n_epochs, n_train=n)
     return [
-        TrainConfig(
-            model=c.model,
-            data=recipe.data,
-            epochs=n_epochs,
-            out=str(folder / "runs" / f"{c.model}-n{n}-lr{lr:g}-s{s}"),
-            model_options=c.options,
-            batch_size=recipe.batch_size,
-            lr=lr,
-            seed=s,
-            data_seed=s,
-            optimizer=recipe.optimizer,
-            weight_decay=recipe.weight_decay,
-            warmup=recipe.warmup,
-            crop_pad=recipe.crop_pad,
-            n_train=n,
+        replace(
+            sized.config(c, folder / "runs" / f"{c.model}-n{n}-lr{lr:g}-s{s}", lr=lr, seed=s, search=False),
+            data_seed=s,  # every seed generates its own images
             eval_every=every,
-            threads=1,
         )
         for s in seeds
     ]
