@@ -1,9 +1,11 @@
 """The C++ CPU kernels: how they are built, when they run, and the autograd Functions around them.
 
-Each kernel is built on its first use, once per machine (about 20 s each on two idle cores, longer on
-a busy machine), into torch's extension cache; the name carries a hash of the source, the torch
-version and the CPU, so a changed source or machine rebuilds. If no compiler is available the build
-fails once, a warning says so, and callers use the PyTorch path.
+The kernels are one library of torch operators (torch.ops.convattn.*), built on the first use of any of
+them, once per machine, into torch's extension cache: one translation unit per kernel file, compiled in
+parallel, each including only the ATen headers it needs (`csrc/common.h`; torch/extension.h would
+double the time spent parsing headers, most of a build). The name carries a hash of the sources, the
+torch version and the CPU, so a changed source or machine rebuilds. If no compiler is available the
+build fails once, a warning says so, and callers use the PyTorch path.
 Set CONVATTN_NO_KERNEL=1 to skip the kernels altogether.
 
 Every operator with a kernel takes `backend=`: 'auto', 'kernel', 'torch', and for some an accelerator
@@ -20,7 +22,7 @@ import platform
 import warnings
 from functools import cache
 from pathlib import Path
-from types import ModuleType
+from types import SimpleNamespace
 from typing import Any, cast
 
 import torch
@@ -31,6 +33,7 @@ from convattn.layers.geometry import grid_windows, inverse_windows, window_segme
 
 __all__ = [
     "BACKENDS",
+    "KERNELS",
     "choose_backend",
     "image_dwconv_kernel",
     "load_kernel",
@@ -42,8 +45,15 @@ __all__ = [
 BACKENDS = ("auto", "kernel", "torch")
 
 _CSRC = Path(__file__).parent / "csrc"
-_SOURCES = {"na2d": _CSRC / "na2d.cpp", "window": _CSRC / "window.cpp", "dwconv": _CSRC / "dwconv.cpp"}
-_HEADERS = (_CSRC / "simd.h",)
+# Each kernel file registers torch.ops.convattn.<kernel>_<function>; `load_kernel` hands them out by kernel.
+_FUNCTIONS = {
+    "na2d": ("forward", "backward", "apply_forward", "apply_backward"),
+    "window": ("forward", "backward"),
+    "dwconv": ("forward", "backward"),
+}
+KERNELS = tuple(_FUNCTIONS)
+_SOURCES = tuple(_CSRC / f"{name}.cpp" for name in KERNELS)
+_HEADERS = (_CSRC / "common.h", _CSRC / "simd.h")
 
 
 def _cpu_id() -> str:
@@ -69,32 +79,45 @@ def _ninja_on_path() -> None:
 
 
 @cache
-def load_kernel(name: str) -> ModuleType | None:
-    """The compiled extension `name`, or None (with one warning) when it cannot be built."""
+def _build() -> bool:
+    """Build (or find built) and load the one library of every kernel; False (with one warning) when it
+    cannot be built."""
     if os.environ.get("CONVATTN_NO_KERNEL"):
-        return None
+        return False
     _ninja_on_path()
-    source = _SOURCES[name]
-    code = source.read_bytes() + b"".join(h.read_bytes() for h in _HEADERS)
+    code = b"".join(path.read_bytes() for path in (*_SOURCES, *_HEADERS))
     digest = hashlib.sha256(code + torch.__version__.encode() + _cpu_id().encode()).hexdigest()
     try:
         from torch.utils.cpp_extension import load
 
-        return load(
-            name=f"convattn_{name}_{digest[:12]}",
-            sources=[str(source)],
+        load(  # one translation unit per kernel file, compiled in parallel; registers torch.ops.convattn
+            name=f"convattn_kernels_{digest[:12]}",
+            sources=[str(path) for path in _SOURCES],
             extra_cflags=["-O3", "-march=native", "-fopenmp", "-fopenmp-simd"],
             extra_ldflags=["-fopenmp"],
+            is_python_module=False,
             verbose=False,
         )
+        return True
     except Exception as err:  # no compiler, no ninja, a sandbox without a writable cache ...
         warnings.warn(
-            f"convattn: the {name} C++ kernel could not be built ({type(err).__name__}: "
+            f"convattn: the C++ kernels could not be built ({type(err).__name__}: "
             f"{str(err).splitlines()[0] if str(err) else ''}); using the slower PyTorch path",
             RuntimeWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
+        return False
+
+
+@cache
+def load_kernel(name: str) -> SimpleNamespace | None:
+    """The functions of kernel `name` (one of `KERNELS`), as attributes, built on first use; None (after
+    one warning) when the kernels cannot be built."""
+    if name not in _FUNCTIONS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {name!r}")
+    if not _build():
         return None
+    return SimpleNamespace(**{f: getattr(torch.ops.convattn, f"{name}_{f}") for f in _FUNCTIONS[name]})
 
 
 def _ext(name: str) -> Any:

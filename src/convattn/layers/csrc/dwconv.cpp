@@ -5,13 +5,14 @@
 // (H + 2 r_h) x (Wq + 2 r_w) vectors of L channels, so the taps need no bounds checks and SIMD lanes run
 // along channels. The input gradient is the same correlation of the output gradient with the flipped
 // kernel; the kernel gradient sums dout * x over the pixels of one image, so tasks never share an output.
-#include <torch/extension.h>
-#include <ATen/Parallel.h>
+#include "common.h"
 
 #include <algorithm>
 #include <vector>
 
 #include "simd.h"
+
+namespace convattn_dwconv {
 
 namespace {
 using namespace convattn_simd;
@@ -25,7 +26,7 @@ struct Geometry {
 };
 
 template <typename T>
-Geometry geometry(const torch::Tensor& x, const torch::Tensor& kernels, int64_t dil) {
+Geometry geometry(const at::Tensor& x, const at::Tensor& kernels, int64_t dil) {
   constexpr int64_t L = kLanes<T>;
   Geometry g;
   g.B = x.size(0), g.H = x.size(1), g.W = x.size(2), g.C = x.size(3);
@@ -144,19 +145,19 @@ void backward_impl(const T* dout, const T* x, const T* kernels, const Geometry& 
 
 }  // namespace
 
-torch::Tensor image_dwconv_forward(torch::Tensor x, torch::Tensor kernels, int64_t dilation) {
-  torch::Tensor out;
+at::Tensor image_dwconv_forward(at::Tensor x, at::Tensor kernels, int64_t dilation) {
+  at::Tensor out;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "image_dwconv_forward", [&] {
     const Geometry g = geometry<scalar_t>(x, kernels, dilation);
-    out = torch::empty_like(x);
+    out = at::empty_like(x);
     forward_impl<scalar_t>(x.data_ptr<scalar_t>(), kernels.data_ptr<scalar_t>(), g, out.data_ptr<scalar_t>());
   });
   return out;
 }
 
-std::vector<torch::Tensor> image_dwconv_backward(torch::Tensor dout, torch::Tensor x, torch::Tensor kernels,
+std::vector<at::Tensor> image_dwconv_backward(at::Tensor dout, at::Tensor x, at::Tensor kernels,
                                                  int64_t dilation) {
-  auto dx = torch::empty_like(x), dk = torch::empty_like(kernels);
+  auto dx = at::empty_like(x), dk = at::empty_like(kernels);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "image_dwconv_backward", [&] {
     const Geometry g = geometry<scalar_t>(x, kernels, dilation);
     backward_impl<scalar_t>(dout.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), kernels.data_ptr<scalar_t>(), g,
@@ -165,7 +166,10 @@ std::vector<torch::Tensor> image_dwconv_backward(torch::Tensor dout, torch::Tens
   return {dx, dk};
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &image_dwconv_forward, "depth-wise conv with a kernel per image, forward (CPU)");
-  m.def("backward", &image_dwconv_backward, "depth-wise conv with a kernel per image, backward (CPU)");
+}  // namespace convattn_dwconv
+
+// torch.ops.convattn.dwconv_*: one translation unit per kernel file, built in parallel.
+TORCH_LIBRARY_FRAGMENT(convattn, m) {
+  m.def("dwconv_forward", &convattn_dwconv::image_dwconv_forward);
+  m.def("dwconv_backward", &convattn_dwconv::image_dwconv_backward);
 }

@@ -9,8 +9,7 @@
 // for every border mode) take that path; the few lanes at the borders take a per-lane path.
 // Probabilities are saved as (B, heads, H, K, W). The backward is two gather passes (per query, then per
 // key row through inverse tables), so every output element has one writer and no atomics are needed.
-#include <torch/extension.h>
-#include <ATen/Parallel.h>
+#include "common.h"
 
 #include <algorithm>
 #include <cmath>
@@ -19,6 +18,8 @@
 #include <vector>
 
 #include "simd.h"
+
+namespace convattn_na2d {
 
 namespace {
 using namespace convattn_simd;
@@ -42,8 +43,8 @@ constexpr int64_t kIrregular = std::numeric_limits<int64_t>::min();
 // fixed: windows at fixed offsets (border 'mask' or 'zeros'), so every block is regular once the slabs
 // carry col_dilation * (KW / 2) zero columns on each side.
 template <typename T>
-Tables make_tables(const torch::Tensor& r_idx, const torch::Tensor& r_ok, const torch::Tensor& r_off,
-                   const torch::Tensor& c_idx, const torch::Tensor& c_ok, const torch::Tensor& c_off,
+Tables make_tables(const at::Tensor& r_idx, const at::Tensor& r_ok, const at::Tensor& r_off,
+                   const at::Tensor& c_idx, const at::Tensor& c_ok, const at::Tensor& c_off,
                    const Geometry& g, bool fixed, int64_t col_dilation) {
   Tables tb{r_idx.data_ptr<int64_t>(), r_off.data_ptr<int64_t>(), c_idx.data_ptr<int64_t>(),
             c_off.data_ptr<int64_t>(),  r_ok.data_ptr<bool>(),     c_ok.data_ptr<bool>(), {}, {}};
@@ -886,8 +887,8 @@ void backward_keys(const T* dout, const T* q, const T* probs, const T* ds, const
 }
 
 template <typename T>
-Geometry geometry(const torch::Tensor& q, const torch::Tensor& v, const torch::Tensor& r_idx,
-                  const torch::Tensor& c_idx, bool fixed, int64_t col_dilation) {
+Geometry geometry(const at::Tensor& q, const at::Tensor& v, const at::Tensor& r_idx,
+                  const at::Tensor& c_idx, bool fixed, int64_t col_dilation) {
   Geometry g;
   g.B = q.size(0);
   g.H = q.size(1);
@@ -908,23 +909,23 @@ Geometry geometry(const torch::Tensor& q, const torch::Tensor& v, const torch::T
 }
 
 template <typename T>
-const T* optional_ptr(const torch::Tensor& t) {
+const T* optional_ptr(const at::Tensor& t) {
   return t.numel() ? t.data_ptr<T>() : nullptr;
 }
 
 }  // namespace
 
-std::vector<torch::Tensor> na2d_forward(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor rel,
-                                        torch::Tensor bias, torch::Tensor r_idx, torch::Tensor r_ok,
-                                        torch::Tensor r_off, torch::Tensor c_idx, torch::Tensor c_ok,
-                                        torch::Tensor c_off, double scale, bool zeros, bool fixed,
+std::vector<at::Tensor> na2d_forward(at::Tensor q, at::Tensor k, at::Tensor v, at::Tensor rel,
+                                        at::Tensor bias, at::Tensor r_idx, at::Tensor r_ok,
+                                        at::Tensor r_off, at::Tensor c_idx, at::Tensor c_ok,
+                                        at::Tensor c_off, double scale, bool zeros, bool fixed,
                                         int64_t col_dilation, bool save) {
-  torch::Tensor out, probs;
+  at::Tensor out, probs;
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "na2d_forward", [&] {
     const Geometry g = geometry<scalar_t>(q, v, r_idx, c_idx, fixed, col_dilation);
     const Tables tb = make_tables<scalar_t>(r_idx, r_ok, r_off, c_idx, c_ok, c_off, g, fixed, col_dilation);
-    out = torch::empty({g.B, g.H, g.W, g.NH, g.DV}, v.options());
-    probs = torch::empty({save ? g.B : 0, g.NH, g.H, g.K, g.Wp}, q.options());
+    out = at::empty({g.B, g.H, g.W, g.NH, g.DV}, v.options());
+    probs = at::empty({save ? g.B : 0, g.NH, g.H, g.K, g.Wp}, q.options());
     forward_impl<scalar_t>(q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
                            optional_ptr<scalar_t>(rel), optional_ptr<scalar_t>(bias), tb,
                            static_cast<scalar_t>(scale), zeros, fixed, g, out.data_ptr<scalar_t>(),
@@ -933,20 +934,20 @@ std::vector<torch::Tensor> na2d_forward(torch::Tensor q, torch::Tensor k, torch:
   return {out, probs};
 }
 
-std::vector<torch::Tensor> na2d_backward(torch::Tensor dout, torch::Tensor q, torch::Tensor k, torch::Tensor v,
-                                         torch::Tensor rel, torch::Tensor bias, torch::Tensor probs,
-                                         torch::Tensor r_idx, torch::Tensor r_ok, torch::Tensor r_off,
-                                         torch::Tensor c_idx, torch::Tensor c_ok, torch::Tensor c_off,
-                                         torch::Tensor r_inv, torch::Tensor c_inv, double scale, bool want_rel,
+std::vector<at::Tensor> na2d_backward(at::Tensor dout, at::Tensor q, at::Tensor k, at::Tensor v,
+                                         at::Tensor rel, at::Tensor bias, at::Tensor probs,
+                                         at::Tensor r_idx, at::Tensor r_ok, at::Tensor r_off,
+                                         at::Tensor c_idx, at::Tensor c_ok, at::Tensor c_off,
+                                         at::Tensor r_inv, at::Tensor c_inv, double scale, bool want_rel,
                                          bool want_bias, bool fixed, int64_t col_dilation) {
-  auto dq = torch::empty_like(q), dk = torch::empty_like(k), dv = torch::empty_like(v);
-  auto ds = torch::empty_like(probs);
-  torch::Tensor drel, dbias;
+  auto dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
+  auto ds = at::empty_like(probs);
+  at::Tensor drel, dbias;
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "na2d_backward", [&] {
     const Geometry g = geometry<scalar_t>(q, v, r_idx, c_idx, fixed, col_dilation);
     const Tables tb = make_tables<scalar_t>(r_idx, r_ok, r_off, c_idx, c_ok, c_off, g, fixed, col_dilation);
-    drel = torch::zeros({want_rel ? g.TH : 0, g.TW, g.NH, g.D}, q.options());
-    dbias = torch::zeros({want_bias ? g.NH : 0, g.TH, g.TW}, q.options());
+    drel = at::zeros({want_rel ? g.TH : 0, g.TW, g.NH, g.D}, q.options());
+    dbias = at::zeros({want_bias ? g.NH : 0, g.TH, g.TW}, q.options());
     const auto s = static_cast<scalar_t>(scale);
     backward_queries<scalar_t>(dout.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
                                v.data_ptr<scalar_t>(), optional_ptr<scalar_t>(rel), probs.data_ptr<scalar_t>(), tb,
@@ -1036,25 +1037,25 @@ void apply_backward_impl(const T* dout, const T* w, const T* v, const Tables& tb
   });
 }
 
-torch::Tensor na2d_apply_forward(torch::Tensor w, torch::Tensor v, torch::Tensor r_idx, torch::Tensor r_ok,
-                                 torch::Tensor r_off, torch::Tensor c_idx, torch::Tensor c_ok, torch::Tensor c_off,
+at::Tensor na2d_apply_forward(at::Tensor w, at::Tensor v, at::Tensor r_idx, at::Tensor r_ok,
+                                 at::Tensor r_off, at::Tensor c_idx, at::Tensor c_ok, at::Tensor c_off,
                                  int64_t col_dilation) {
-  torch::Tensor out;
+  at::Tensor out;
   AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "na2d_apply_forward", [&] {
     const Geometry g = geometry<scalar_t>(v, v, r_idx, c_idx, true, col_dilation);
     const Tables tb = make_tables<scalar_t>(r_idx, r_ok, r_off, c_idx, c_ok, c_off, g, true, col_dilation);
     TORCH_CHECK(w.size(4) == g.Wp && w.size(3) == g.K, "weights must be (B, heads, H, K, Wp)");
-    out = torch::empty_like(v);
+    out = at::empty_like(v);
     apply_forward_impl<scalar_t>(w.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), tb, g, out.data_ptr<scalar_t>());
   });
   return out;
 }
 
-std::vector<torch::Tensor> na2d_apply_backward(torch::Tensor dout, torch::Tensor w, torch::Tensor v,
-                                               torch::Tensor r_idx, torch::Tensor r_ok, torch::Tensor r_off,
-                                               torch::Tensor c_idx, torch::Tensor c_ok, torch::Tensor c_off,
-                                               torch::Tensor r_inv, int64_t col_dilation) {
-  auto dw = torch::empty_like(w), dv = torch::empty_like(v);
+std::vector<at::Tensor> na2d_apply_backward(at::Tensor dout, at::Tensor w, at::Tensor v,
+                                               at::Tensor r_idx, at::Tensor r_ok, at::Tensor r_off,
+                                               at::Tensor c_idx, at::Tensor c_ok, at::Tensor c_off,
+                                               at::Tensor r_inv, int64_t col_dilation) {
+  auto dw = at::empty_like(w), dv = at::empty_like(v);
   AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "na2d_apply_backward", [&] {
     const Geometry g = geometry<scalar_t>(v, v, r_idx, c_idx, true, col_dilation);
     const Tables tb = make_tables<scalar_t>(r_idx, r_ok, r_off, c_idx, c_ok, c_off, g, true, col_dilation);
@@ -1065,9 +1066,12 @@ std::vector<torch::Tensor> na2d_apply_backward(torch::Tensor dout, torch::Tensor
   return {dw, dv};
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("apply_forward", &na2d_apply_forward, "weighted window sums with given weights, forward (CPU)");
-  m.def("apply_backward", &na2d_apply_backward, "weighted window sums with given weights, backward (CPU)");
-  m.def("forward", &na2d_forward, "neighbourhood attention 2-D forward (CPU)");
-  m.def("backward", &na2d_backward, "neighbourhood attention 2-D backward (CPU)");
+}  // namespace convattn_na2d
+
+// torch.ops.convattn.na2d_*: one translation unit per kernel file, built in parallel.
+TORCH_LIBRARY_FRAGMENT(convattn, m) {
+  m.def("na2d_forward", &convattn_na2d::na2d_forward);
+  m.def("na2d_backward", &convattn_na2d::na2d_backward);
+  m.def("na2d_apply_forward", &convattn_na2d::na2d_apply_forward);
+  m.def("na2d_apply_backward", &convattn_na2d::na2d_apply_backward);
 }

@@ -9,8 +9,7 @@
 // micro-kernels. The probabilities are saved per window as (nq, np): n rows rounded up to the register
 // block, n columns rounded up to the SIMD width, zero in the padding. The backward recomputes nothing: dP = dO V^T, dS = P (dP - rowsum(P dP)), dQ = dS K,
 // dK = dS^T Q, dV = P^T dO, and the bias gradient is summed per window shape, then scattered once.
-#include <torch/extension.h>
-#include <ATen/Parallel.h>
+#include "common.h"
 
 #include <algorithm>
 #include <cmath>
@@ -18,6 +17,8 @@
 #include <vector>
 
 #include "simd.h"
+
+namespace convattn_window {
 
 namespace {
 using namespace convattn_simd;
@@ -123,8 +124,8 @@ struct Layout {
 };
 
 template <typename T>
-Layout<T> make_layout(const torch::Tensor& q, const torch::Tensor& v, const torch::Tensor& rseg,
-                      const torch::Tensor& cseg, const T* bias, int64_t wh, int64_t ww) {
+Layout<T> make_layout(const at::Tensor& q, const at::Tensor& v, const at::Tensor& rseg,
+                      const at::Tensor& cseg, const T* bias, int64_t wh, int64_t ww) {
   constexpr int64_t L = kLanes<T>;
   Layout<T> lay;
   lay.B = q.size(0), lay.H = q.size(1), lay.W = q.size(2), lay.NH = q.size(3), lay.D = q.size(4);
@@ -402,20 +403,20 @@ void backward_impl(const T* dout, const T* q, const T* k, const T* v, const T* p
 }
 
 template <typename T>
-const T* optional_ptr(const torch::Tensor& t) {
+const T* optional_ptr(const at::Tensor& t) {
   return t.numel() ? t.data_ptr<T>() : nullptr;
 }
 
 }  // namespace
 
-std::vector<torch::Tensor> window_forward(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor bias,
-                                          torch::Tensor rseg, torch::Tensor cseg, int64_t wh, int64_t ww,
+std::vector<at::Tensor> window_forward(at::Tensor q, at::Tensor k, at::Tensor v, at::Tensor bias,
+                                          at::Tensor rseg, at::Tensor cseg, int64_t wh, int64_t ww,
                                           double scale, bool save) {
-  torch::Tensor out, probs;
+  at::Tensor out, probs;
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "window_forward", [&] {
     const auto lay = make_layout<scalar_t>(q, v, rseg, cseg, optional_ptr<scalar_t>(bias), wh, ww);
-    out = torch::empty_like(v);
-    probs = torch::empty({save ? lay.B : 0, lay.image}, q.options());
+    out = at::empty_like(v);
+    probs = at::empty({save ? lay.B : 0, lay.image}, q.options());
     forward_impl<scalar_t>(q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), lay,
                            static_cast<scalar_t>(scale), out.data_ptr<scalar_t>(),
                            save ? probs.data_ptr<scalar_t>() : nullptr);
@@ -423,15 +424,15 @@ std::vector<torch::Tensor> window_forward(torch::Tensor q, torch::Tensor k, torc
   return {out, probs};
 }
 
-std::vector<torch::Tensor> window_backward(torch::Tensor dout, torch::Tensor q, torch::Tensor k, torch::Tensor v,
-                                           torch::Tensor bias, torch::Tensor probs, torch::Tensor rseg,
-                                           torch::Tensor cseg, int64_t wh, int64_t ww, double scale,
+std::vector<at::Tensor> window_backward(at::Tensor dout, at::Tensor q, at::Tensor k, at::Tensor v,
+                                           at::Tensor bias, at::Tensor probs, at::Tensor rseg,
+                                           at::Tensor cseg, int64_t wh, int64_t ww, double scale,
                                            bool want_bias) {
-  auto dq = torch::empty_like(q), dk = torch::empty_like(k), dv = torch::empty_like(v);
-  torch::Tensor dbias;
+  auto dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
+  at::Tensor dbias;
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "window_backward", [&] {
     const auto lay = make_layout<scalar_t>(q, v, rseg, cseg, optional_ptr<scalar_t>(bias), wh, ww);
-    dbias = torch::zeros({want_bias ? lay.NH : 0, 2 * wh - 1, 2 * ww - 1}, q.options());
+    dbias = at::zeros({want_bias ? lay.NH : 0, 2 * wh - 1, 2 * ww - 1}, q.options());
     backward_impl<scalar_t>(dout.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
                             v.data_ptr<scalar_t>(), probs.data_ptr<scalar_t>(), lay, static_cast<scalar_t>(scale),
                             want_bias, dq.data_ptr<scalar_t>(), dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>(),
@@ -440,7 +441,10 @@ std::vector<torch::Tensor> window_backward(torch::Tensor dout, torch::Tensor q, 
   return {dq, dk, dv, dbias};
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &window_forward, "window attention 2-D forward (CPU)");
-  m.def("backward", &window_backward, "window attention 2-D backward (CPU)");
+}  // namespace convattn_window
+
+// torch.ops.convattn.window_*: one translation unit per kernel file, built in parallel.
+TORCH_LIBRARY_FRAGMENT(convattn, m) {
+  m.def("window_forward", &convattn_window::window_forward);
+  m.def("window_backward", &convattn_window::window_backward);
 }
