@@ -224,8 +224,11 @@ def test_bench_quick_writes_a_sane_csv(tmp_path):
         assert float(r["fwd_ms"]) > 0 and float(r["fwdbwd_ms"]) >= float(r["fwd_ms"]) * 0.5
         assert int(r["macs"]) > 0 and float(r["matmul_gflops"]) > 0 and r["threads"] == "1"
         assert r["torch"].startswith("2.") and r["cpu"]
+        assert r["ratio_trusted"] in ("True", "False") and float(r["fwd_ratio_noise"]) >= 0
     base = next(r for r in rows if r["op"] == "dwconv7_channels_last")
-    assert float(base["fwd_ratio_to_dwconv"]) == 1.0
+    # the baseline against itself, repeat by repeat: exactly 1, with no noise at all
+    assert float(base["fwd_ratio_to_dwconv"]) == 1.0 and float(base["fwd_ratio_noise"]) == 0.0
+    assert base["ratio_trusted"] == "True"
 
 
 def test_models_lists_presets_and_details_count_them(tmp_path):

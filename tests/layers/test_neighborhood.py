@@ -223,6 +223,23 @@ def test_the_kernel_builds_where_ci_runs():
     assert all(load_kernel(name) is not None for name in ("na2d", "window", "dwconv"))
 
 
+@needs_kernel("na2d")
+def test_a_build_lock_left_by_a_killed_build_does_not_hang_the_next_process(tmp_path):
+    """torch's lock file, left behind by a build killed half-way, is stale and removed (it used to make
+    every later process wait forever); the next process loads the kernels at once."""
+    import subprocess
+    import sys
+
+    from convattn.layers.kernels import build_directory, library_name
+
+    stale = build_directory(library_name()) / "lock"
+    stale.write_text("")  # what torch's FileBaton leaves when its owner is killed
+    code = "from convattn.layers.kernels import load_kernel; assert load_kernel('na2d') is not None"
+    done = subprocess.run([sys.executable, "-c", code], timeout=120, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert not stale.exists()
+
+
 @pytest.mark.parametrize(
     ("backend", "device", "options", "path"),
     [

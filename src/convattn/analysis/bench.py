@@ -10,6 +10,7 @@ count and CPU.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -30,7 +31,15 @@ from convattn.layers.window import window_attention2d
 from convattn.utils.environment import environment
 from convattn.utils.records import write_csv
 
-__all__ = ["BenchConfig", "inference_rate", "run_bench", "training_rate", "unfold_local_attention"]
+__all__ = [
+    "RATIO_NOISE_LIMIT",
+    "BenchConfig",
+    "inference_rate",
+    "paired_ratios",
+    "run_bench",
+    "training_rate",
+    "unfold_local_attention",
+]
 
 BASELINE = "dwconv7_channels_last"
 # flex_attention runs eagerly on CPU, scoring every pair of pixels: measured up to 32×32 only.
@@ -275,6 +284,32 @@ def _spread(times: list[float]) -> float:
     return q[2] - q[0]
 
 
+# A ratio to the baseline is trusted when its paired ratios' interquartile range is at most this
+# fraction of their median: beyond it, the machine's noise moves the ratio more than a claim can bear.
+RATIO_NOISE_LIMIT = 0.2
+
+
+def paired_ratios(times: list[float], baseline: list[float]) -> tuple[float, float]:
+    """(median, IQR / median) of the per-repeat ratios times[i] / baseline[i].
+
+    The operators alternate within a repeat, so the i-th times of two operators saw the same state of the
+    machine; their ratio cancels what they share (frequency, a neighbour's load), and the spread of the
+    ratios is the noise of the ratio itself. NaN for forward-only operators.
+
+    Raises:
+        ValueError: for lists of different lengths, empty, or with a non-positive baseline time.
+    """
+    if len(times) != len(baseline) or not times:
+        raise ValueError(f"need one baseline time per time, got {len(times)} and {len(baseline)}")
+    if any(not b > 0 for b in baseline):
+        raise ValueError(f"baseline times must be positive, got {baseline}")
+    ratios = [t / b for t, b in zip(times, baseline, strict=True)]
+    if any(math.isnan(r) for r in ratios):
+        return float("nan"), float("nan")
+    med = statistics.median(ratios)
+    return med, _spread(ratios) / med
+
+
 def _peaks(cfg: BenchConfig) -> dict[int, dict[str, float]]:
     """Peak training memory (MiB) of every operator at every size, measured while the process is fresh
     and glibc returns large blocks at once (then the thresholds a long-running process settles at)."""
@@ -314,10 +349,12 @@ def run_bench(cfg: BenchConfig | None = None, *, log: Callable[[str], None] = pr
         ops = _ops(cfg, size)
         _warm_up(ops, cfg.warmup)
         fwd, fb = _timings(ops, cfg.repeats)
-        base_f, base_fb = statistics.median(fwd[BASELINE]), statistics.median(fb[BASELINE])
         for name, (_, macs_of) in ops.items():
             macs = macs_of()
             f_med, fb_med = statistics.median(fwd[name]), statistics.median(fb[name])
+            f_ratio, f_noise = paired_ratios(fwd[name], fwd[BASELINE])
+            fb_ratio, fb_noise = paired_ratios(fb[name], fb[BASELINE])
+            noise = max(f_noise, fb_noise) if not math.isnan(fb_noise) else f_noise
             rows.append(
                 {
                     "op": name,
@@ -328,8 +365,11 @@ def run_bench(cfg: BenchConfig | None = None, *, log: Callable[[str], None] = pr
                     "fwd_iqr_ms": _spread(fwd[name]) * 1e3,
                     "fwdbwd_ms": fb_med * 1e3,
                     "fwdbwd_iqr_ms": _spread(fb[name]) * 1e3,
-                    "fwd_ratio_to_dwconv": f_med / base_f,
-                    "fwdbwd_ratio_to_dwconv": fb_med / base_fb,
+                    "fwd_ratio_to_dwconv": f_ratio,
+                    "fwd_ratio_noise": f_noise,
+                    "fwdbwd_ratio_to_dwconv": fb_ratio,
+                    "fwdbwd_ratio_noise": fb_noise,
+                    "ratio_trusted": bool(noise <= RATIO_NOISE_LIMIT),
                     "peak_train_mib": peaks[size][name],
                     "na2d_minimum_mib": _na2d_minimum_mib(cfg, size, name),
                     "macs": macs,
@@ -343,8 +383,9 @@ def run_bench(cfg: BenchConfig | None = None, *, log: Callable[[str], None] = pr
             )
             r = rows[-1]
             log(
-                f"{size:>4} {name:<24} fwd {r['fwd_ms']:8.2f} ms ({r['fwd_ratio_to_dwconv']:6.1f}x)  "
-                f"fwd+bwd {r['fwdbwd_ms']:8.2f} ms ({r['fwdbwd_ratio_to_dwconv']:6.1f}x)  "
+                f"{size:>4} {name:<24} fwd {r['fwd_ms']:8.2f} ms ({f_ratio:6.2f}x ±{f_noise:4.0%})  "
+                f"fwd+bwd {r['fwdbwd_ms']:8.2f} ms ({fb_ratio:6.2f}x ±{fb_noise:4.0%})"
+                f"{'' if r['ratio_trusted'] else ' NOISY'}  "
                 f"peak {r['peak_train_mib']:7.1f} MiB  {r['fwd_gflops']:6.1f} GFLOP/s (matmul {roof:.0f})"
             )
     if cfg.out is not None:

@@ -16,10 +16,14 @@ training forward (probabilities saved for the hand-written backward) or an infer
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import platform
+import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 from types import SimpleNamespace
@@ -34,8 +38,10 @@ from convattn.layers.geometry import grid_windows, inverse_windows, window_segme
 __all__ = [
     "BACKENDS",
     "KERNELS",
+    "build_directory",
     "choose_backend",
     "image_dwconv_kernel",
+    "library_name",
     "load_kernel",
     "na2d_kernel",
     "pixel_dwconv_kernel",
@@ -79,25 +85,62 @@ def _ninja_on_path() -> None:
 
 
 @cache
+def library_name() -> str:
+    """The kernels' library name: a hash of the sources, torch's and Python's versions and the CPU."""
+    code = b"".join(path.read_bytes() for path in (*_SOURCES, *_HEADERS))
+    facts = (torch.__version__ + sys.version + _cpu_id()).encode()
+    return f"convattn_kernels_{hashlib.sha256(code + facts).hexdigest()[:12]}"
+
+
+def build_directory(name: str) -> Path:
+    """Where the library `name` is built: torch's extension folder (TORCH_EXTENSIONS_DIR, or its default)."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()
+    folder = Path(root) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@contextmanager
+def _build_lock(folder: Path) -> Iterator[None]:
+    """Hold the build of `folder` for this process: an OS lock, released when the process dies.
+
+    torch's own build lock is a file that a killed build leaves behind, after which every later build
+    waits for it forever. Every convattn process builds while holding this lock, so whoever holds it
+    knows that no one else is building: a torch lock file found then is stale, and is removed.
+    """
+    with open(folder / "convattn.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # waits while another process builds (or loads) here
+        try:
+            (folder / "lock").unlink(missing_ok=True)  # torch's lock, left by a build that was killed
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@cache
 def _build() -> bool:
     """Build (or find built) and load the one library of every kernel; False (with one warning) when it
     cannot be built."""
     if os.environ.get("CONVATTN_NO_KERNEL"):
         return False
     _ninja_on_path()
-    code = b"".join(path.read_bytes() for path in (*_SOURCES, *_HEADERS))
-    digest = hashlib.sha256(code + torch.__version__.encode() + _cpu_id().encode()).hexdigest()
+    name = library_name()
     try:
         from torch.utils.cpp_extension import load
 
-        load(  # one translation unit per kernel file, compiled in parallel; registers torch.ops.convattn
-            name=f"convattn_kernels_{digest[:12]}",
-            sources=[str(path) for path in _SOURCES],
-            extra_cflags=["-O3", "-march=native", "-fopenmp", "-fopenmp-simd"],
-            extra_ldflags=["-fopenmp"],
-            is_python_module=False,
-            verbose=False,
-        )
+        folder = build_directory(name)
+        with _build_lock(folder):
+            load(  # one translation unit per kernel file, compiled in parallel; registers torch.ops.convattn
+                name=name,
+                sources=[str(path) for path in _SOURCES],
+                extra_cflags=["-O3", "-march=native", "-fopenmp", "-fopenmp-simd"],
+                extra_ldflags=["-fopenmp"],
+                build_directory=str(folder),
+                is_python_module=False,
+                verbose=False,
+            )
         return True
     except Exception as err:  # no compiler, no ninja, a sandbox without a writable cache ...
         warnings.warn(

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from convattn.analysis.bench import BenchConfig, run_bench
+from convattn.analysis.bench import RATIO_NOISE_LIMIT, BenchConfig, run_bench
 from convattn.analysis.properties import property_table
 from convattn.study.section import Description, Section, register_section
 from convattn.utils.plotting import bar_plot
@@ -45,13 +45,15 @@ def run(out_dir: Path, cfg: BenchConfig) -> dict[str, Any]:
     write_csv(out_dir / "properties.csv", props)
     rows = run_bench(cfg, log=lambda s: None)
     keep = ("op", "size", "fwd_ms", "fwdbwd_ms", "fwd_ratio_to_dwconv", "fwdbwd_ratio_to_dwconv",
-            "peak_train_mib", "macs", "repeats", "threads")  # fmt: skip
+            "fwdbwd_ratio_noise", "ratio_trusted", "peak_train_mib", "macs", "repeats",
+            "threads")  # fmt: skip
     table = [
         {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items() if k in keep} for r in rows
     ]
     write_csv(out_dir / "bench.csv", table)
     plot(out_dir)
     ratio = {r["op"]: r["fwdbwd_ratio_to_dwconv"] for r in table}
+    noisy = [r["op"] for r in table if not r["ratio_trusted"]]
     return {
         "properties": props,
         "bench": table,
@@ -61,8 +63,21 @@ def run(out_dir: Path, cfg: BenchConfig) -> dict[str, Any]:
         "na2d_k7_fwdbwd_ratio": ratio.get("na2d_k7"),
         "window_w7_fwdbwd_ratio": ratio.get("window_w7"),
         "unfold_fwdbwd_ratio": ratio.get("unfold_local_k7"),
+        "noisy_ratios": noisy,
         "threads": torch.get_num_threads(),
     }
+
+
+def _noise_sentence(noisy: list[str]) -> str:
+    """Which ratios the machine's noise makes untrustworthy (paired ratios' IQR above the limit)."""
+    limit = f"{RATIO_NOISE_LIMIT:.0%} of the ratio"
+    if not noisy:
+        return f"Every ratio is trustworthy: the spread of its per-repeat ratios is within {limit}."
+    return (
+        f"Not trustworthy in this run (the spread of the per-repeat ratios exceeds {limit}): "
+        + ", ".join(noisy)
+        + "."
+    )
 
 
 def describe(m: dict[str, Any]) -> Description:
@@ -87,7 +102,8 @@ def describe(m: dict[str, Any]) -> Description:
         f"{m['threads']} threads), "
         "forward+backward relative to a 7×7 depth-wise conv: neighbourhood attention k = 7 "
         f"{m['na2d_k7_fwdbwd_ratio']:.1f}×, window attention {m['window_w7_fwdbwd_ratio']:.1f}×, the unfold "
-        f"implementation of common ports {m['unfold_fwdbwd_ratio']:.0f}×."
+        f"implementation of common ports {m['unfold_fwdbwd_ratio']:.0f}×. "
+        + _noise_sentence(m.get("noisy_ratios", []))
     )
     figures = [
         ("bench_ratios.png", "Forward+backward time of every operator relative to a 7×7 depth-wise conv.")
