@@ -399,3 +399,27 @@ def test_a_holdout_run_validates_on_it_and_never_reads_the_test_split(
     test = load(data, "test", **options)
     assert (scores["test_acc"], scores["n"]) == (evaluate(model, test)[0], len(test))
     assert test.mean == trained_on.mean != load(data, "test", seed=0, n_train=n_train or None).mean
+
+
+@pytest.mark.parametrize(
+    ("signum", "error"), [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, SystemExit)]
+)
+def test_a_second_signal_exits_at_once_and_restores_the_handlers(signum, error):
+    """The first SIGINT/SIGTERM asks for a clean stop at the next batch; a second one (a stuck step, an
+    impatient user) exits at once instead of being swallowed."""
+    from convattn.train.loop import _StopFlag
+
+    before = signal.getsignal(signum)
+
+    def two_signals() -> None:
+        with _StopFlag() as flag:
+            os.kill(os.getpid(), signum)
+            assert flag.raised  # the first: a flag, no exception
+            os.kill(os.getpid(), signum)
+            pytest.fail("the second signal did not interrupt")
+
+    with pytest.raises(error) as caught:
+        two_signals()
+    if error is SystemExit:
+        assert caught.value.code == 128 + signal.SIGTERM
+    assert signal.getsignal(signum) is before

@@ -128,7 +128,12 @@ def _prepare_folder(cfg: TrainConfig, resume: bool, main: bool) -> Path:
 
 
 class _StopFlag:
-    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint at the next batch boundary and stops."""
+    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint at the next batch boundary and stops.
+
+    A second signal does not wait for that boundary (which a stuck step may never reach): it restores
+    the previous handlers and exits at once, KeyboardInterrupt for SIGINT and exit status 128 + 15 for
+    SIGTERM; the last checkpoint on disk stays as it was (it is only ever replaced atomically).
+    """
 
     def __init__(self) -> None:
         self.raised = False
@@ -141,7 +146,13 @@ class _StopFlag:
         return self
 
     def _set(self, signum: int, frame: Any) -> None:
-        self.raised = True
+        if not self.raised:
+            self.raised = True
+            return
+        self.__exit__()
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + signum)
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._old.items():
