@@ -433,7 +433,7 @@ def _add_train_commands(commands: _Commands) -> None:
         "train",
         _cmd_train,
         "train a registered model on a data set; resumable, and runs under torchrun",
-        "Train MODEL on DATA into a run folder (config.json, checkpoint.pt after every epoch, "
+        "Train MODEL on DATA into a run folder (config.json, checkpoint.pt at epoch ends, "
         "metrics.jsonl/csv, model.safetensors). --resume continues a killed run to the same weights, bit "
         "for bit. Under `torchrun --nproc_per_node N` it trains with DistributedDataParallel. The flags "
         "are the fields of convattn.train.TrainConfig.",

@@ -423,3 +423,30 @@ def test_a_second_signal_exits_at_once_and_restores_the_handlers(signum, error):
     if error is SystemExit:
         assert caught.value.code == 128 + signal.SIGTERM
     assert signal.getsignal(signum) is before
+
+
+def test_short_epochs_checkpoint_at_a_bounded_cost_and_end_the_same(tmp_path, monkeypatch):
+    """With saves that cost 30 ms and epochs of one step, not every epoch is saved: the first and the
+    last are, the rest only once ten save-durations have passed; the weights are those of a run that
+    saves every epoch, and a resume from the last checkpoint finds the finished run."""
+    import convattn.train.loop as loop
+
+    saved: list[int] = []
+    real = loop.save_checkpoint
+
+    def slow_save(path, state):
+        time.sleep(0.03)
+        saved.append(state["epoch"])
+        real(path, state)
+
+    monkeypatch.setattr(loop, "save_checkpoint", slow_save)
+    kw = dict(model="cnn_tiny", epochs=12, n_train=64, eval_every=12)
+    train(_cfg(tmp_path / "sparse", **kw), log=lambda s: None)
+    sparse = list(saved)
+    saved.clear()
+    monkeypatch.setattr(loop, "SAVE_RATIO", 0.0)  # the old rule: every epoch
+    train(_cfg(tmp_path / "every", **kw), log=lambda s: None)
+    assert saved == list(range(1, 13))
+    assert sparse[0] == 1 and sparse[-1] == 12 and len(sparse) < 12
+    _same_weights(tmp_path / "sparse", tmp_path / "every")
+    assert load_checkpoint(tmp_path / "sparse" / "checkpoint.pt")["epoch"] == 12

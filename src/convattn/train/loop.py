@@ -6,8 +6,12 @@ dropout draws from torch's global generator, whose state is saved in every check
 at any moment and resumed therefore ends with the same weights, to the bit, as an uninterrupted run
 (at the same thread count: CPU reductions are deterministic for a fixed number of threads).
 
-Run folder: config.json, checkpoint.pt (after every epoch, and on SIGINT/SIGTERM mid-epoch),
+Run folder: config.json, checkpoint.pt (after the first and the last epoch, after any epoch that ends
+at least `SAVE_RATIO` times the last save's duration after it, and on SIGINT/SIGTERM mid-epoch),
 metrics.jsonl and metrics.csv (one row per epoch), and at the end model.safetensors and model.json.
+Saving costs a bounded share of a run (about 1 / SAVE_RATIO) however short its epochs: a run of 600
+one-step epochs no longer spends a third of its time writing checkpoints, and a kill loses at most
+that much work, which the resume redoes to the same bits.
 
 History: each row holds epoch, step, lr, train_loss and train_acc (running means over the epoch's
 augmented batches, before each update), then the evaluation — test_loss and test_acc, or with
@@ -125,6 +129,30 @@ def _prepare_folder(cfg: TrainConfig, resume: bool, main: bool) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(saved, cfg.to_json().encode())
     return out
+
+
+# A checkpoint is written once the time since the last one reaches SAVE_RATIO times that save's duration.
+SAVE_RATIO = 10.0
+
+
+class _SaveClock:
+    """When to checkpoint at an epoch boundary: after the first epoch, after the last, and whenever the
+    training since the last save took at least SAVE_RATIO times as long as that save did."""
+
+    def __init__(self) -> None:
+        self.cost: float | None = None  # no save measured yet: the first boundary saves
+        self.done = time.perf_counter()
+
+    def due(self, last: bool) -> bool:
+        if last or self.cost is None:
+            return True
+        return time.perf_counter() - self.done >= SAVE_RATIO * self.cost
+
+    def save(self, run: _Run) -> None:
+        start = time.perf_counter()
+        _save(run)
+        self.done = time.perf_counter()
+        self.cost = self.done - start
 
 
 class _StopFlag:
@@ -358,12 +386,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
                 run.model, device_ids=[dist.local_rank()] if cfg.device == "cuda" else None
             )
         augment = _augment(cfg, run.train_set)
+        clock = _SaveClock()
         with _StopFlag() as flag:
             while run.epoch < cfg.epochs:
                 run.history.append(_epoch(run, augment, stop=lambda: dist.any_process(flag.raised)))
                 run.epoch += 1
                 run.state.next_epoch()
-                _save(run)
+                if clock.due(last=run.epoch == cfg.epochs):
+                    clock.save(run)
                 if dist.is_main():
                     _write_metrics(run.out, run.history)
                     _log_epoch(run.history[-1], cfg.epochs, log)
