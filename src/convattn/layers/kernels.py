@@ -4,8 +4,9 @@ The kernels are one library of torch operators (torch.ops.convattn.*), built on 
 them, once per machine, into torch's extension cache: one translation unit per kernel file, compiled in
 parallel, each including only the ATen headers it needs (`csrc/common.h`; torch/extension.h would
 double the time spent parsing headers, most of a build). The name carries a hash of the sources, the
-torch version and the CPU, so a changed source or machine rebuilds. If no compiler is available the
-build fails once, a warning says so, and callers use the PyTorch path.
+torch and Python versions and the CPU, so a changed source or machine rebuilds. The build runs under an
+OS lock that recovers torch's own lock file when a killed build left it behind. If no compiler is
+available the build fails once, a warning says so, and callers use the PyTorch path.
 Set CONVATTN_NO_KERNEL=1 to skip the kernels altogether.
 
 Every operator with a kernel takes `backend=`: 'auto', 'kernel', 'torch', and for some an accelerator
