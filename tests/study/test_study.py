@@ -59,13 +59,11 @@ def test_the_budget_table_is_the_one_place_quick_is_read():
     assert readers == [], f"quick interpreted outside budget.py: {readers}"
 
 
-def test_the_quick_comparison_and_locality_name_existing_models():
-    from convattn.study.sections import compare, locality
+def test_the_quick_comparison_names_existing_models():
+    from convattn.study.sections import compare
 
     quick = budget.BUDGETS["quick"]
     assert len(compare.contenders(quick.compare_models)) == len(quick.compare_models or ())
-    labels = {c.label for c in locality.LOCALITY_CONTENDERS}
-    assert set(quick.locality_models or ()) <= labels
     with pytest.raises(ValueError, match="no contenders"):
         compare.contenders(("a model that is not there",))
 

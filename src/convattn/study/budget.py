@@ -34,8 +34,8 @@ class Budget:
         centre_images: test images the attention of those nets is averaged over.
         fit_conv_steps: gradient steps of each fit of the "learn a conv" section.
         fit_conv_seeds: how many fits (seeds) it makes.
-        locality: the recipe of the locality section (one rate: it asks which models beat chance).
-        locality_models: the locality section's models, by label; None: all of them.
+        locality_seeds: seeds of the locality section's long_range runs (its shapes runs are the
+            data-efficiency curve's largest point, with all of `seeds`).
         bench: the operator benchmark of the operators section.
         seq2seq: (steps, training strings, test strings) of the Transformer that reverses strings;
             None: the demo's defaults.
@@ -52,8 +52,7 @@ class Budget:
     centre_images: int
     fit_conv_steps: int
     fit_conv_seeds: int
-    locality: Recipe
-    locality_models: tuple[str, ...] | None
+    locality_seeds: int
     bench: BenchConfig
     seq2seq: tuple[int, int, int] | None
 
@@ -94,8 +93,7 @@ BUDGETS = {
         centre_images=256,
         fit_conv_steps=2000,
         fit_conv_seeds=5,
-        locality=Recipe(data="shapes", epochs=3, lrs=(3e-3,), holdout=0, n_train=1200),
-        locality_models=None,
+        locality_seeds=1,
         bench=BenchConfig(sizes=(32,), repeats=7, warmup=2),
         seq2seq=None,
     ),
@@ -111,8 +109,7 @@ BUDGETS = {
         centre_images=32,
         fit_conv_steps=100,
         fit_conv_seeds=1,
-        locality=Recipe(data="shapes", epochs=1, lrs=(3e-3,), holdout=0, n_train=512),
-        locality_models=("CNN (3×3 convs)", "ViT, patch 4 (global attention)"),
+        locality_seeds=1,
         bench=BenchConfig.quick(),
         seq2seq=(150, 1000, 100),
     ),

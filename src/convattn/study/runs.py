@@ -150,12 +150,18 @@ def _worker_init() -> None:
     torch.set_num_threads(1)  # the runs of a study set threads=1: one core per worker
 
 
+def _work(cfg: TrainConfig) -> int:
+    """A run's expected work for scheduling: images it trains on (n_train 0, the whole split: the most)."""
+    return cfg.epochs * (cfg.n_train or 2**40)
+
+
 def run_trainings(cfgs: Sequence[TrainConfig]) -> list[list[dict[str, Any]]]:
     """The histories of several runs, in order, as `run_training` gives them.
 
     Inside `parallel(jobs)` with jobs > 1 they train in `jobs` worker processes (spawned, one run each
-    at a time); a run asked for twice trains once. The results do not depend on `jobs` when the runs
-    fix their thread count (`TrainConfig.threads`): a run is the same function of its config anywhere.
+    at a time, the longest first); a run asked for twice trains once. The results do not depend on
+    `jobs` when the runs fix their thread count (`TrainConfig.threads`): a run is the same function of
+    its config anywhere.
     On Ctrl-C or SIGTERM the workers checkpoint their runs and stop (`convattn.train.Interrupted`).
     """
     resolved = [replace(c, out=str(run_folder(c))) for c in cfgs]
@@ -163,7 +169,9 @@ def run_trainings(cfgs: Sequence[TrainConfig]) -> list[list[dict[str, Any]]]:
     if jobs <= 1:
         return [run_training(c) for c in resolved]
     sink = _PROGRESS.get()
-    unique = list({c.out: c for c in resolved}.values())
+    # Longest first (images seen: epochs x training images; a whole split counts as the largest), so that
+    # no long run starts last and trains alone while the other workers idle.
+    unique = sorted({c.out: c for c in resolved}.values(), key=_work, reverse=True)
     done: dict[str, list[dict[str, Any]]] = {}
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_init) as pool:

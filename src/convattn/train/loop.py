@@ -8,7 +8,8 @@ at any moment and resumed therefore ends with the same weights, to the bit, as a
 
 Run folder: config.json, checkpoint.pt (after the first and the last epoch, after any epoch that ends
 at least `SAVE_RATIO` times the last save's duration after it, and on SIGINT/SIGTERM mid-epoch),
-metrics.jsonl and metrics.csv (one row per epoch), and at the end model.safetensors and model.json.
+metrics.jsonl and metrics.csv (one row per epoch, written with each checkpoint, so they hold the epochs
+it holds), and at the end model.safetensors and model.json.
 Saving costs a bounded share of a run (about 1 / SAVE_RATIO) however short its epochs: a run of 600
 one-step epochs no longer spends a third of its time writing checkpoints, and a kill loses at most
 that much work, which the resume redoes to the same bits.
@@ -285,21 +286,25 @@ def _resume(run: _Run, log: Callable[[str], None]) -> None:
 
 
 def _save(run: _Run) -> None:
-    """checkpoint.pt at the run's position (main process only); the sums only mid-epoch."""
-    if dist.is_main():
-        save_checkpoint(
-            run.ckpt,
-            {
-                "model": run.model.state_dict(),
-                "optimizer": run.optimizer.state_dict(),
-                "epoch": run.epoch,
-                "batch": run.state.batch,
-                "step": run.state.step,
-                "history": run.history,
-                "partial": run.state.sums() if run.state.batch else {},
-                "rng": rng_state(),
-            },
-        )
+    """checkpoint.pt at the run's position (main process only; the sums only mid-epoch), then
+    metrics.jsonl and metrics.csv with the epochs it holds: the files follow the checkpoints, so
+    thousands of short epochs do not rewrite a growing history after every one."""
+    if not dist.is_main():
+        return
+    save_checkpoint(
+        run.ckpt,
+        {
+            "model": run.model.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "epoch": run.epoch,
+            "batch": run.state.batch,
+            "step": run.state.step,
+            "history": run.history,
+            "partial": run.state.sums() if run.state.batch else {},
+            "rng": rng_state(),
+        },
+    )
+    _write_metrics(run.out, run.history)
 
 
 def _epoch(run: _Run, augment: Augment, stop: Callable[[], bool]) -> dict[str, Any]:
@@ -395,7 +400,6 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
                 if clock.due(last=run.epoch == cfg.epochs):
                     clock.save(run)
                 if dist.is_main():
-                    _write_metrics(run.out, run.history)
                     _log_epoch(run.history[-1], cfg.epochs, log)
         if dist.is_main():
             export_model(run.out, run.model, cfg, run.train_set)

@@ -44,15 +44,19 @@ from convattn.train import TrainConfig
 from convattn.utils.records import read_csv, write_csv
 
 __all__ = [
+    "EVALUATIONS",
     "MODELS",
     "SECTION",
+    "chosen_rates",
     "crossing",
     "describe",
     "epochs_for",
     "plot",
+    "point_configs",
     "run",
 ]
 
+EVALUATIONS = 4  # test-split evaluations of a run of the curve
 _Curve = tuple[list[float], list[int], list[float]]  # fractions, training images, mean test accuracy
 MODELS = (
     Contender("CNN (3 conv layers)", "cnn_digits", {"width": 16}, cnn=True),
@@ -159,16 +163,28 @@ def _search_recipe(recipe: Recipe, sizes: tuple[int, ...], min_steps: int) -> Re
     return replace(recipe, n_train=mid, epochs=epochs, search_epochs=max(1, epochs // 2))
 
 
-def _configs(
+def chosen_rates(
+    folder: Path, recipe: Recipe, sizes: tuple[int, ...], min_steps: int, seed: int
+) -> tuple[Recipe, list[dict[str, Any]], dict[str, float]]:
+    """The rate search of the curve (at the middle size, on validation data): (its recipe, its table, the
+    rate chosen per model label). Inside `runs.shared_runs` another section asking for it reuses its runs.
+    """
+    searched = _search_recipe(recipe, sizes, min_steps)
+    search, chosen = search_rates(folder, MODELS, searched, seed)
+    return searched, search, chosen
+
+
+def point_configs(
     folder: Path, c: Contender, n: int, recipe: Recipe, min_steps: int, seeds: tuple[int, ...], lr: float
 ) -> list[TrainConfig]:
     """The runs of one point of a curve, one per seed (one thread each: they train side by side).
 
-    A small set trains many short epochs: it is tested about as often as a run of `recipe.epochs`
-    epochs (and after the last), so that evaluation does not cost more than its training.
+    Every run is tested about EVALUATIONS times, evenly spaced, and after its last epoch (only the
+    final score enters the curve), so that a small set's many short epochs do not spend their time on
+    the test split.
     """
     n_epochs = epochs_for(n, recipe.epochs, min_steps, recipe.batch_size)
-    every = max(1, n_epochs // recipe.epochs)
+    every = max(1, n_epochs // EVALUATIONS)
     sized = replace(recipe, epochs=n_epochs, n_train=n)
     return [
         replace(
@@ -233,10 +249,11 @@ def run(
     _check_run_args(recipe, sizes, min_steps, seeds)
     folder = Path(folder)
     n_test = len(load(recipe.data, "test", seed=seeds[0], n_train=sizes[0]))
-    searched = _search_recipe(recipe, sizes, min_steps)
-    search, chosen = search_rates(folder, MODELS, searched, seeds[0])
+    searched, search, chosen = chosen_rates(folder, recipe, sizes, min_steps, seeds[0])
     plan = [
-        (c, _configs(folder, c, n, recipe, min_steps, seeds, chosen[c.label])) for c in MODELS for n in sizes
+        (c, point_configs(folder, c, n, recipe, min_steps, seeds, chosen[c.label]))
+        for c in MODELS
+        for n in sizes
     ]
     run_trainings([cfg for _, cfgs in plan for cfg in cfgs])  # side by side, one thread each
     rows = [_point(c, cfgs, max(sizes)) for c, cfgs in plan]
