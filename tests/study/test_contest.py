@@ -108,3 +108,15 @@ def test_every_digits_contender_reaches_90_percent_within_the_study_recipe(tmp_p
     accs = {r["model"]: r["test_acc_mean"] for r in m["rows"]}
     assert len(accs) == len(DIGITS_CONTENDERS)
     assert all(acc >= 0.9 for acc in accs.values()), accs
+
+
+def test_the_slowest_contenders_start_first():
+    from convattn.study.contest import slowest_first
+
+    a, b, c = (Contender(label, "cnn_tiny") for label in "abc")
+    search = [
+        {"model": "a", "seconds": 1.0}, {"model": "a", "seconds": 2.0}, {"model": "b", "seconds": 5.0},
+        {"model": "c", "seconds": 0.5},
+    ]  # fmt: skip
+    assert slowest_first((a, b, c), search) == [b, a, c]  # by each one's slowest try
+    assert slowest_first((a, b, c), []) == [a, b, c]  # no search: the given order

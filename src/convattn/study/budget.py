@@ -84,7 +84,7 @@ BUDGETS = {
     "full": Budget(
         name="full",
         seeds=3,
-        compare=Recipe(epochs=30, lrs=(1e-3, 3e-3, 1e-2), holdout=288, search_epochs=15),
+        compare=Recipe(epochs=30, lrs=(1e-3, 3e-3, 1e-2), holdout=288, search_epochs=10),
         compare_models=None,
         data_efficiency=_DATA_EFFICIENCY,
         sizes=(32, 320, 3200),  # two orders of magnitude; 600 steps fit the ViT to 320 images

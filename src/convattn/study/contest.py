@@ -48,6 +48,7 @@ __all__ = [
     "plot_contest",
     "recipe_sentence",
     "search_rates",
+    "slowest_first",
 ]
 
 FITTED = 0.99  # final training accuracy from which a model counts as having fit its training data
@@ -118,8 +119,9 @@ def search_rates(
     """Train every contender at every rate of `recipe.lrs` with the validation split held out.
 
     Returns:
-        (search table rows: model, lr, val_acc, train_acc, chosen; the chosen rate per label, the best
-        validation accuracy, the smaller rate on a tie). One rate: no runs, no rows, that rate.
+        (search table rows: model, lr, val_acc, train_acc, seconds (of training), chosen; the chosen
+        rate per label, the best validation accuracy, the smaller rate on a tie). One rate: no runs, no
+        rows, that rate.
     """
     if len(recipe.lrs) == 1:
         return [], {c.label: recipe.lrs[0] for c in contenders}
@@ -130,7 +132,8 @@ def search_rates(
     ]
     rows = [
         {"model": c.label, "lr": lr, "val_acc": round(h[-1]["val_acc"], 4),
-         "train_acc": round(h[-1].get("train_eval_acc", h[-1]["train_acc"]), 4)}
+         "train_acc": round(h[-1].get("train_eval_acc", h[-1]["train_acc"]), 4),
+         "seconds": round(sum(row["seconds"] for row in h), 1)}
         for (c, lr), h in zip(plan, run_trainings(cfgs), strict=True)
     ]  # fmt: skip
     chosen = {}
@@ -140,6 +143,15 @@ def search_rates(
     for r in rows:
         r["chosen"] = r["lr"] == chosen[r["model"]]
     return rows, chosen
+
+
+def slowest_first(contenders: tuple[Contender, ...], search: list[dict[str, Any]]) -> list[Contender]:
+    """The contenders in the order their runs should start: the slowest search runs first (measured),
+    so that no long run starts last and trains alone while the other workers idle."""
+    took = {
+        c.label: max((r["seconds"] for r in search if r["model"] == c.label), default=0.0) for c in contenders
+    }
+    return sorted(contenders, key=lambda c: -took[c.label])
 
 
 def _row(
@@ -189,7 +201,7 @@ def contest(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     search, chosen = search_rates(out_dir, contenders, recipe, seeds[0])
-    plan = [(c, s) for c in contenders for s in seeds]
+    plan = [(c, s) for c in slowest_first(contenders, search) for s in seeds]
     cfgs = [recipe.config(c, _folder(out_dir, c, f"s{s}"), lr=chosen[c.label], seed=s, search=False)
             for c, s in plan]  # fmt: skip
     histories = run_trainings(cfgs)

@@ -62,6 +62,11 @@ class TrainConfig:
     crop_pad: int = _opt(-1, "random-crop padding of the augmentation (0: off; -1: the data set's default)")
     flip: bool = _opt(False, "random horizontal flips (digits are not flipped by default)")
     seed: int = _opt(0, "seed of the model, the shuffle order, the augmentation and dropout")
+    channels_last: bool = _opt(
+        True,
+        "keep the model's 4-D weights and the image batches channels-last in memory, the faster layout "
+        "of CPU convolutions (the results differ from the default layout's only in rounding)",
+    )
     threads: int = _opt(
         0, "torch CPU threads (0: torch's default); runs are bit-reproducible at a fixed count"
     )

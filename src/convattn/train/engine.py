@@ -65,6 +65,7 @@ def train_one_epoch(
     clip_grad: float = 0.0,
     stop: Callable[[], bool] = lambda: False,
     bar: _Bar | None = None,
+    memory_format: torch.memory_format = torch.contiguous_format,
 ) -> bool:
     """Train `net` on the batches of `stream`, which starts at batch `state.batch` of the epoch.
 
@@ -75,13 +76,14 @@ def train_one_epoch(
     Args:
         stop: asked after every batch; when it answers True the epoch ends there.
         bar: a progress bar, advanced by one per batch.
+        memory_format: the layout each (B, C, H, W) batch is moved to the device in.
 
     Returns:
         True if `stop` ended the epoch early (`state` then names the next batch), else False.
     """
     net.train()
     for x, y in stream:
-        x, y = x.to(device), y.to(device)
+        x, y = x.to(device, memory_format=memory_format), y.to(device)
         for group in optimizer.param_groups:
             group["lr"] = lr(state.step) * group.get("lr_scale", 1.0)
         logits = net(x)
@@ -105,14 +107,18 @@ def train_one_epoch(
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, data: ImageSet, batch_size: int = 256, device: torch.device | str = "cpu"
+    model: nn.Module,
+    data: ImageSet,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    memory_format: torch.memory_format = torch.contiguous_format,
 ) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) of `model` on `data`, in eval mode."""
+    """(accuracy, mean cross-entropy) of `model` on `data`, in eval mode, batches in `memory_format`."""
     was_training = model.training
     model.eval()
     correct, loss, n = 0, 0.0, 0
     for x, y in batches(data, batch_size, seed=0, epoch=0, shuffle=False):
-        x, y = x.to(device), y.to(device)
+        x, y = x.to(device, memory_format=memory_format), y.to(device)
         logits = model(x)
         loss += F.cross_entropy(logits, y, reduction="sum").item()
         correct += int((logits.argmax(1) == y).sum())

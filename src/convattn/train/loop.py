@@ -255,6 +255,8 @@ def _start(cfg: TrainConfig, resume: bool) -> _Run:
     train_set = load(cfg.data, "train", **options)
     eval_set = load(cfg.data, "val" if cfg.holdout else "test", **options)
     model = build_model(cfg, train_set).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # 4-D weights only
     optimizer = _optimizer(model, cfg)
     # Only now that the model and data are known good: a mistyped name leaves no folder behind.
     out = _prepare_folder(cfg, resume, dist.is_main())
@@ -325,6 +327,7 @@ def _epoch(run: _Run, augment: Augment, stop: Callable[[], bool]) -> dict[str, A
     stopped = train_one_epoch(
         run.net, run.optimizer, stream, state, lr=run.lr, device=run.device,
         label_smoothing=cfg.label_smoothing, clip_grad=cfg.clip_grad, stop=stop, bar=bar,
+        memory_format=_layout(run.cfg),
     )  # fmt: skip
     bar.close()
     if stopped:
@@ -354,9 +357,15 @@ def _epoch(run: _Run, augment: Augment, stop: Callable[[], bool]) -> dict[str, A
     return row
 
 
+def _layout(cfg: TrainConfig) -> torch.memory_format:
+    return torch.channels_last if cfg.channels_last else torch.contiguous_format
+
+
 def _evaluate(run: _Run, data: ImageSet) -> tuple[float, float]:
     """(accuracy, loss) of the model on `data`, measured by the main process (the others: zeros)."""
-    return evaluate(run.model, data, device=run.device) if dist.is_main() else (0.0, 0.0)
+    if not dist.is_main():
+        return 0.0, 0.0
+    return evaluate(run.model, data, device=run.device, memory_format=_layout(run.cfg))
 
 
 def _log_epoch(row: dict[str, Any], epochs: int, log: Callable[[str], None]) -> None:

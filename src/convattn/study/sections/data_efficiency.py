@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from convattn.data import load
-from convattn.study.contest import FITTED, Contender, Recipe, search_rates
+from convattn.study.contest import FITTED, Contender, Recipe, search_rates, slowest_first
 from convattn.study.runs import run_training, run_trainings
 from convattn.study.section import Context, Description, Section, register_section
 from convattn.train import TrainConfig
@@ -255,7 +255,9 @@ def run(
         for c in MODELS
         for n in sizes
     ]
-    run_trainings([cfg for _, cfgs in plan for cfg in cfgs])  # side by side, one thread each
+    first = slowest_first(MODELS, search)
+    order = sorted(plan, key=lambda p: first.index(p[0]))  # side by side, one thread each, slowest first
+    run_trainings([cfg for _, cfgs in order for cfg in cfgs])
     rows = [_point(c, cfgs, max(sizes)) for c, cfgs in plan]
     folder.mkdir(parents=True, exist_ok=True)
     write_csv(folder / "curve.csv", rows)

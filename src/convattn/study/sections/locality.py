@@ -24,7 +24,7 @@ import torch
 
 from convattn.analysis.floors import pixel_floors
 from convattn.data import load
-from convattn.study.contest import FITTED, Contender, Recipe
+from convattn.study.contest import FITTED, Contender, Recipe, slowest_first
 from convattn.study.runs import run_trainings
 from convattn.study.section import Context, Description, Section, register_section
 from convattn.study.sections.data_efficiency import MODELS, chosen_rates, point_configs
@@ -91,22 +91,22 @@ def run(
     folder = Path(folder)
     n = max(sizes)
     first = seeds[TASKS[0]][0]
-    _, _, chosen = chosen_rates(folder / "search", recipe, sizes, min_steps, first)
+    _, search, chosen = chosen_rates(folder / "search", recipe, sizes, min_steps, first)
     plan = [
         (task, c, point_configs(folder / task, c, n, replace(recipe, data=task), min_steps, seeds[task],
                                 chosen[c.label]))
         for task in TASKS
         for c in MODELS
     ]  # fmt: skip
+    start = slowest_first(MODELS, search)
     # The floors fit in this process while the workers train (a daemon thread: Ctrl-C does not wait).
     floors: list[dict[str, Any]] = []
     fitter = threading.Thread(target=lambda: floors.extend(_floors(n, first)), daemon=True)
     fitter.start()
-    histories = run_trainings([cfg for *_, cfgs in plan for cfg in cfgs])
-    rows, i = [], 0
-    for task, c, cfgs in plan:
-        rows.append(_row(task, c, histories[i : i + len(cfgs)], n, chosen[c.label]))
-        i += len(cfgs)
+    ordered = sorted(plan, key=lambda p: start.index(p[1]))  # the slower model's runs first
+    got = iter(run_trainings([cfg for *_, cfgs in ordered for cfg in cfgs]))
+    histories = {(task, c.label): [next(got) for _ in cfgs] for task, c, cfgs in ordered}
+    rows = [_row(task, c, histories[task, c.label], n, chosen[c.label]) for task, c, _ in plan]
     fitter.join()
     if len(floors) != 2 * len(TASKS):
         raise RuntimeError("the pixel floors failed; see the traceback above")
