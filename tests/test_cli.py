@@ -278,10 +278,14 @@ def test_every_train_config_field_has_a_flag():
         "n_train": 100,
         "holdout": 50,
         "position_lr_scale": 10.0,
+        "channels_last": False,
     }  # fmt: skip
-    flags = [
-        f"--{k.replace('_', '-')}" if v is True else f"--{k.replace('_', '-')}={v}" for k, v in given.items()
-    ]
+
+    def flag(k: str, v: object) -> str:
+        name = k.replace("_", "-")
+        return f"--{name}" if v is True else f"--no-{name}" if v is False else f"--{name}={v}"
+
+    flags = [flag(k, v) for k, v in given.items()]
     cfg, _ = _train_args("--model", "m", "--out", "o", "--set", "dropout=0", "--set", "width=2", *flags)
     expected = TrainConfig(model="m", out="o", model_options={"dropout": 0, "width": 2}, **given)
     assert cfg == expected
