@@ -137,7 +137,7 @@ def test_study_refuses_bad_data_in_one_line(tmp_path, args, words):
 
 def test_report_of_a_folder_without_a_study_is_one_line(tmp_path):
     result = _run("report", str(tmp_path))
-    assert result.returncode == 1 and result.stderr.count("\n") == 1 and "no finished study" in result.stderr
+    assert result.returncode == 1 and result.stderr.count("\n") == 1 and "has no study.json" in result.stderr
 
 
 def test_an_interrupted_study_continues_from_its_finished_parts(quick_study, tmp_path):
@@ -348,3 +348,43 @@ def test_an_interrupted_study_says_how_to_continue_and_exits_130(monkeypatch, ca
     monkeypatch.setattr(study, "run_study", stop)
     assert main(["study", "--quick", "--out", str(tmp_path)]) == 130
     assert capsys.readouterr().err == f"convattn: {message}\n"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["convert", "--kernel-size", "3", "--csv", "{f}"],
+        ["convert", "--kernel-size", "3", "--picture", "{f}"],
+        ["models", "cnn_*", "--csv", "{f}"],
+        ["properties", "dwconv", "--size", "5", "--csv", "{f}"],
+        ["bench", "--quick", "--out", "{f}"],
+    ],
+)
+def test_a_file_the_user_has_is_never_replaced_without_force(tmp_path, capsys, command):
+    mine = tmp_path / "mine.csv"
+    mine.write_text("MINE\n")
+    args = [a.replace("{f}", str(mine)) for a in command]
+    assert main([*args, "--threads", "1"]) == 1
+    err = capsys.readouterr().err
+    assert f"{mine} exists; pass --force to replace it" in err and len(err.strip().splitlines()) == 1
+    assert mine.read_text() == "MINE\n"
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    args = [a.replace("{f}", str(folder)) for a in command]
+    assert main([*args, "--threads", "1"]) == 1  # refused at once, before any work
+    assert "is a folder; give the path of a file" in capsys.readouterr().err
+
+
+def test_force_replaces_a_file(tmp_path, capsys):
+    mine = tmp_path / "mine.csv"
+    mine.write_text("MINE\n")
+    assert main(["models", "cnn_tiny", "--csv", str(mine), "--force"]) == 0
+    assert mine.read_text().startswith("name")
+
+
+def test_report_writes_only_into_a_folder_a_study_made(tmp_path, capsys):
+    (tmp_path / "metrics.json").write_text("{}")
+    (tmp_path / "environment.json").write_text("{}")
+    assert main(["report", str(tmp_path)]) == 1
+    assert "is not a study's run folder (it has no study.json)" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["environment.json", "metrics.json"]

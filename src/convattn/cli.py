@@ -6,7 +6,9 @@ torch is imported only inside the handlers, so `convattn --help` answers at once
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import MISSING, fields
 from pathlib import Path
@@ -58,6 +60,21 @@ def _cmd_study(args: argparse.Namespace) -> int:
         _say(str(stop))
         return 130
     return 0
+
+
+def _output_file(path: Path | None, force: bool) -> Path | None:
+    """`path` checked before any work: a file to write, not a folder, in a folder that can be written,
+    and not an existing file unless `force` (nothing the user saved is replaced without asking)."""
+    if path is None:
+        return None
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; give the path of a file to write")
+    if path.exists() and not force:
+        raise FileExistsError(f"{path} exists; pass --force to replace it")
+    parent = next((p for p in path.absolute().parents if p.exists()), Path("/"))
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise ValueError(f"cannot write {path}: {parent} is not a writable folder")
+    return path
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -140,6 +157,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     from convattn.convert import conv_to_attention
 
     one = _conv_config(args)
+    for path in (args.csv, args.picture, args.centres):
+        _output_file(path, args.force)
     configs = [one] if one is not None else list(CONV_TABLE)
     try:
         rows = [check_conversion(c, size=tuple(args.size), seed=args.seed) for c in configs]
@@ -171,6 +190,7 @@ def _cmd_properties(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
     from convattn.analysis.properties import format_properties, property_table
 
+    _output_file(args.csv, args.force)
     rows = [p.row() for p in property_table(args.mixers or None, size=args.size)]
     print("\n".join(format_properties(rows, args.size)))
     if args.csv:
@@ -182,7 +202,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
     from convattn.analysis.bench import BenchConfig, run_bench
 
-    out = args.out or Path("runs") / "bench.csv"
+    # A new file by default: a second run never replaces the first one's numbers.
+    out = _output_file(args.out, args.force) or Path("runs") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.csv"
     cfg = BenchConfig.quick(out) if args.quick else BenchConfig(out=out)
     run_bench(cfg)
     print(f"wrote {out}")
@@ -251,7 +272,7 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from convattn.train import Interrupted, train
+    from convattn.train import Diverged, Interrupted, train
 
     try:
         cfg = _train_config(args)
@@ -259,6 +280,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except Interrupted as stop:
         _say(f"{stop}; continue with --resume")
         return 130
+    except Diverged as err:
+        _say(f"error: {err}")
+        return 1
     if dist.is_main():  # under torchrun, only the first process reports
         val = cfg.holdout > 0
         score = f"validation accuracy {result.val_acc:.4f}" if val else f"test accuracy {result.test_acc:.4f}"
@@ -280,6 +304,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
     from convattn.analysis.summary import format_models, model_table
 
+    _output_file(args.csv, args.force)
     rows = model_table(args.pattern, details=args.details)
     if not rows:
         print(f"no model matches {args.pattern!r}")
@@ -419,13 +444,15 @@ def _add_analysis_commands(commands: _Commands) -> None:
         "every mixer, neighbourhood attention, unfold local attention and global SDPA, with ratios to a "
         "7x7 depth-wise conv in channels_last measured in the same run.",
     )
-    bench.add_argument("--out", type=Path, help="CSV to write (default runs/bench.csv)")
+    bench.add_argument("--out", type=Path, help="CSV to write (default a new runs/bench-<timestamp>.csv)")
     bench.add_argument("--quick", action="store_true", help="small shapes, a few repeats (under a minute)")
     models = commands.add("models", _cmd_models, "list the registered models")
     models.add_argument("pattern", nargs="?", help="shell pattern, e.g. 'resnet*'")
     models.add_argument("--details", action="store_true", help="parameters and MACs (attention counted)")
     for table in (convert, props, models):
         table.add_argument("--csv", type=Path, help="also write the table as CSV")
+    for writer in (convert, props, models, bench):
+        writer.add_argument("--force", action="store_true", help="replace output files that exist")
 
 
 def _add_train_commands(commands: _Commands) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import Any
+
 import pytest
 import torch
 
@@ -252,14 +255,30 @@ def test_a_build_lock_left_by_a_killed_build_does_not_hang_the_next_process(tmp_
     ],
 )
 def test_one_backend_rule_for_every_operator(backend, device, options, path):
-    assert choose_backend(backend, torch.device(device), "na2d", **options) == path
+    assert choose_backend(backend, _like(device), "na2d", **options) == path
+
+
+def _like(device: str, dtype: torch.dtype = torch.float32, numel: int = 1) -> Any:
+    """What `choose_backend` reads of its tensor, on any device (no CUDA here)."""
+    return SimpleNamespace(device=torch.device(device), dtype=dtype, numel=lambda: numel)
+
+
+@needs_kernel()
+def test_half_precision_and_empty_inputs_take_the_path_that_works():
+    assert choose_backend("auto", _like("cpu"), "na2d") == "kernel"
+    for dtype in (torch.float16, torch.bfloat16):
+        assert choose_backend("auto", _like("cpu", dtype), "na2d") == "torch"
+        with pytest.raises(TypeError, match=f"computes in torch.float32, torch.float64, got {dtype}"):
+            choose_backend("kernel", _like("cpu", dtype), "na2d")
+    assert choose_backend("kernel", _like("cpu", numel=0), "na2d") == "torch"  # empty: nothing to compute
+    assert choose_backend("auto", _like("cpu", torch.float16, numel=0), "na2d") == "torch"
 
 
 def test_backend_chooser_names_what_it_cannot_do():
     with pytest.raises(ValueError, match=r"one of \('auto', 'kernel', 'torch', 'flex'\), got backend='sdpa'"):
-        choose_backend("sdpa", torch.device("cpu"), "na2d", fused="flex")
+        choose_backend("sdpa", _like("cpu"), "na2d", fused="flex")
     with pytest.raises(RuntimeError, match=r"needs a CPU tensor.*got a meta tensor"):
-        choose_backend("kernel", torch.device("meta"), "na2d")
+        choose_backend("kernel", _like("meta"), "na2d")
     q = torch.randn(1, 4, 4, 2, 3, device="meta")
     with pytest.raises(RuntimeError, match="got a meta tensor"):
         neighborhood_attention2d(q, q, q, 3, backend="kernel")

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from convattn.train import Interrupted, TrainConfig, evaluate_weights, train
+from convattn.train import Diverged, Interrupted, TrainConfig, evaluate_weights, read_history, train
 from convattn.train.checkpoint import load_checkpoint, save_checkpoint
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -151,6 +151,15 @@ def test_a_save_that_dies_midway_leaves_the_old_checkpoint(tmp_path, monkeypatch
         ({"warmup": 1.5}, "warmup=1.5"),
         ({"lr": -1.0}, "lr=-1.0"),
         ({"device": "tpu"}, "device='tpu'"),
+        ({"lr": math.inf}, "lr must be a finite number, got lr=inf"),
+        ({"lr": math.nan}, "lr=nan"),
+        ({"weight_decay": math.nan}, "weight_decay=nan"),
+        ({"weight_decay": math.inf}, "weight_decay=inf"),
+        ({"clip_grad": math.nan}, "clip_grad=nan"),
+        ({"position_lr_scale": math.inf}, "position_lr_scale=inf"),
+        ({"momentum": 5.0}, r"momentum \(AdamW: beta1\) must be in \[0, 1\), got momentum=5.0"),
+        ({"momentum": 1}, "momentum=1"),
+        ({"crop_pad": -7}, "crop_pad=-7"),
     ],
 )
 def test_bad_configs_are_named(tmp_path, kwargs, words):
@@ -450,3 +459,41 @@ def test_short_epochs_checkpoint_at_a_bounded_cost_and_end_the_same(tmp_path, mo
     assert sparse[0] == 1 and sparse[-1] == 12 and len(sparse) < 12
     _same_weights(tmp_path / "sparse", tmp_path / "every")
     assert load_checkpoint(tmp_path / "sparse" / "checkpoint.pt")["epoch"] == 12
+
+
+def test_a_diverging_run_stops_with_its_last_good_checkpoint_and_exports_nothing(tmp_path, monkeypatch):
+    """A non-finite loss stops the run before its update; the checkpoint of the last finite epoch stays."""
+    import convattn.train.engine as engine
+
+    calls, real = [0], engine.F.cross_entropy
+
+    def poisoned(*args, **kwargs):  # finite for the first epoch (22 batches), NaN from the 25th on
+        calls[0] += 1
+        loss = real(*args, **kwargs)
+        return loss * math.nan if calls[0] >= 25 else loss
+
+    monkeypatch.setattr(engine.F, "cross_entropy", poisoned)
+    out = tmp_path / "run"
+    with pytest.raises(
+        Diverged, match=r"the loss is nan at batch 2 \(step 24\) of epoch 2.*--lr \(it is 0.002\)"
+    ):
+        train(_cfg(out, model="cnn_tiny", eval_every=5), log=lambda _: None)
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values())
+    assert not (out / "model.safetensors").exists()
+    assert [row["epoch"] for row in read_history(out)] == [1]  # the files follow the checkpoint
+
+
+@pytest.mark.parametrize(
+    "flags", [["--lr", "1e6"], ["--lr", "inf"], ["--weight-decay", "nan"], ["--clip-grad", "nan"]]
+)
+def test_the_command_refuses_non_finite_settings_and_diverged_runs(tmp_path, flags):
+    out = tmp_path / "x"
+    done = subprocess.run(
+        _cli("train", "--model", "cnn_tiny", "--epochs", "1", "--out", str(out), "--threads", "1", *flags),
+        capture_output=True, text=True, env=ENV, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert ("training diverged" in done.stderr) if flags[1] == "1e6" else ("finite number" in done.stderr)
+    assert not (out / "model.safetensors").exists()

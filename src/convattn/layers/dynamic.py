@@ -36,9 +36,11 @@ def image_dwconv2d(
     if kernels.dtype != x.dtype:
         raise TypeError(f"x and kernels must share a dtype, got {x.dtype} and {kernels.dtype}")
     kh, kw = check_odd("kernel_size", (kernels.shape[-2], kernels.shape[-1]))
-    if choose_backend(backend, x.device, "dwconv") == "kernel":
+    if choose_backend(backend, x, "dwconv") == "kernel":
         record(x.numel() * kh * kw)
         out = image_dwconv_kernel(x, kernels, dilation)
+    elif B == 0:  # an empty batch: an empty result, still a function of both inputs
+        out = x * kernels.sum((2, 3))[:, :, None, None]  # (0, C, H, W)
     else:
         cl = torch.channels_last
         xc = x.contiguous(memory_format=cl)
@@ -79,7 +81,7 @@ def pixel_dwconv2d(x: Tensor, kernels: Tensor, *, dilation: int = 1, backend: st
         raise ValueError(f"kernels must hold k·k taps of a square window, got {K}")
     check_odd("kernel_size", k)
     record(B * C * H * W * K)
-    if choose_backend(backend, x.device, "na2d") == "kernel":
+    if choose_backend(backend, x, "na2d") == "kernel":
         return pixel_dwconv_kernel(x, kernels, k, dilation)
     r = (k // 2) * dilation
     padded = F.pad(x, (r, r, r, r)).reshape(B, G, C // G, H + 2 * r, W + 2 * r)  # (B, G, C/G, H+2r, W+2r)

@@ -39,6 +39,7 @@ from convattn.layers.geometry import grid_windows, inverse_windows, window_segme
 __all__ = [
     "BACKENDS",
     "KERNELS",
+    "KERNEL_DTYPES",
     "build_directory",
     "choose_backend",
     "image_dwconv_kernel",
@@ -171,26 +172,41 @@ def _ext(name: str) -> Any:
     return ext
 
 
-def choose_backend(
-    backend: str, device: torch.device, kernel: str, *, fused: str | None = None, fused_auto: bool = True
-) -> str:
-    """The path an operator runs: 'kernel', 'torch', or its accelerator path `fused` ('flex', 'sdpa').
+KERNEL_DTYPES = (torch.float32, torch.float64)  # what the C++ kernels compute in
 
-    'auto' takes `fused` on CUDA (where `fused_auto`), the C++ kernel `kernel` on the CPU when it
-    builds, and PyTorch otherwise; a named backend runs as asked.
+
+def choose_backend(
+    backend: str, x: Tensor, kernel: str, *, fused: str | None = None, fused_auto: bool = True
+) -> str:
+    """The path an operator runs on input `x`: 'kernel', 'torch', or its accelerator path `fused`.
+
+    'auto' takes `fused` ('flex', 'sdpa') on CUDA (where `fused_auto`), the C++ kernel `kernel` for a
+    non-empty float32/float64 CPU tensor when the kernel builds, and PyTorch otherwise (half precision
+    and empty batches included); a named backend runs as asked, except that an empty input always
+    takes the PyTorch path (its result is empty whatever computes it).
 
     Raises:
         ValueError: for a backend the operator does not have.
+        TypeError: for 'kernel' with a dtype the kernels do not compute in (KERNEL_DTYPES).
         RuntimeError: for 'kernel' on another device or where the kernel did not build.
     """
     allowed = BACKENDS if fused is None else (*BACKENDS, fused)
     if backend not in allowed:
         raise ValueError(f"backend must be one of {allowed}, got backend={backend!r}")
+    device = x.device
     if backend == "auto" and fused is not None and fused_auto and device.type == "cuda":
         return fused
-    if backend in ("auto", "kernel") and device.type == "cpu" and load_kernel(kernel) is not None:
+    if x.numel() == 0:
+        return "torch" if backend in ("auto", "kernel") else backend
+    usable = device.type == "cpu" and x.dtype in KERNEL_DTYPES
+    if backend in ("auto", "kernel") and usable and load_kernel(kernel) is not None:
         return "kernel"
     if backend == "kernel":
+        if device.type == "cpu" and x.dtype not in KERNEL_DTYPES:
+            raise TypeError(
+                f"backend='kernel' computes in {', '.join(map(str, KERNEL_DTYPES))}, got {x.dtype}; "
+                "use backend='auto' or 'torch'"
+            )
         why = f"got a {device.type} tensor" if device.type != "cpu" else f"the {kernel} kernel did not build"
         raise RuntimeError(f"backend='kernel' needs a CPU tensor and a built C++ kernel; {why}")
     return "torch" if backend == "auto" else backend

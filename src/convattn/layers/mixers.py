@@ -409,7 +409,8 @@ class SASAStem(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         check_tensor("x", x, 4)
         B, _, H, W = x.shape
-        per_matrix = self.values(x).reshape(B, self.m, -1, H, W)  # (B, m, out, H, W)
+        values = self.values(x)  # (B, m·out, H, W)
+        per_matrix = values.reshape(B, self.m, values.shape[1] // self.m, H, W)  # (B, m, out, H, W)
         v = (per_matrix * self.mixture(H, W)[None, :, None]).sum(1)  # (B, out, H, W)
         return _pool(self.aggregate(x, v), self.stride)
 

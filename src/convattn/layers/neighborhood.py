@@ -239,7 +239,7 @@ def neighborhood_attention2d(
     B, H, W, heads, d = q.shape
     slots = ks[0] * ks[1]
     record(B * H * W * heads * slots * (d + v.shape[-1] + (d if rel is not None else 0)))
-    path = choose_backend(backend, q.device, "na2d", fused="flex", fused_auto=border != "zeros")
+    path = choose_backend(backend, q, "na2d", fused="flex", fused_auto=border != "zeros")
     if path == "flex":
         return neighborhood_attention2d_flex(q, k, v, ks, dil, border, scale, rel, bias)
     if path == "kernel":

@@ -36,7 +36,7 @@ def _partition(x: Tensor, w_h: int, w_w: int) -> Tensor:
     B, Hp, Wp, h, d = x.shape
     x = x.reshape(B, Hp // w_h, w_h, Wp // w_w, w_w, h, d)  # (B, nH, w_h, nW, w_w, h, d)
     x = x.permute(0, 1, 3, 5, 2, 4, 6)  # (B, nH, nW, h, w_h, w_w, d)
-    return x.reshape(-1, h, w_h * w_w, d)
+    return x.reshape(B * (Hp // w_h) * (Wp // w_w), h, w_h * w_w, d)  # explicit: B may be 0
 
 
 def _merge(x: Tensor, B: int, Hp: int, Wp: int, w_h: int, w_w: int) -> Tensor:
@@ -110,7 +110,7 @@ def window_attention2d(
             additive mask: the fused path on accelerators).
     """
     win, shifts = _check_inputs(q, k, v, window, shift, bias)
-    path = choose_backend(backend, q.device, "window", fused="sdpa")
+    path = choose_backend(backend, q, "window", fused="sdpa")
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if path == "kernel":
         # q·k and p·v for every (query, key) pair of a window: Σ_windows n² = Σ_rows l² · Σ_cols l².
@@ -137,6 +137,7 @@ def _window_attention_torch(
     """Swin's roll-pad-partition recipe with a keep-mask; `fused` runs it through SDPA (accelerators)."""
     (w_h, w_w), (s_h, s_w) = window, shift
     B, H, W, heads = q.shape[:4]
+    fused = fused and B > 0  # SDPA drops the graph of an empty batch: the matmuls keep it
     Hp, Wp = -(-H // w_h) * w_h, -(-W // w_w) * w_w
 
     def prepare(x: Tensor) -> Tensor:
@@ -150,9 +151,10 @@ def _window_attention_torch(
     # Batched matmuls over (image, window, head): the additive mask broadcasts over images instead of
     # being copied per image, and the fused kernel's mask handling is skipped (it falls back to the same
     # matmuls here, with copies).
-    qw = prepare(q).reshape(B, nW, heads, Q, -1)  # (B, nW, h, Q, d)
-    kw = prepare(k).reshape(B, nW, heads, Q, -1)
-    vw = prepare(v).reshape(B, nW, heads, Q, -1)
+    d, dv = q.shape[-1], v.shape[-1]  # sizes spelt out: with B = 0 a -1 would be ambiguous
+    qw = prepare(q).reshape(B, nW, heads, Q, d)  # (B, nW, h, Q, d)
+    kw = prepare(k).reshape(B, nW, heads, Q, d)
+    vw = prepare(v).reshape(B, nW, heads, Q, dv)
     if fused:
         # The fused path for accelerators: one additive mask (bias and -inf) per window and head.
         add = torch.zeros(nW, heads, Q, Q, dtype=q.dtype, device=q.device)  # (nW, h, Q, K)
@@ -160,9 +162,9 @@ def _window_attention_torch(
             add = add + _bias_matrix(bias, w_h, w_w).to(q.dtype)
         add = add.masked_fill(~keep[:, None], float("-inf"))
         out = F.scaled_dot_product_attention(
-            qw.reshape(B * nW, heads, Q, -1),
-            kw.reshape(B * nW, heads, Q, -1),
-            vw.reshape(B * nW, heads, Q, -1),
+            qw.reshape(B * nW, heads, Q, d),
+            kw.reshape(B * nW, heads, Q, d),
+            vw.reshape(B * nW, heads, Q, dv),
             attn_mask=add.repeat(B, 1, 1, 1),  # (B·nW, h, Q, K)
             scale=scale,
         )  # (B·nW, h, Q, d_v)
@@ -172,7 +174,7 @@ def _window_attention_torch(
             scores = scores + _bias_matrix(bias, w_h, w_w).to(q.dtype)  # (h, Q, K)
         if not bool(keep.all()):
             scores = scores.masked_fill(~keep[:, None], float("-inf"))  # (nW, 1, Q, K)
-        out = (scores.softmax(dim=-1) @ vw).reshape(B * nW, heads, Q, -1)  # (B·nW, h, Q, d_v)
+        out = (scores.softmax(dim=-1) @ vw).reshape(B * nW, heads, Q, dv)  # (B·nW, h, Q, d_v)
     return _unpartition(out, B, H, W, Hp, Wp, window, shift)
 
 

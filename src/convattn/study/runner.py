@@ -304,6 +304,10 @@ def run_study(cfg: StudyConfig | None = None, *, log: TextIO | None = None) -> P
 def redraw(run_dir: Path) -> Path:
     """Draw every figure of a finished study again from its CSV files, then write its report again."""
     run_dir = Path(run_dir)
+    if not (run_dir / "study.json").is_file():  # only a folder the study made is written into
+        raise FileNotFoundError(
+            f"{run_dir} is not a study's run folder (it has no study.json); nothing written"
+        )
     try:
         order = list(json.loads((run_dir / "metrics.json").read_text()))
     except (OSError, json.JSONDecodeError) as err:

@@ -16,13 +16,14 @@ from convattn.train.schedule import lr_at, warmup_cosine
 from convattn.utils.lazy import lazy_submodules
 
 if TYPE_CHECKING:
-    from convattn.train.engine import evaluate, train_one_epoch
+    from convattn.train.engine import Diverged, evaluate, train_one_epoch
     from convattn.train.export import evaluate_weights, load_weights
     from convattn.train.loop import Interrupted, RunResult, build_model, read_history, train
 
 _TORCH_MODULES = ("engine", "export", "loop")  # searched in this order by name
 
 __all__ = [
+    "Diverged",
     "Interrupted",
     "RunResult",
     "TrainConfig",

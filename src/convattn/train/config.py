@@ -7,6 +7,7 @@ class docstring, `convattn train --help` and the checks of `__post_init__` all r
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from functools import cache
 from pathlib import Path
@@ -99,6 +100,10 @@ class TrainConfig:
             choices = f.metadata.get("choices", ())
             if choices and getattr(self, f.name) not in choices:
                 raise ValueError(f"{f.name} must be one of {choices}, got {f.name}={getattr(self, f.name)!r}")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{f.name} must be a finite number, got {f.name}={value!r}")
         for name in ("epochs", "batch_size", "eval_every"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be a positive int, got {name}={getattr(self, name)!r}")
@@ -121,6 +126,13 @@ class TrainConfig:
             raise ValueError(f"warmup is a fraction of the steps in [0, 1), got warmup={self.warmup!r}")
         if self.label_smoothing >= 1:
             raise ValueError(f"label_smoothing must be < 1, got {self.label_smoothing!r}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum (AdamW: beta1) must be in [0, 1), got momentum={self.momentum!r}")
+        if self.crop_pad < -1:
+            raise ValueError(
+                "crop_pad must be >= 0 (0: no random crop) or -1 (the data set's default), got "
+                f"crop_pad={self.crop_pad!r}"
+            )
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

@@ -8,6 +8,7 @@ model on a data set in eval mode.
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -19,7 +20,11 @@ from torch import Tensor, nn
 
 from convattn.data import ImageSet, batches
 
-__all__ = ["EpochState", "evaluate", "progress_bar", "train_one_epoch"]
+__all__ = ["Diverged", "EpochState", "evaluate", "progress_bar", "train_one_epoch"]
+
+
+class Diverged(RuntimeError):  # noqa: N818 (a training outcome, named as the command reports it)
+    """Training stopped because the loss (or the weights) stopped being finite numbers."""
 
 
 class _Bar(Protocol):
@@ -80,6 +85,9 @@ def train_one_epoch(
 
     Returns:
         True if `stop` ended the epoch early (`state` then names the next batch), else False.
+
+    Raises:
+        Diverged: a batch's loss is not finite (NaN or infinite); no update was taken for it.
     """
     net.train()
     for x, y in stream:
@@ -88,6 +96,9 @@ def train_one_epoch(
             group["lr"] = lr(state.step) * group.get("lr_scale", 1.0)
         logits = net(x)
         loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+        value = loss.item()
+        if not math.isfinite(value):  # before the update: the weights of the last step stay as they were
+            raise Diverged(f"the loss is {value} at batch {state.batch} (step {state.step})")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if clip_grad:
@@ -96,7 +107,7 @@ def train_one_epoch(
         state.batch += 1
         state.step += 1
         state.seen += len(y)
-        state.loss_sum += loss.item() * len(y)
+        state.loss_sum += value * len(y)
         state.correct += int((logits.argmax(1) == y).sum())
         if bar is not None:
             bar.update(1)

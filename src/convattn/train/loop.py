@@ -43,7 +43,7 @@ from convattn.data import Augment, ImageSet, batches, default_augment, load
 from convattn.models.registry import create_model
 from convattn.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from convattn.train.config import TrainConfig
-from convattn.train.engine import EpochState, evaluate, progress_bar, train_one_epoch
+from convattn.train.engine import Diverged, EpochState, evaluate, progress_bar, train_one_epoch
 from convattn.train.export import export_model
 from convattn.train.schedule import lr_at
 from convattn.utils import dist
@@ -287,12 +287,28 @@ def _resume(run: _Run, log: Callable[[str], None]) -> None:
         log(f"resuming {run.out} at epoch {run.epoch + 1}, batch {run.state.batch}")
 
 
+def _diverged(run: _Run, what: str) -> Diverged:
+    """The error that stops a run whose loss or weights are no longer finite, saying what is kept."""
+    cfg = run.cfg
+    kept = (
+        f"the last good checkpoint ({run.ckpt}, epoch {load_checkpoint(run.ckpt)['epoch']}) is kept"
+        if run.ckpt.exists()
+        else "no checkpoint had been written"
+    )
+    return Diverged(
+        f"training diverged: {what}; try a lower --lr (it is {cfg.lr:g}) or --clip-grad; {kept}, and no "
+        "model was exported"
+    )
+
+
 def _save(run: _Run) -> None:
     """checkpoint.pt at the run's position (main process only; the sums only mid-epoch), then
     metrics.jsonl and metrics.csv with the epochs it holds: the files follow the checkpoints, so
     thousands of short epochs do not rewrite a growing history after every one."""
     if not dist.is_main():
         return
+    if not all(bool(torch.isfinite(p).all()) for p in run.model.parameters()):
+        raise _diverged(run, f"the weights are no longer finite after epoch {run.epoch}")
     save_checkpoint(
         run.ckpt,
         {
@@ -324,11 +340,15 @@ def _epoch(run: _Run, augment: Augment, stop: Callable[[], bool]) -> dict[str, A
     )  # fmt: skip
     bar = progress_bar(run.steps_per_epoch, f"epoch {run.epoch + 1}/{cfg.epochs}", dist.is_main())
     bar.update(state.batch)
-    stopped = train_one_epoch(
-        run.net, run.optimizer, stream, state, lr=run.lr, device=run.device,
-        label_smoothing=cfg.label_smoothing, clip_grad=cfg.clip_grad, stop=stop, bar=bar,
-        memory_format=_layout(run.cfg),
-    )  # fmt: skip
+    try:
+        stopped = train_one_epoch(
+            run.net, run.optimizer, stream, state, lr=run.lr, device=run.device,
+            label_smoothing=cfg.label_smoothing, clip_grad=cfg.clip_grad, stop=stop, bar=bar,
+            memory_format=_layout(run.cfg),
+        )  # fmt: skip
+    except Diverged as err:
+        bar.close()
+        raise _diverged(run, f"{err} of epoch {run.epoch + 1}") from None
     bar.close()
     if stopped:
         _save(run)
