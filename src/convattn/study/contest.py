@@ -48,6 +48,7 @@ __all__ = [
     "plot_contest",
     "recipe_sentence",
     "search_rates",
+    "seed_summary",
     "slowest_first",
 ]
 
@@ -154,6 +155,19 @@ def slowest_first(contenders: tuple[Contender, ...], search: list[dict[str, Any]
     return sorted(contenders, key=lambda c: -took[c.label])
 
 
+def seed_summary(last: list[dict[str, Any]]) -> dict[str, float]:
+    """The final epoch rows of one model's runs (one per seed) in four numbers: the mean and std of
+    test accuracy, the mean and worst final training accuracy (eval mode where recorded)."""
+    acc = [h["test_acc"] for h in last]
+    fit = [h.get("train_eval_acc", h["train_acc"]) for h in last]
+    return {
+        "test_acc_mean": round(statistics.fmean(acc), 4),
+        "test_acc_std": round(statistics.stdev(acc), 4) if len(acc) > 1 else 0.0,
+        "train_acc_mean": round(statistics.fmean(fit), 4),
+        "train_acc_min": round(min(fit), 4),
+    }
+
+
 def _row(
     c: Contender, histories: list[list[dict[str, Any]]], lr: float, recipe: Recipe, device: str
 ) -> dict[str, Any]:
@@ -161,8 +175,7 @@ def _row(
     test = load(recipe.data, "test")
     x, y = test.tensors()
     x, y = x[:256], y[:256]  # (N, C, H, W), (N,): the images of the speed and MAC probes
-    accs = [h[-1]["test_acc"] for h in histories]
-    fit = [h[-1].get("train_eval_acc", h[-1]["train_acc"]) for h in histories]
+    summary = seed_summary([h[-1] for h in histories])
 
     def build() -> torch.nn.Module:
         return create_model(
@@ -176,10 +189,10 @@ def _row(
         "data": recipe.data,
         "epochs": recipe.epochs,
         "lr": lr,
-        "test_acc_mean": round(statistics.fmean(accs), 4),
-        "test_acc_std": round(statistics.stdev(accs), 4) if len(accs) > 1 else 0.0,
-        "train_acc_mean": round(statistics.fmean(fit), 4),
-        "seeds": len(accs),
+        "test_acc_mean": summary["test_acc_mean"],
+        "test_acc_std": summary["test_acc_std"],
+        "train_acc_mean": summary["train_acc_mean"],
+        "seeds": len(histories),
         "params": count_parameters(model),
         "macs_per_image": count_macs(model.eval(), x[:1].to(device)),
         "train_images_per_s": round(training_rate(build(), x[:64].to(device), y[:64].to(device))),

@@ -100,7 +100,6 @@ class TrainConfig:
             choices = f.metadata.get("choices", ())
             if choices and getattr(self, f.name) not in choices:
                 raise ValueError(f"{f.name} must be one of {choices}, got {f.name}={getattr(self, f.name)!r}")
-        for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise ValueError(f"{f.name} must be a finite number, got {f.name}={value!r}")

@@ -347,9 +347,9 @@ def _epoch(run: _Run, augment: Augment, stop: Callable[[], bool]) -> dict[str, A
             memory_format=_layout(run.cfg),
         )  # fmt: skip
     except Diverged as err:
-        bar.close()
         raise _diverged(run, f"{err} of epoch {run.epoch + 1}") from None
-    bar.close()
+    finally:
+        bar.close()
     if stopped:
         _save(run)
         raise Interrupted(

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import statistics
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -37,7 +36,7 @@ import numpy as np
 import torch
 
 from convattn.data import load
-from convattn.study.contest import FITTED, Contender, Recipe, search_rates, slowest_first
+from convattn.study.contest import FITTED, Contender, Recipe, search_rates, seed_summary, slowest_first
 from convattn.study.runs import run_training, run_trainings
 from convattn.study.section import Context, Description, Section, register_section
 from convattn.train import TrainConfig
@@ -200,8 +199,7 @@ def _point(c: Contender, cfgs: list[TrainConfig], n_max: int) -> dict[str, Any]:
     """One point of a curve: model `c`, its runs on one size (one per seed)."""
     last = [run_training(cfg)[-1] for cfg in cfgs]  # trained already by `run`: reused here
     n = cfgs[0].n_train
-    acc = [h["test_acc"] for h in last]
-    fit = [h.get("train_eval_acc", h["train_acc"]) for h in last]
+    s = seed_summary(last)
     return {
         "model": c.label,
         "kind": "CNN" if c.cnn else "attention",
@@ -209,13 +207,13 @@ def _point(c: Contender, cfgs: list[TrainConfig], n_max: int) -> dict[str, Any]:
         "n_train": n,
         "seeds": len(cfgs),
         "lr": cfgs[0].lr,
-        "test_acc_mean": round(statistics.fmean(acc), 4),
-        "test_acc_std": round(statistics.stdev(acc), 4) if len(acc) > 1 else 0.0,
+        "test_acc_mean": s["test_acc_mean"],
+        "test_acc_std": s["test_acc_std"],
         "epochs": cfgs[0].epochs,
         "steps": last[0]["step"],
-        "train_acc_mean": round(statistics.fmean(fit), 4),
-        "train_acc_min": round(min(fit), 4),
-        "fitted": int(min(fit) >= FITTED),
+        "train_acc_mean": s["train_acc_mean"],
+        "train_acc_min": s["train_acc_min"],
+        "fitted": int(s["train_acc_min"] >= FITTED),
     }  # fmt: skip
 
 

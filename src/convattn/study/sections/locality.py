@@ -14,7 +14,6 @@ same splits: the linear and MLP floors on raw pixels (the MLP, too, sees every p
 
 from __future__ import annotations
 
-import statistics
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 
 from convattn.analysis.floors import pixel_floors
 from convattn.data import load
-from convattn.study.contest import FITTED, Contender, Recipe, slowest_first
+from convattn.study.contest import FITTED, Contender, Recipe, seed_summary, slowest_first
 from convattn.study.runs import run_trainings
 from convattn.study.section import Context, Description, Section, register_section
 from convattn.study.sections.data_efficiency import MODELS, chosen_rates, point_configs
@@ -38,21 +37,16 @@ CHANCE_MARGIN = 0.05  # a test accuracy within this of chance (1 / classes) coun
 
 def _row(task: str, c: Contender, histories: list[list[dict[str, Any]]], n: int, lr: float) -> dict[str, Any]:
     last = [h[-1] for h in histories]
-    acc = [h["test_acc"] for h in last]
-    fit = [h.get("train_eval_acc", h["train_acc"]) for h in last]
     return {
         "task": task,
         "model": c.label,
         "kind": "CNN" if c.cnn else "attention",
         "n_train": n,
-        "seeds": len(acc),
+        "seeds": len(last),
         "lr": lr,
         "epochs": len(histories[0]),
         "steps": last[0]["step"],
-        "test_acc_mean": round(statistics.fmean(acc), 4),
-        "test_acc_std": round(statistics.stdev(acc), 4) if len(acc) > 1 else 0.0,
-        "train_acc_mean": round(statistics.fmean(fit), 4),
-        "train_acc_min": round(min(fit), 4),
+        **seed_summary(last),
     }
 
 
@@ -130,7 +124,7 @@ def run(
 
 def plot(folder: Path) -> None:
     """locality_accuracy.png from locality.csv and floors.csv: test accuracy per task and model (mean ±
-    std over seeds), the pixel floors as ticks and chance as a dotted line."""
+    std over seeds), the linear (dashed) and MLP (dotted) floors on pixels as red ticks per task."""
     from convattn.utils.plotting import plt, save_figure
 
     folder = Path(folder)
