@@ -182,7 +182,7 @@ class _Eval:
         return eval, ("__import__('os').system('true')",)
 
 
-@pytest.mark.parametrize("protocol", [4, 5])
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])  # 2: bytes as _codecs.encode(text, "latin1")
 def test_cifar10_batches_load_in_their_published_layout(tmp_path, protocol):
     _fake_cifar10(tmp_path, protocol=protocol)
     train, test = load(f"cifar10:{tmp_path}", "train"), load(f"cifar10:{tmp_path}", "test")
@@ -204,12 +204,29 @@ def test_cifar100_uses_fine_labels(tmp_path):
     assert test.labels.tolist() == [0, 57, 99] and test.num_classes == 100 and test.classes[57] == "f57"
 
 
-@pytest.mark.parametrize(("payload", "named"), [(_Shell, "system"), (_Eval, "builtins.eval")])
-def test_a_malicious_batch_is_refused_without_running(tmp_path, payload, named):
-    _fake_cifar10(tmp_path)
+class _Codec:
+    """Asks `_codecs.encode`, which protocol 2 needs for bytes, for another codec than latin-1."""
+
+    def __reduce__(self):
+        import codecs
+
+        return codecs.encode, ("print('hi')", "rot13")
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.DEFAULT_PROTOCOL])
+@pytest.mark.parametrize(
+    ("payload", "named"),
+    [
+        (_Shell, "system"),
+        (_Eval, r"(builtins|__builtin__)\.eval"),
+        (_Codec, "_codecs.encode of a str with encoding 'rot13'"),
+    ],
+)
+def test_a_malicious_batch_is_refused_without_running(tmp_path, payload, named, protocol):
+    _fake_cifar10(tmp_path, protocol=protocol)
     canary = tmp_path / "pwned"
     evil = payload(f"touch {canary}") if payload is _Shell else payload()
-    _write(tmp_path / "data_batch_1", {b"data": evil, b"labels": [0]})
+    _write(tmp_path / "data_batch_1", {b"data": evil, b"labels": [0]}, protocol)
     with pytest.raises(
         UnsafePickleError, match=rf"refusing to unpickle .*data_batch_1: it asks for .*{named}"
     ):
@@ -285,6 +302,53 @@ def test_folder_of_class_subfolders_is_read_resized_and_split(tmp_path):
     for colour, label in zip(colours.tolist(), train.labels.tolist(), strict=True):
         assert colour in ([255, 0, 0], [128, 128, 128]) if label == 0 else colour == [0, 0, 255]
     assert load(f"folder:{tmp_path}", "test").labels.tolist() == test.labels.tolist()  # fixed split
+
+
+def test_a_folder_that_cannot_score_a_classifier_is_refused(tmp_path):
+    for i in range(5):
+        _png(tmp_path / "one" / "cat" / f"{i}.png", (0, 0, 255))
+    with pytest.raises(ValueError, match=r"one class sub-folder \('cat'\)"):  # it would score 100%
+        load(f"folder:{tmp_path / 'one'}", "train")
+    for name in ("cat", "dog"):  # 2 images per class: round(0.2 * 2) = 0 go to test
+        for i in range(2):
+            _png(tmp_path / "few" / name / f"{i}.png", (0, 0, 9 * i))
+    with pytest.raises(ValueError, match="empty test split"):  # it would score 0%
+        load(f"folder:{tmp_path / 'few'}", "test")
+    for split in ("train", "test"):
+        _png(tmp_path / "given" / split / "cat" / "0.png", (1, 2, 3))
+    _png(tmp_path / "given" / "train" / "dog" / "0.png", (3, 2, 1))
+    (tmp_path / "given" / "test" / "dog").mkdir()
+    assert len(load(f"folder:{tmp_path / 'given'}", "test")) == 1  # a class absent from test is fine ...
+    (tmp_path / "given" / "train" / "emu").mkdir()
+    with pytest.raises(ValueError, match=r"\['emu'\] have no training images"):  # ... from train is not
+        load(f"folder:{tmp_path / 'given'}", "train")
+
+
+def _bomb_png(path, side):
+    """A PNG header claiming side x side pixels, over a few bytes of data."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
+
+
+@pytest.mark.parametrize(("side", "said"), [(100_000, "10000000000 pixels"), (10_000, "10000x10000 pixels")])
+def test_a_decompression_bomb_is_refused_before_decoding(tmp_path, side, said):
+    import time
+
+    for name in ("cat", "dog"):
+        for i in range(3):
+            _png(tmp_path / name / f"{i}.png", (0, 0, 9 * i))
+    _bomb_png(tmp_path / "dog" / "huge.png", side)  # decoding it: side² · 3 bytes
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=rf"refusing image .*huge\.png: .*{said}.*not decoded"):
+        load(f"folder:{tmp_path}", "train")
+    assert time.perf_counter() - start < 2
 
 
 def test_folder_with_train_and_test_subfolders_keeps_the_users_split(tmp_path):

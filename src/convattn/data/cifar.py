@@ -2,9 +2,10 @@
 
 A pickle can name any importable callable and have it called while loading, so a file that merely
 claims to be a CIFAR batch could run code. The batches are therefore read by `SafeUnpickler`, which
-resolves only what the real files need — numpy array and dtype reconstruction and builtin containers
-— and refuses anything else before it is called. Every batch is then checked: a dict with b"data" of
-shape (N, 3072) uint8 (row-major R, G, B planes of 32×32) and N labels in range.
+resolves only what the real files need — numpy array and dtype reconstruction and builtin containers,
+plus, for batches pickled with protocol 2 under Python 3, `_codecs.encode` limited to turning text
+into latin-1 bytes — and refuses anything else before it is called. Every batch is then checked: a dict
+with b"data" of shape (N, 3072) uint8 (row-major R, G, B planes of 32×32) and N labels in range.
 
 Checksums: the published MD5 of each file is checked when ``verify="strict"``, never with ``"off"``,
 and with ``"auto"`` (the default) whenever a file holds the published number of images — that is, when
@@ -67,7 +68,8 @@ class UnsafePickleError(ValueError):
 
 
 class SafeUnpickler(pickle.Unpickler):
-    """An unpickler that resolves only numpy array/dtype reconstruction and builtin containers."""
+    """An unpickler that resolves only numpy array/dtype reconstruction, builtin containers, and the
+    latin-1 encoding protocol-2 pickles written by Python 3 use for bytes."""
 
     def __init__(self, file: io.BufferedIOBase, path: Path) -> None:
         super().__init__(file, encoding="bytes")  # the batches were written by Python 2: str -> bytes
@@ -79,6 +81,8 @@ class SafeUnpickler(pickle.Unpickler):
             return getattr(builtins, name)
         if module == "numpy" and name in ("ndarray", "dtype"):
             return getattr(np, name)
+        if (module, name) == ("_codecs", "encode"):  # protocol 2 under Python 3 spells bytes this way
+            return self._latin1
         sub = _NUMPY_CORE.get(name)
         if sub is not None and module in (f"numpy.core.{sub}", f"numpy._core.{sub}"):
             return getattr(_numpy_core(sub), name)
@@ -86,6 +90,19 @@ class SafeUnpickler(pickle.Unpickler):
             f"refusing to unpickle {self.path}: it asks for {module}.{name}; "
             "CIFAR batches hold only arrays and lists"
         )
+
+    def _latin1(self, text: object, encoding: object = "latin1") -> bytes:
+        """`_codecs.encode` as a protocol-2 pickle calls it for bytes objects: a str to latin-1 bytes.
+
+        Any other use (another codec, or something else than a str) is refused: codecs are a plugin
+        registry, and a CIFAR batch needs only this one.
+        """
+        if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+            raise UnsafePickleError(
+                f"refusing to unpickle {self.path}: it asks for _codecs.encode of a "
+                f"{type(text).__name__} with encoding {encoding!r}; CIFAR batches need latin-1 text only"
+            )
+        return text.encode("latin-1")
 
 
 def _numpy_core(sub: str) -> Any:

@@ -4,10 +4,15 @@ Layout: either ``PATH/train/<class>/*`` and ``PATH/test/<class>/*`` (the user's 
 or ``PATH/<class>/*`` (a fixed stratified split by file name puts 20 % of each class in test). Class
 names are the sorted sub-folder names; hidden entries and files that are not images are skipped.
 Every image is converted to RGB and resized (aspect ratio not kept, bilinear) to image_size².
+
+Refused, naming the folder or file: fewer than two classes, a class without training images, an empty
+test split (each would make the accuracy meaningless), and an image whose header claims more pixels
+than Pillow decodes safely (`PIL.Image.MAX_IMAGE_PIXELS`), before any of it is decoded.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -36,15 +41,37 @@ def _image_files(folder: Path) -> list[Path]:
     )
 
 
+def _check_pixels(path: Path, size: tuple[int, int]) -> None:
+    """Refuse, before decoding, an image whose header claims more pixels than Pillow decodes safely."""
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS  # None: the user turned Pillow's own check off
+    if limit is not None and size[0] * size[1] > limit:
+        raise ValueError(
+            f"refusing image {path}: its header claims {size[0]}x{size[1]} pixels, more than the "
+            f"{limit} Pillow decodes safely (a decompression bomb?); it was not decoded"
+        )
+
+
 def _read_image(path: Path, image_size: int) -> np.ndarray:
-    """One file as a (3, image_size, image_size) uint8 array; an unreadable file is a ValueError naming it."""
+    """One file as a (3, image_size, image_size) uint8 array; an unreadable file, or one too large to
+    decode safely, is a ValueError naming it."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
-            rgb = img.convert("RGB").resize((image_size, image_size), Image.Resampling.BILINEAR)
+        with warnings.catch_warnings():  # _check_pixels says it in one line, instead of Pillow's warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)  # reads the header only
+    except Image.DecompressionBombError as err:  # beyond twice the limit Pillow refuses to open it
+        raise ValueError(f"refusing image {path}: {err} It was not decoded.") from None
     except (OSError, UnidentifiedImageError, ValueError) as err:
         raise ValueError(f"cannot read image {path}: {err}") from err
+    with img:
+        _check_pixels(path, img.size)
+        try:
+            rgb = img.convert("RGB").resize((image_size, image_size), Image.Resampling.BILINEAR)
+        except (OSError, ValueError) as err:  # a truncated or damaged body
+            raise ValueError(f"cannot read image {path}: {err}") from err
     return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)  # (H, W, 3) -> (3, H, W)
 
 
@@ -67,6 +94,26 @@ def _tensors(files: list[Path], labels: list[int], image_size: int) -> tuple[Ten
     return torch.from_numpy(images), torch.tensor(labels, dtype=torch.int64)
 
 
+def _check_split(root: Path, classes: tuple[str, ...], train: list[int], test: list[int]) -> None:
+    """Refuse a folder a classifier cannot be scored on: a score over one class, or over no test image,
+    would read as 100% or 0% and mean nothing."""
+    if not classes:
+        raise ValueError(f"no class sub-folders in {root}: expected {root}/<class>/<image files>")
+    if not train:
+        raise ValueError(f"no training images under {root} (suffixes: {sorted(IMAGE_SUFFIXES)})")
+    if len(classes) < 2:
+        raise ValueError(f"{root} has one class sub-folder ({classes[0]!r}); a classifier needs two or more")
+    trained = set(train)
+    empty = [name for k, name in enumerate(classes) if k not in trained]
+    if empty:
+        raise ValueError(f"{root}: the classes {empty} have no training images")
+    if not test:
+        raise ValueError(
+            f"{root} gives an empty test split: put images in {root}/test/<class>, or at least 3 per class "
+            f"for the automatic split (it keeps {TEST_FRACTION:.0%} of each class, rounded, for testing)"
+        )
+
+
 def load_folder(root: str | Path, *, image_size: int = 32) -> tuple[ImageSet, ImageSet]:
     """Both splits of a folder of class sub-folders (see the module docstring for the layout).
 
@@ -79,7 +126,9 @@ def load_folder(root: str | Path, *, image_size: int = 32) -> tuple[ImageSet, Im
 
     Raises:
         FileNotFoundError: `root` is not a folder.
-        ValueError: no class sub-folders, no images, a test class unknown to train, an unreadable file.
+        ValueError: no class sub-folders, or only one; no images, a class without training images, no test
+            images; a test class unknown to train; an unreadable file, or one whose header claims more
+            pixels than Pillow decodes safely (refused before decoding).
     """
     root = Path(root)
     if not root.is_dir():
@@ -99,10 +148,7 @@ def load_folder(root: str | Path, *, image_size: int = 32) -> tuple[ImageSet, Im
         train_idx, test_idx = stratified_split(np.array(labels, dtype=np.int64), keys, TEST_FRACTION)
         train_files, train_labels = [files[i] for i in train_idx], [labels[i] for i in train_idx]
         test_files, test_labels = [files[i] for i in test_idx], [labels[i] for i in test_idx]
-    if not classes:
-        raise ValueError(f"no class sub-folders in {root}: expected {root}/<class>/<image files>")
-    if not train_files:
-        raise ValueError(f"no training images under {root} (suffixes: {sorted(IMAGE_SUFFIXES)})")
+    _check_split(root, classes, train_labels, test_labels)
     train = _tensors(train_files, train_labels, image_size)
     test = _tensors(test_files, test_labels, image_size)
     return make_splits("folder", train, test, classes)
