@@ -493,7 +493,102 @@ def test_the_command_refuses_non_finite_settings_and_diverged_runs(tmp_path, fla
         _cli("train", "--model", "cnn_tiny", "--epochs", "1", "--out", str(out), "--threads", "1", *flags),
         capture_output=True, text=True, env=ENV, timeout=120, check=False,
     )  # fmt: skip
-    assert done.returncode == 1, done.stderr
+    diverged = flags[1] == "1e6"  # a run that failed (1), the others refused before it started (2)
+    assert done.returncode == (1 if diverged else 2), done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
-    assert ("training diverged" in done.stderr) if flags[1] == "1e6" else ("finite number" in done.stderr)
+    assert ("training diverged" in done.stderr) if diverged else ("finite number" in done.stderr)
     assert not (out / "model.safetensors").exists()
+
+
+# -- the run folder: one writer at a time, no litter after a kill -------------------------------------
+
+_HOLD = (
+    "import sys\nfrom convattn.utils.folders import folder_lock\n"
+    "with folder_lock(sys.argv[1]):\n    print('locked', flush=True)\n    sys.stdin.read()\n"
+)
+
+
+def _quick(out: Path, **kw) -> TrainConfig:
+    return _cfg(out, model="cnn_tiny", epochs=1, n_train=64, batch_size=32, **kw)
+
+
+def test_a_second_process_cannot_train_into_a_folder_in_use(tmp_path, capsys):
+    from convattn.cli import main
+
+    out = tmp_path / "run"
+    train(_quick(out), log=lambda s: None)  # a finished run, to be resumed
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        flags = [
+            "--model",
+            "cnn_tiny",
+            "--epochs",
+            "1",
+            "--n-train",
+            "64",
+            "--batch-size",
+            "32",
+            "--threads",
+            "1",
+        ]
+        before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+        assert main(["train", *flags, "--out", str(out), "--resume"]) == 2
+        err = capsys.readouterr().err
+        assert f"{out} is in use" in err and err.count("\n") == 1
+        assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before  # nothing written
+        # A new run into a folder another process holds (holding only its lock) is refused the same way.
+        fresh = tmp_path / "fresh"
+        fresh.mkdir()
+        with subprocess.Popen(
+            [sys.executable, "-c", _HOLD, str(fresh)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        ) as second:
+            assert second.stdout is not None and second.stdout.readline() == "locked\n"
+            assert main(["train", *flags, "--out", str(fresh)]) == 2
+            assert f"{fresh} is in use" in capsys.readouterr().err
+            second.kill()
+        assert [p.name for p in fresh.iterdir()] == [".lock"]
+    finally:
+        holder.kill()  # SIGKILL: the operating system releases the lock
+        holder.wait()
+    assert main(["train", *flags, "--out", str(out), "--resume"]) == 0
+    assert main(["train", *flags, "--out", str(tmp_path / "fresh")]) == 0  # its lock file alone is no run
+
+
+def test_a_killed_writers_temporary_files_are_removed_on_the_next_start(tmp_path):
+    from convattn.utils.folders import remove_stale_temporaries
+
+    out = tmp_path / "run"
+    train(_quick(out), log=lambda s: None)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid names no process now
+    litter = [out / f".checkpoint.pt.tmp-{dead.pid}", out / f".metrics.jsonl.tmp-{os.getpid() + 10**7}"]
+    mine = [out / "notes.tmp-1", out / ".notes", out / f".checkpoint.pt.tmp-{dead.pid}x"]  # not the pattern
+    for path in litter + mine:
+        path.write_bytes(b"half a file")
+    train(_quick(out), resume=True, log=lambda s: None)
+    assert not any(p.exists() for p in litter) and all(p.exists() for p in mine)
+    # Without the folder's lock, only the files of processes that no longer run go.
+    live = out / f".model.json.tmp-{os.getpid()}"
+    gone = out / f".model.json.tmp-{dead.pid}"
+    live.write_bytes(b"being written")
+    gone.write_bytes(b"left by a kill")
+    assert remove_stale_temporaries(out) == [gone] and live.exists()
+
+
+def test_an_empty_evaluation_split_is_refused(tmp_path):
+    from dataclasses import replace
+
+    from convattn.data import load
+    from convattn.models.registry import create_model
+    from convattn.train import evaluate
+
+    test = load("digits", "test")
+    empty = replace(test, images=test.images[:0], labels=test.labels[:0])
+    with pytest.raises(ValueError, match="the test split of digits holds no images"):  # not 0.0
+        evaluate(create_model("cnn_tiny", in_chans=1, image_size=8), empty)

@@ -41,7 +41,9 @@ from convattn.study.runs import parallel, progress_to, shared_runs
 from convattn.study.section import Context, Section, get_section
 from convattn.train import Interrupted
 from convattn.utils import dist
+from convattn.utils.checks import check_device
 from convattn.utils.environment import environment
+from convattn.utils.folders import check_creatable
 from convattn.utils.records import atomic_write_bytes
 
 __all__ = [
@@ -137,6 +139,7 @@ def new_run_dir(out: Path | None, prefix: str = "study") -> Path:
         out = Path(out)
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise FileExistsError(f"{out} exists and is not an empty folder; choose another --out")
+        check_creatable(out)  # a read-only place: one line naming it
         out.mkdir(parents=True, exist_ok=True)
         return out
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -232,6 +235,7 @@ def _follow(cfg: StudyConfig, run_dir: Path, wait_s: float = 600.0) -> Path:
 
 def _check(cfg: StudyConfig) -> None:
     """Refuse what cannot run before any folder is made."""
+    check_device(cfg.device)  # "cuda" on a machine without one: refused here, not in the first run
     if cfg.data is not None:
         load(cfg.data, "test")  # a wrong path or a damaged batch is refused here
     if dist.world_size() > 1:

@@ -124,7 +124,13 @@ def evaluate(
     device: torch.device | str = "cpu",
     memory_format: torch.memory_format = torch.contiguous_format,
 ) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) of `model` on `data`, in eval mode, batches in `memory_format`."""
+    """(accuracy, mean cross-entropy) of `model` on `data`, in eval mode, batches in `memory_format`.
+
+    Raises:
+        ValueError: `data` holds no images (an empty split has no accuracy, not one of 0).
+    """
+    if len(data) == 0:
+        raise ValueError(f"the {data.split} split of {data.name} holds no images: nothing to evaluate on")
     was_training = model.training
     model.eval()
     correct, loss, n = 0, 0.0, 0
@@ -135,7 +141,7 @@ def evaluate(
         correct += int((logits.argmax(1) == y).sum())
         n += len(y)
     model.train(was_training)
-    return correct / max(n, 1), loss / max(n, 1)
+    return correct / n, loss / n
 
 
 def progress_bar(total: int, desc: str, enabled: bool) -> Any:

@@ -12,6 +12,7 @@ from convattn.data import ImageSet, load
 from convattn.models.registry import create_model
 from convattn.train.config import TrainConfig
 from convattn.train.engine import evaluate
+from convattn.utils.checks import check_device
 from convattn.utils.records import atomic_write_bytes
 
 __all__ = ["evaluate_weights", "export_model", "load_weights"]
@@ -37,8 +38,29 @@ def export_model(out: Path, model: nn.Module, cfg: TrainConfig, data: ImageSet) 
     atomic_write_bytes(out / "model.json", json.dumps(meta, indent=2, sort_keys=True).encode())
 
 
+_META_KEYS = ("model", "num_classes", "in_chans", "image_size", "data")
+
+
+def _check_meta(path: Path, meta: object) -> None:
+    """A ValueError naming `path` unless it holds what `export_model` writes."""
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(meta).__name__}: not a convattn export")
+    missing = [k for k in _META_KEYS if k not in meta]
+    if missing:
+        raise ValueError(f"{path} lacks {', '.join(missing)}: not a convattn export")
+    if not isinstance(meta.get("model_options", {}), dict):
+        raise ValueError(f"{path}: model_options must be an object, got {meta['model_options']!r}")
+    if not isinstance(meta["data"], str):
+        raise ValueError(f"{path}: data must be a data spec string, got {meta['data']!r}")
+
+
 def load_weights(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model exported in `folder` (model.safetensors + model.json); strict key/shape check."""
+    """Rebuild the model exported in `folder` (model.safetensors + model.json); strict key/shape check.
+
+    Raises:
+        FileNotFoundError: a file is missing (named).
+        ValueError: a corrupt file, a model.json that is not an export's, or weights that do not fit.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -48,16 +70,26 @@ def load_weights(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
         tensors = load_file(str(folder / "model.safetensors"))
     except FileNotFoundError as err:
         raise FileNotFoundError(f"{folder} holds no exported model ({err.filename} is missing)") from err
-    except (json.JSONDecodeError, SafetensorError, OSError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError, SafetensorError, OSError) as err:
         raise ValueError(f"{folder} holds a corrupt export: {err}") from err
-    model = create_model(
-        meta["model"],
-        num_classes=meta["num_classes"],
-        in_chans=meta["in_chans"],
-        image_size=meta["image_size"],
-        **meta.get("model_options", {}),
-    )
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    _check_meta(folder / "model.json", meta)
+    try:
+        model = create_model(
+            meta["model"],
+            num_classes=meta["num_classes"],
+            in_chans=meta["in_chans"],
+            image_size=meta["image_size"],
+            **meta.get("model_options", {}),
+        )
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{folder / 'model.json'} describes no model convattn can build: {err}") from None
+    try:
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+    except RuntimeError as err:  # a shape that differs: torch lists every one, the first says enough
+        first = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), str(err))
+        raise ValueError(
+            f"{folder}: weights do not fit {meta['model']!r} as model.json describes it ({first})"
+        ) from None
     if missing or unexpected:
         raise ValueError(
             f"{folder}: weights do not fit {meta['model']!r} (missing {missing}, unexpected {unexpected})"
@@ -72,6 +104,7 @@ def evaluate_weights(folder: Path, data: str | None = None, device: str = "cpu")
     training images its `n_train` and `holdout` left (a model.json without them: the whole split). A
     run with a holdout never saw the test split; this is where its test score is measured.
     """
+    check_device(device)
     model, meta = load_weights(folder)
     # The normalisation the model trained with; another data set: that set's own statistics.
     n_train = None if data else meta.get("n_train") or None

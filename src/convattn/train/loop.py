@@ -9,7 +9,10 @@ at any moment and resumed therefore ends with the same weights, to the bit, as a
 Run folder: config.json, checkpoint.pt (after the first and the last epoch, after any epoch that ends
 at least `SAVE_RATIO` times the last save's duration after it, and on SIGINT/SIGTERM mid-epoch),
 metrics.jsonl and metrics.csv (one row per epoch, written with each checkpoint, so they hold the epochs
-it holds), and at the end model.safetensors and model.json.
+it holds), and at the end model.safetensors and model.json. While a run trains, its main process holds
+the folder's lock (`convattn.utils.folders`): a second process that would train into the same folder
+is refused at once, and the temporary files a killed process left are removed when the lock is taken.
+A checkpoint names its model, so one copied from a run of another model is refused by name.
 Saving costs a bounded share of a run (about 1 / SAVE_RATIO) however short its epochs: a run of 600
 one-step epochs no longer spends a third of its time writing checkpoints, and a kill loses at most
 that much work, which the resume redoes to the same bits.
@@ -47,6 +50,14 @@ from convattn.train.engine import Diverged, EpochState, evaluate, progress_bar, 
 from convattn.train.export import export_model
 from convattn.train.schedule import lr_at
 from convattn.utils import dist
+from convattn.utils.checks import check_device
+from convattn.utils.folders import (
+    LOCK_NAME,
+    check_creatable,
+    folder_lock,
+    holds_files,
+    remove_stale_temporaries,
+)
 from convattn.utils.records import atomic_write_bytes, write_csv
 
 __all__ = ["Interrupted", "RunResult", "build_model", "read_history", "train"]
@@ -108,13 +119,28 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
 
 
-def _prepare_folder(cfg: TrainConfig, resume: bool, main: bool) -> Path:
-    """Create the run folder, or check that it holds this very run when resuming; never overwrite."""
+def _refuse_used(out: Path) -> None:
+    if holds_files(out):
+        raise FileExistsError(
+            f"{out} already holds files; resume it with --resume or choose another --out (nothing changed)"
+        )
+
+
+def _prepare_folder(cfg: TrainConfig, resume: bool, main: bool, held: contextlib.ExitStack) -> Path:
+    """Create the run folder, or check that it holds this very run when resuming; never overwrite.
+
+    The main process holds the folder's lock (`held` keeps it until the run ends): a second process
+    training into the same folder is refused at once. Temporary files of a killed earlier process are
+    removed once the lock is held.
+    """
     out = Path(cfg.out)
     saved = out / "config.json"
     if resume:
-        if not saved.exists():
+        if not saved.is_file():
             raise FileNotFoundError(f"nothing to resume in {out}: no config.json")
+        if main:
+            held.enter_context(folder_lock(out))
+            remove_stale_temporaries(out, locked=True)
         diff = TrainConfig.load(saved).differences(cfg)
         if diff:
             raise ValueError(
@@ -123,11 +149,14 @@ def _prepare_folder(cfg: TrainConfig, resume: bool, main: bool) -> Path:
         return out
     if not main:  # the main process checks and creates the folder; the others wait at a barrier
         return out
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(
-            f"{out} already holds files; resume it with --resume or choose another --out (nothing changed)"
-        )
+    check_creatable(out)
+    if (out / LOCK_NAME).exists():  # say "in use" rather than "holds files" while a run writes there
+        with folder_lock(out):
+            pass
+    _refuse_used(out)
     out.mkdir(parents=True, exist_ok=True)
+    held.enter_context(folder_lock(out))
+    _refuse_used(out)  # another process may have started between the check and the lock
     atomic_write_bytes(saved, cfg.to_json().encode())
     return out
 
@@ -241,11 +270,23 @@ class _Run:
         return lr_at(step, self.steps_per_epoch * self.cfg.epochs, self.cfg)
 
 
-def _start(cfg: TrainConfig, resume: bool) -> _Run:
-    """Load the data, build the model and its optimiser, then make (or check) the run folder."""
+def _check_splits(cfg: TrainConfig, train_set: ImageSet, eval_set: ImageSet) -> None:
+    """Refuse data a run could only report a meaningless score on."""
+    if len(eval_set) == 0:
+        raise ValueError(
+            f"the {eval_set.split} split of {cfg.data!r} holds no images: nothing to evaluate on"
+        )
+    if cfg.batch_size > len(train_set):
+        raise ValueError(f"batch_size={cfg.batch_size} exceeds the {len(train_set)} training images")
+
+
+def _start(cfg: TrainConfig, resume: bool, held: contextlib.ExitStack) -> _Run:
+    """Load the data, build the model and its optimiser, then make (or check) the run folder, whose
+    lock `held` keeps."""
     world = dist.world_size()
     if cfg.batch_size % world:
         raise ValueError(f"batch_size={cfg.batch_size} must divide evenly over {world} processes")
+    check_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device if cfg.device == "cpu" else f"cuda:{dist.local_rank()}")
@@ -254,24 +295,45 @@ def _start(cfg: TrainConfig, resume: bool) -> _Run:
     options: dict[str, Any] = {"seed": cfg.data_seed, "n_train": cfg.n_train or None, "holdout": cfg.holdout}
     train_set = load(cfg.data, "train", **options)
     eval_set = load(cfg.data, "val" if cfg.holdout else "test", **options)
+    _check_splits(cfg, train_set, eval_set)
     model = build_model(cfg, train_set).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # 4-D weights only
     optimizer = _optimizer(model, cfg)
     # Only now that the model and data are known good: a mistyped name leaves no folder behind.
-    out = _prepare_folder(cfg, resume, dist.is_main())
+    out = _prepare_folder(cfg, resume, dist.is_main(), held)
     dist.barrier()
-    steps_per_epoch = len(train_set) // cfg.batch_size  # whole global batches: every rank steps alike
-    if steps_per_epoch == 0:
-        raise ValueError(f"batch_size={cfg.batch_size} exceeds the {len(train_set)} training images")
+    steps_per_epoch = len(train_set) // cfg.batch_size  # whole global batches: every rank steps alike (>= 1)
     return _Run(cfg, out, model, optimizer, train_set, eval_set, device, steps_per_epoch, net=model)
+
+
+def _restore_weights(run: _Run, state: dict[str, Any]) -> None:
+    """The checkpoint's model and optimiser states; a ValueError naming the file and both models if it
+    was written by a run of another model (a checkpoint copied from elsewhere)."""
+    theirs, ours = state.get("model_name"), run.cfg.model
+    if theirs is not None and theirs != ours:
+        raise ValueError(
+            f"{run.ckpt} is a checkpoint of model {theirs!r}, not of {ours!r}: it cannot resume this run"
+        )
+    try:
+        run.model.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as err:
+        said = [
+            line.strip() for line in str(err).splitlines() if line.strip()
+        ]  # torch: a header, then each key
+        first = said[min(1, len(said) - 1)] if said else type(err).__name__
+        of = f"model {theirs!r}" if theirs is not None else "another model"
+        raise ValueError(
+            f"{run.ckpt} holds the weights of {of}, which do not fit model {ours!r} with these options "
+            f"({first})"
+        ) from None
 
 
 def _resume(run: _Run, log: Callable[[str], None]) -> None:
     """Restore the model, optimiser, position, history and every random state from checkpoint.pt."""
     state = load_checkpoint(run.ckpt)
-    run.model.load_state_dict(state["model"])
-    run.optimizer.load_state_dict(state["optimizer"])
+    _restore_weights(run, state)
     run.epoch, run.history = state["epoch"], list(state["history"])
     partial = dict(state["partial"])  # the running sums of an interrupted epoch ({} at a boundary)
     run.state = EpochState(
@@ -312,6 +374,7 @@ def _save(run: _Run) -> None:
     save_checkpoint(
         run.ckpt,
         {
+            "model_name": run.cfg.model,
             "model": run.model.state_dict(),
             "optimizer": run.optimizer.state_dict(),
             "epoch": run.epoch,
@@ -408,11 +471,15 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
 
     Raises:
         Interrupted: on SIGINT/SIGTERM, after saving a checkpoint.
-        FileExistsError: `cfg.out` already holds files and resume is False.
-        ValueError: resuming a folder that holds a different run, or a bad checkpoint.
+        FileExistsError: `cfg.out` already holds files and resume is False;
+            `convattn.utils.folders.FolderInUseError` (a FileExistsError) while another process trains
+            into it.
+        NotADirectoryError, PermissionError: `cfg.out` is a file, or cannot be written.
+        ValueError: resuming a folder that holds a different run, or a bad checkpoint or one of another
+            model; device 'cuda' without a CUDA device; an empty evaluation split.
     """
-    with dist.process_group("nccl" if cfg.device == "cuda" else "gloo"):
-        run = _start(cfg, resume)
+    with dist.process_group("nccl" if cfg.device == "cuda" else "gloo"), contextlib.ExitStack() as held:
+        run = _start(cfg, resume, held)
         if resume and run.ckpt.exists():
             _resume(run, log)
         if dist.world_size() > 1:

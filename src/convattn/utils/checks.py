@@ -114,3 +114,15 @@ def check_positive(name: str, value: object) -> float:
     if not value > 0:
         raise ValueError(f"{name} must be positive, got {name}={value}")
     return float(value)
+
+
+def check_device(device: object) -> str:
+    """Raise unless torch can run on `device` here: "cpu", or "cuda" on a machine with a CUDA device."""
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got device={device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={device!r}, but torch {torch.__version__} finds no CUDA device on this machine; "
+            "use device='cpu'"
+        )
+    return device

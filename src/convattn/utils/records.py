@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "TEMPORARY_NAME",
     "atomic_write_bytes",
     "cell",
     "markdown_table",
@@ -150,9 +152,13 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+# The temporary file `atomic_write_bytes` writes beside `path`: ".NAME.tmp-PID", PID the writer's.
+TEMPORARY_NAME = re.compile(r"\.(?P<name>.+)\.tmp-(?P<pid>[0-9]+)")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Replace `path` by `data` atomically (temporary file in the same folder, fsync, rename)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # a kill leaves it: see TEMPORARY_NAME
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
