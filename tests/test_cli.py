@@ -131,13 +131,13 @@ def test_study_quick_writes_its_run_folder_and_report(quick_study, tmp_path):
 )
 def test_study_refuses_bad_data_in_one_line(tmp_path, args, words):
     result = _run("study", "--out", str(tmp_path / "run"), *args)
-    assert result.returncode == 1 and result.stderr.count("\n") == 1 and words in result.stderr
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and words in result.stderr
     assert not (tmp_path / "run" / "paper").exists()
 
 
 def test_report_of_a_folder_without_a_study_is_one_line(tmp_path):
     result = _run("report", str(tmp_path))
-    assert result.returncode == 1 and result.stderr.count("\n") == 1 and "has no study.json" in result.stderr
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "has no study.json" in result.stderr
 
 
 def test_an_interrupted_study_continues_from_its_finished_parts(quick_study, tmp_path):
@@ -160,7 +160,7 @@ def test_study_never_writes_into_a_used_folder(tmp_path):
     keep = tmp_path / "mine.txt"
     keep.write_text("precious")
     result = _run("study", "--quick", "--out", str(tmp_path))
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "exists" in result.stderr
     assert keep.read_text() == "precious" and sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]
 
@@ -184,7 +184,7 @@ def test_convert_one_conv_from_flags():
     assert result.returncode == 0, result.stderr
     assert "k=2x3 s=2x2 p=1x1" in result.stdout and "identical" in result.stdout
     bad = _run("convert", "--kernel-size", "3", "--stride", "2", "--padding", "same")
-    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "strided" in bad.stderr
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "strided" in bad.stderr
 
 
 def test_properties_table(tmp_path):
@@ -235,18 +235,18 @@ def test_models_lists_presets_and_details_count_them(tmp_path):
     result = _run("models", "cnn_*", "--details", "--csv", str(tmp_path / "m.csv"))
     assert result.returncode == 0, result.stderr
     assert "cnn_digits" in result.stdout and "56,554 params" in result.stdout
-    assert _run("models", "nothing*").returncode == 1
+    assert _run("models", "nothing*").returncode == 1  # no match: a result, not a refusal
 
 
 def test_train_and_eval_refuse_bad_requests_in_one_line(tmp_path):
     missing = _run("eval", "--weights", str(tmp_path / "nowhere"))
-    assert missing.returncode == 1 and "holds no exported model" in missing.stderr
+    assert missing.returncode == 2 and "holds no exported model" in missing.stderr
     assert "Traceback" not in missing.stderr
     typo = _run("train", "--model", "cnn_digit", "--out", str(tmp_path / "run"))
-    assert typo.returncode == 1 and "did you mean 'cnn_digits'" in typo.stderr
+    assert typo.returncode == 2 and "did you mean 'cnn_digits'" in typo.stderr
     assert not (tmp_path / "run").exists()  # a mistyped name leaves no folder behind
     data = _run("train", "--model", "cnn_digits", "--data", "digitz", "--out", str(tmp_path / "run2"))
-    assert data.returncode == 1 and "digitz" in data.stderr and "Traceback" not in data.stderr
+    assert data.returncode == 2 and "digitz" in data.stderr and "Traceback" not in data.stderr
 
 
 # -- convattn train: flags from TrainConfig, errors and interruptions in one line -------------------------
@@ -320,7 +320,7 @@ def test_the_documented_train_flags_still_work(flags, expected):
 )
 def test_train_refuses_a_bad_option_in_one_line(tmp_path, capsys, flags, words):
     out = tmp_path / "run"
-    assert main(["train", "--model", "cnn_digits", "--out", str(out), *flags]) == 1
+    assert main(["train", "--model", "cnn_digits", "--out", str(out), *flags]) == 2
     err = capsys.readouterr().err
     assert err.startswith("convattn: error: ") and words in err and err.count("\n") == 1
     assert not out.exists()
@@ -364,14 +364,14 @@ def test_a_file_the_user_has_is_never_replaced_without_force(tmp_path, capsys, c
     mine = tmp_path / "mine.csv"
     mine.write_text("MINE\n")
     args = [a.replace("{f}", str(mine)) for a in command]
-    assert main([*args, "--threads", "1"]) == 1
+    assert main([*args, "--threads", "1"]) == 2
     err = capsys.readouterr().err
     assert f"{mine} exists; pass --force to replace it" in err and len(err.strip().splitlines()) == 1
     assert mine.read_text() == "MINE\n"
     folder = tmp_path / "a-folder"
     folder.mkdir()
     args = [a.replace("{f}", str(folder)) for a in command]
-    assert main([*args, "--threads", "1"]) == 1  # refused at once, before any work
+    assert main([*args, "--threads", "1"]) == 2  # refused at once, before any work
     assert "is a folder; give the path of a file" in capsys.readouterr().err
 
 
@@ -385,6 +385,30 @@ def test_force_replaces_a_file(tmp_path, capsys):
 def test_report_writes_only_into_a_folder_a_study_made(tmp_path, capsys):
     (tmp_path / "metrics.json").write_text("{}")
     (tmp_path / "environment.json").write_text("{}")
-    assert main(["report", str(tmp_path)]) == 1
+    assert main(["report", str(tmp_path)]) == 2
     assert "is not a study's run folder (it has no study.json)" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["environment.json", "metrics.json"]
+
+
+def test_exit_codes_tell_a_refused_request_from_a_failed_run(monkeypatch, capsys):
+    import convattn.cli as cli
+    from convattn.train import Diverged
+
+    def raising(err: BaseException):
+        def handler(args):
+            raise err
+
+        return handler
+
+    for err, code in [
+        (ValueError("bad value x=3"), 2),
+        (PermissionError("cannot write into out"), 2),
+        (OSError(28, "No space left on device"), 1),  # the operating system failed the run
+        (Diverged("training diverged: the loss is nan"), 1),
+    ]:
+        monkeypatch.setattr(cli, "_cmd_info", raising(err))
+        assert main(["info"]) == code, err
+        assert capsys.readouterr().err.count("\n") == 1
+    monkeypatch.setattr(cli, "_cmd_info", raising(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):  # a bug keeps its traceback
+        main(["info"])

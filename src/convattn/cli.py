@@ -105,9 +105,12 @@ def _padding(value: str) -> str | int:
     if value in ("same", "valid"):
         return value
     try:
-        return int(value)
+        n = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be an int, 'same' or 'valid', got {value!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {n}")
+    return n
 
 
 def _one_or_two(name: str, values: list[int] | None) -> int | tuple[int, int] | None:
@@ -133,12 +136,12 @@ def _conv_config(args: argparse.Namespace) -> dict[str, object] | None:
     if len(pads) > 2 or (isinstance(pads[0], str) and len(pads) > 1):
         raise ValueError(f"--padding takes one or two ints, 'same' or 'valid', got {pads}")
     config: dict[str, object] = {
-        "in_channels": args.in_channels or 8,
-        "out_channels": args.out_channels or 8,
+        "in_channels": 8 if args.in_channels is None else args.in_channels,
+        "out_channels": 8 if args.out_channels is None else args.out_channels,
         "kernel_size": _one_or_two("kernel-size", args.kernel_size),
         "padding": pads[0] if len(pads) == 1 else tuple(pads),
         "padding_mode": args.padding_mode,
-        "groups": args.groups or 1,
+        "groups": 1 if args.groups is None else args.groups,
         "bias": not args.no_bias,
     }
     for name in ("stride", "dilation"):
@@ -413,18 +416,22 @@ def _add_analysis_commands(commands: _Commands) -> None:
         "self-attention with quadratic encoding (Cordonnier et al., Theorem 1), report the max error "
         "against the conv in float32 and float64, and convert back.",
     )
-    convert.add_argument("--in-channels", type=int)
-    convert.add_argument("--out-channels", type=int)
-    convert.add_argument("--kernel-size", type=int, nargs="+", metavar="K")
-    convert.add_argument("--stride", type=int, nargs="+", metavar="S")
-    convert.add_argument("--padding", type=_padding, nargs="+", metavar="P", help="ints, 'same' or 'valid'")
-    convert.add_argument("--dilation", type=int, nargs="+", metavar="D")
-    convert.add_argument("--groups", type=int)
+    convert.add_argument("--in-channels", type=_positive_int, help="(default 8)")
+    convert.add_argument("--out-channels", type=_positive_int, help="(default 8)")
+    convert.add_argument("--kernel-size", type=_positive_int, nargs="+", metavar="K")
+    convert.add_argument("--stride", type=_positive_int, nargs="+", metavar="S")
+    convert.add_argument(
+        "--padding", type=_padding, nargs="+", metavar="P", help="ints >= 0, 'same' or 'valid'"
+    )
+    convert.add_argument("--dilation", type=_positive_int, nargs="+", metavar="D")
+    convert.add_argument("--groups", type=_positive_int, help="(default 1)")
     convert.add_argument(
         "--padding-mode", default="zeros", choices=["zeros", "reflect", "replicate", "circular"]
     )
     convert.add_argument("--no-bias", action="store_true")
-    convert.add_argument("--size", type=int, nargs=2, default=[16, 16], metavar=("H", "W"), help="input size")
+    convert.add_argument(
+        "--size", type=_positive_int, nargs=2, default=[16, 16], metavar=("H", "W"), help="input size"
+    )
     convert.add_argument("--picture", type=Path, help="PNG of the converted layer's heads (first conv)")
     convert.add_argument("--centres", type=Path, help="PNG of its head centres")
     props = commands.add(
@@ -435,7 +442,7 @@ def _add_analysis_commands(commands: _Commands) -> None:
         "autograd on the operator itself, with parameter and multiply-add counts.",
     )
     props.add_argument("mixers", nargs="*", help="mixers to measure (default: all)")
-    props.add_argument("--size", type=int, default=11, help="side of the probe map (default 11)")
+    props.add_argument("--size", type=int, default=11, help="side of the probe map, at least 5 (default 11)")
     bench = commands.add(
         "bench",
         _cmd_bench,
@@ -492,8 +499,31 @@ def _say(message: str) -> None:
     print(f"{PROG}: {' '.join(message.splitlines())}", file=sys.stderr)
 
 
+# A request refused because of what the user gave (a value, a path): exit code 2, as argparse's.
+REFUSED = (
+    ValueError,
+    TypeError,
+    FileExistsError,  # convattn.utils.folders.FolderInUseError among them
+    FileNotFoundError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+)
+
+
+def _failed_run(err: RuntimeError) -> bool:
+    """Whether `err` is a run that failed on its own (a diverging training run), not a bug."""
+    from convattn.train.engine import Diverged  # loaded already when it was raised
+
+    return isinstance(err, Diverged)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; 1 for a refused request (one line, no traceback), 130 for Ctrl-C."""
+    """Run the command line and return its exit status, each non-zero one with one line on stderr and
+    no traceback: 2 for a request refused because of its input (a bad value or flag, a missing, used,
+    busy or read-only path), 1 for a run that failed (a diverging training run, an error of the
+    operating system such as a full disk) or a result that is not the one asked for (`convert`: a
+    conversion that is not exact; `models`: no match), 130 for Ctrl-C."""
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -501,7 +531,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help()
             return 0
         return int(args.func(args))
-    except (FileExistsError, FileNotFoundError, TypeError, ValueError) as err:
+    except REFUSED as err:
+        _say(f"error: {err}")
+        return 2
+    except OSError as err:
+        _say(f"error: {err}")
+        return 1
+    except RuntimeError as err:
+        if not _failed_run(err):
+            raise  # a bug: its traceback is what a report needs
         _say(f"error: {err}")
         return 1
     except KeyboardInterrupt:

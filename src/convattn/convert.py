@@ -140,6 +140,19 @@ def _dense_taps(conv: nn.Conv2d) -> Tensor:
     return dense
 
 
+def _check_geometry(conv: nn.Conv2d) -> None:
+    """A ValueError naming the first setting of `conv` that describes no convolution (nn.Conv2d accepts
+    a zero stride, for one, and fails only when called)."""
+    for name in ("in_channels", "out_channels"):
+        if getattr(conv, name) < 1:
+            raise ValueError(f"the conv's {name} must be >= 1, got {name}={getattr(conv, name)}")
+    for name in ("kernel_size", "stride", "dilation"):
+        if min(getattr(conv, name)) < 1:
+            raise ValueError(f"the conv's {name} must be >= 1, got {name}={getattr(conv, name)}")
+    if not isinstance(conv.padding, str) and min(conv.padding) < 0:
+        raise ValueError(f"the conv's padding must be >= 0, got padding={conv.padding}")
+
+
 def conv_to_attention(conv: nn.Conv2d, *, num_heads: int | None = None) -> ConvAsAttention:
     """An exactly equivalent multi-head self-attention layer for any `nn.Conv2d` (Theorem 1).
 
@@ -170,7 +183,8 @@ def conv_to_attention(conv: nn.Conv2d, *, num_heads: int | None = None) -> ConvA
 
     Raises:
         TypeError: for anything but an `nn.Conv2d` (transposed, 1-D or 3-D convolutions included).
-        ValueError: for a head count other than K_h·K_w.
+        ValueError: for a head count other than K_h·K_w, or a channel count, kernel size, stride or
+            dilation below 1 or a negative padding (naming it).
     """
     if isinstance(conv, nn.ConvTranspose2d | nn.modules.conv._ConvTransposeNd):
         raise TypeError(
@@ -181,6 +195,7 @@ def conv_to_attention(conv: nn.Conv2d, *, num_heads: int | None = None) -> ConvA
         raise TypeError(f"conv_to_attention takes an nn.Conv2d, got {type(conv).__name__}")
     if isinstance(conv.weight, nn.parameter.UninitializedParameter):
         raise ValueError("the conv is lazy and not yet initialised: run it once before converting")
+    _check_geometry(conv)
     K_h, K_w = conv.kernel_size
     shifts = K_h * K_w
     if num_heads is not None and num_heads != shifts:

@@ -82,11 +82,18 @@ def check_conversion(
     Returns:
         conv (description), heads, max_error_float32, max_error_float64 (of conv_to_attention against the
         conv), and round_trip (attention_to_conv gives back identical weights and geometry).
+
+    Raises:
+        ValueError: `config` describes no convolution (naming its settings), or `size` is too small.
     """
     row: dict[str, object] = {}
     for dtype in (torch.float32, torch.float64):
         torch.manual_seed(seed)
-        conv = nn.Conv2d(**config).to(dtype)  # type: ignore[arg-type]
+        try:
+            conv = nn.Conv2d(**config).to(dtype)  # type: ignore[arg-type]
+        except (TypeError, ValueError, RuntimeError) as bad:  # torch's own checks name no value
+            given = ", ".join(f"{k}={v!r}" for k, v in config.items())
+            raise ValueError(f"invalid convolution ({given}): {bad}") from None
         x = torch.randn(2, conv.in_channels, *size, dtype=dtype)
         attn = conv_to_attention(conv)
         with torch.no_grad(), warnings.catch_warnings():  # the caller's warning filters stay as they were

@@ -27,11 +27,14 @@ from convattn.analysis.flops import count_macs
 from convattn.layers.mixers import create_mixer, list_mixers
 
 __all__ = [
+    "MIN_SIZE",
     "MixerProperties",
     "format_properties",
     "measure_properties",
     "property_table",
 ]
+
+MIN_SIZE = 5  # the centre, the pixel beside it and a 3x3 window around each fit on the probe map
 
 # Small, comparable settings: 16 channels in 4 heads (or groups) of 4.
 _OPTIONS: dict[str, dict[str, Any]] = {
@@ -107,10 +110,19 @@ def _window(jac: Tensor, c: int, p: tuple[int, int], r: int) -> Tensor:
     return jac[c, p[0] - r : p[0] + r + 1, p[1] - r : p[1] + r + 1]
 
 
+def _check_size(size: object) -> None:
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise TypeError(f"size must be an int, got size={size!r}")
+    if size < MIN_SIZE:
+        raise ValueError(f"size must be >= {MIN_SIZE} (a 3x3 window beside the centre), got size={size}")
+
+
 def measure_properties(name: str, *, size: int = 11, seed: int = 0) -> MixerProperties:
-    """Measure one mixer (`list_mixers()` names, plus 'dynamic_dwconv_pixel' for the per-pixel kind)."""
+    """Measure one mixer (`list_mixers()` names, plus 'dynamic_dwconv_pixel' for the per-pixel kind) on
+    size x size probe maps (at least `MIN_SIZE`)."""
     if name not in _OPTIONS:
         raise ValueError(f"unknown mixer {name!r}; choose one of {', '.join(sorted(_OPTIONS))}")
+    _check_size(size)
     torch.manual_seed(seed)
     dim = 16
     mixer = _build(name, dim).double().eval()
@@ -144,6 +156,7 @@ def measure_properties(name: str, *, size: int = 11, seed: int = 0) -> MixerProp
 
 def property_table(names: list[str] | None = None, *, size: int = 11) -> list[MixerProperties]:
     """Measure every mixer (or `names`)."""
+    _check_size(size)  # before the first mixer is measured
     names = names or [*list_mixers(), "dynamic_dwconv_pixel"]
     return [measure_properties(n, size=size) for n in names]
 

@@ -149,12 +149,20 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
     """Build the registered model `name`; `overrides` replace the preset's keyword arguments.
 
     num_classes must be a positive int; image_size (if given) must suit the model.
+
+    Raises:
+        ValueError: an unknown name (close names suggested), a bad num_classes or image_size.
+        TypeError: a name that is not a string, or an override the model has no option for (named).
     """
     info = model_info(name)
     base = {"num_classes": info.num_classes, "in_chans": info.in_chans, "image_size": info.image_size}
     accepted = inspect.signature(info.builder).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
     base = {k: v for k, v in base.items() if takes_any or k in accepted}
+    unknown = [k for k in overrides if not takes_any and k not in accepted]
+    if unknown:
+        options = ", ".join(k for k in accepted if k != "self")
+        raise TypeError(f"model {name!r} has no option {unknown[0]!r} (its options: {options})")
     kwargs = {**base, **info.defaults, **overrides}
     classes = kwargs["num_classes"]
     if isinstance(classes, bool) or not isinstance(classes, int) or classes <= 0:
