@@ -55,7 +55,7 @@ BACKENDS = ("auto", "kernel", "torch")
 _CSRC = Path(__file__).parent / "csrc"
 # Each kernel file registers torch.ops.convattn.<kernel>_<function>; `load_kernel` hands them out by kernel.
 _FUNCTIONS = {
-    "na2d": ("forward", "backward", "apply_forward", "apply_backward"),
+    "na2d": ("forward", "backward", "apply_forward", "apply_backward", "vector_bytes"),
     "window": ("forward", "backward"),
     "dwconv": ("forward", "backward"),
 }
@@ -411,7 +411,7 @@ def pixel_dwconv_kernel(x: Tensor, kernels: Tensor, k: int, dilation: int) -> Te
     G = kernels.shape[1]
     v = x.reshape(B, G, C // G, H, W).permute(0, 3, 4, 1, 2).contiguous()  # (B, H, W, G, C/G)
     pad = dilation * (k // 2)
-    lanes = 64 // x.element_size()
+    lanes = _ext("na2d").vector_bytes() // x.element_size()  # 64 bytes with AVX-512, else 32
     w = kernels.permute(0, 1, 3, 2, 4)  # (B, G, H, k², W)
     wq = -(-W // lanes) * lanes  # columns rounded up to whole vectors, as the kernel's rows
     w = F.pad(w, (pad, pad + wq - W)).contiguous()  # (B, G, H, k², pad + wq + pad)

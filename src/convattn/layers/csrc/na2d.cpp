@@ -4,7 +4,7 @@
 //   index (n, k): key position of slot t for query i;  valid (n, k): inside the image;
 //   offset (n, k): rel/bias table index (key - query in steps, + k - 1).
 // Layout trick: each (batch, head) is transposed into rows of (channel, column) so that SIMD lanes run
-// along W: L neighbouring queries (L = 64 bytes / sizeof(T)) are scored against their keys with one
+// along W: L neighbouring queries (L = one register: 64 or 32 bytes / sizeof(T)) are scored against their keys with one
 // vector multiply-add per channel and window slot. Windows whose L keys are contiguous (the interior,
 // for every border mode) take that path; the few lanes at the borders take a per-lane path.
 // Probabilities are saved as (B, heads, H, K, W). The backward is two gather passes (per query, then per
@@ -1066,6 +1066,9 @@ std::vector<at::Tensor> na2d_apply_backward(at::Tensor dout, at::Tensor w, at::T
   return {dw, dv};
 }
 
+// Bytes in one of the kernels' vectors: the padded rows callers lay out are whole vectors.
+int64_t vector_bytes() { return convattn_simd::kVecBytes; }
+
 }  // namespace convattn_na2d
 
 // torch.ops.convattn.na2d_*: one translation unit per kernel file, built in parallel.
@@ -1074,4 +1077,5 @@ TORCH_LIBRARY_FRAGMENT(convattn, m) {
   m.def("na2d_backward", &convattn_na2d::na2d_backward);
   m.def("na2d_apply_forward", &convattn_na2d::na2d_apply_forward);
   m.def("na2d_apply_backward", &convattn_na2d::na2d_apply_backward);
+  m.def("na2d_vector_bytes", &convattn_na2d::vector_bytes);
 }

@@ -1,5 +1,6 @@
-// SIMD helpers shared by the CPU kernels: 64-byte vectors of float or double (GCC/Clang vector
-// extensions), unaligned loads and stores, broadcasts and a vectorised exp.
+// SIMD helpers shared by the CPU kernels: vectors of float or double as wide as the target's registers
+// (GCC/Clang vector extensions: 64 bytes with AVX-512, 32 bytes otherwise), unaligned loads and stores,
+// broadcasts and a vectorised exp.
 #pragma once
 
 #include <cstdint>
@@ -7,9 +8,17 @@
 
 namespace convattn_simd {
 
+// Vectors wider than the registers are split by the compiler, and a kernel that holds L vectors of L
+// lanes (a tile to transpose) then spills: on AVX2 64-byte vectors ran the kernels 2-4x slower.
+#if defined(__AVX512F__)
+constexpr int kVecBytes = 64;
+#else
+constexpr int kVecBytes = 32;
+#endif
+
 template <typename T>
 struct VecOf {
-  typedef T type __attribute__((vector_size(64)));
+  typedef T type __attribute__((vector_size(kVecBytes)));
 };
 template <typename T>
 using vec = typename VecOf<T>::type;
@@ -17,14 +26,14 @@ template <typename T>
 struct IntVecOf;
 template <>
 struct IntVecOf<float> {
-  typedef int type __attribute__((vector_size(64)));
+  typedef int type __attribute__((vector_size(kVecBytes)));
 };
 template <>
 struct IntVecOf<double> {
-  typedef long long type __attribute__((vector_size(64)));
+  typedef long long type __attribute__((vector_size(kVecBytes)));
 };
 template <typename T>
-constexpr int64_t kLanes = 64 / sizeof(T);
+constexpr int64_t kLanes = kVecBytes / sizeof(T);
 
 template <typename T>
 inline vec<T> loadu(const T* p) {
@@ -124,9 +133,9 @@ inline void swap_blocks(vec<T>* r) {
 }
 template <typename T>
 inline void transpose_tile(vec<T>* r) {
-  if constexpr (kLanes<T> == 16) swap_blocks<T, 8>(r);
-  swap_blocks<T, 4>(r);
-  swap_blocks<T, 2>(r);
+  if constexpr (kLanes<T> >= 16) swap_blocks<T, 8>(r);
+  if constexpr (kLanes<T> >= 8) swap_blocks<T, 4>(r);
+  if constexpr (kLanes<T> >= 4) swap_blocks<T, 2>(r);
   swap_blocks<T, 1>(r);
 }
 
