@@ -351,6 +351,42 @@ void pair_rows(const T* slab, int64_t kr0, int64_t C, const Tables& tb, const Ge
   }
 }
 
+// R[t] = q . rel(offset of slot t) for the regular slots of one block (lanes = its queries), the rest
+// left as they are. The channels go in chunks held in registers, each rel value broadcast once per slot:
+// a slot at a time, every product would reload its query channel (three loads per multiply-add).
+template <typename T>
+void rel_scores(const T* Qt, const T* rel, const Tables& tb, const Geometry& g, int64_t h, int64_t i, int64_t jb,
+                bool zeros, vec<T>* R) {
+  thread_local std::vector<const T*> rp;
+  rp.assign(g.K, nullptr);
+  const int64_t j0 = jb * kLanes<T>;
+  for (int64_t a = 0; a < g.KH; ++a) {
+    if (!tb.r_ok[i * g.KH + a] && !zeros) continue;
+    const int64_t oa = tb.r_off[i * g.KH + a];
+    for (int64_t b = 0; b < g.KW; ++b)
+      if (tb.base[jb * g.KW + b] != kIrregular) rp[a * g.KW + b] = rel_at(rel, g, oa, tb.c_off[j0 * g.KW + b], h);
+  }
+  for (int64_t t = 0; t < g.K; ++t)
+    if (rp[t]) R[t] = vec<T>{};
+  for (int64_t c0 = 0; c0 < g.D; c0 += kChunk) {
+    const int64_t cn = std::min(kChunk, g.D - c0);
+    vec<T> xv[kChunk] = {};
+    for (int64_t u = 0; u < cn; ++u) xv[u] = loadu(Qt + (c0 + u) * g.Wp + j0);
+    for (int64_t t = 0; t < g.K; ++t) {
+      const T* r = rp[t];
+      if (!r) continue;
+      vec<T> acc = R[t];
+      if (cn == kChunk) {
+#pragma GCC unroll 8
+        for (int64_t u = 0; u < kChunk; ++u) acc += xv[u] * r[c0 + u];
+      } else {
+        for (int64_t u = 0; u < cn; ++u) acc += xv[u] * r[c0 + u];
+      }
+      R[t] = acc;
+    }
+  }
+}
+
 // Scores from the dot products of the regular slots already in S[t]: scale, rel, bias and border mask;
 // the dot products of border lanes (irregular blocks) are computed here, one lane at a time.
 template <typename T>
@@ -360,6 +396,11 @@ void finish_scores(const T* Qt, const T* Kslab, int64_t kr0, const T* rel, const
   constexpr int64_t L = kLanes<T>;
   const int64_t j0 = jb * L;
   const T ninf = -std::numeric_limits<T>::infinity();
+  thread_local std::vector<vec<T>> R;
+  if (rel) {
+    R.resize(g.K);
+    rel_scores(Qt, rel, tb, g, h, i, jb, zeros, R.data());
+  }
   for (int64_t a = 0; a < g.KH; ++a) {
     const int64_t ra = tb.r_idx[i * g.KH + a], oa = tb.r_off[i * g.KH + a];
     const bool va = tb.r_ok[i * g.KH + a];
@@ -373,10 +414,7 @@ void finish_scores(const T* Qt, const T* Kslab, int64_t kr0, const T* rel, const
       if (base != kIrregular) {  // contiguous keys, one rel/bias offset: the dot product is in S[t]
         vec<T> acc = S[t] * scale;
         const int64_t ob = tb.c_off[j0 * g.KW + b];
-        if (rel) {
-          const T* rv = rel_at(rel, g, oa, ob, h);
-          for (int64_t c = 0; c < g.D; ++c) acc += loadu(Qt + c * g.Wp + j0) * rv[c];
-        }
+        if (rel) acc += R[t];
         if (bias) acc += bias[(h * g.TH + oa) * g.TW + ob];
         if (!zeros) acc += masks[jb * g.KW + b];
         S[t] = acc;
@@ -740,21 +778,31 @@ template <typename T>
 void gather_fixed_pair(const T* w0, const T* x0, int64_t xstride, int64_t C, int64_t kr, int64_t qr0,
                        const Geometry& g, int64_t b, int64_t h, int64_t kc0, int64_t col_dilation, T scale,
                        vec<T>* acc0, vec<T>* acc1) {
+  constexpr int64_t L = kLanes<T>;
   const int64_t r = g.KW / 2, rr = g.KH / 2;
   const int64_t lo = std::max<int64_t>(0, kr - rr), hi = std::min(g.H - 1, kr + 1 + rr);
+  // A slot row outside the window reads zeros (no branch in the inner loop).
+  thread_local std::vector<T> zeros;
+  if (static_cast<int64_t>(zeros.size()) < g.KW * g.Wp) zeros.assign(g.KW * g.Wp, T(0));
+  const T* none = zeros.data() + g.PL;
   for (int64_t c0 = 0; c0 < C; c0 += kChunk) {
     const int64_t cn = std::min(kChunk, C - c0);
     vec<T> a0[kChunk] = {}, a1[kChunk] = {};
     for (int64_t i = lo; i <= hi; ++i) {
       const int64_t s0 = kr - i + rr;  // slot row of key row kr for query row i; kr + 1 is s0 + 1
       const bool ok0 = s0 >= 0 && s0 < g.KH, ok1 = s0 + 1 >= 0 && s0 + 1 < g.KH;
-      const T* w0row = ok0 ? prob_row(w0, g, b, h, i, s0 * g.KW) : nullptr;
-      const T* w1row = ok1 ? prob_row(w0, g, b, h, i, (s0 + 1) * g.KW) : nullptr;
+      const T* w0row = ok0 ? prob_row(w0, g, b, h, i, s0 * g.KW) : none;
+      const T* w1row = ok1 ? prob_row(w0, g, b, h, i, (s0 + 1) * g.KW) : none;
       const T* xrow = x0 + (i - qr0) * xstride;
+      if (c0 == 0)  // the weights of the next key block: rows of a strided stream the hardware misses
+        for (int64_t bb = 0; bb < g.KW; ++bb) {
+          const int64_t next = kc0 + L - (bb - r) * col_dilation;
+          __builtin_prefetch(w0row + bb * g.Wp + next);
+          __builtin_prefetch(w1row + bb * g.Wp + next);
+        }
       for (int64_t bb = 0; bb < g.KW; ++bb) {
         const int64_t at = kc0 - (bb - r) * col_dilation;
-        const vec<T> wv0 = ok0 ? loadu(w0row + bb * g.Wp + at) * scale : vec<T>{};
-        const vec<T> wv1 = ok1 ? loadu(w1row + bb * g.Wp + at) * scale : vec<T>{};
+        const vec<T> wv0 = loadu(w0row + bb * g.Wp + at), wv1 = loadu(w1row + bb * g.Wp + at);
         if (cn == kChunk) {
 #pragma GCC unroll 8
           for (int64_t u = 0; u < kChunk; ++u) {
@@ -771,7 +819,7 @@ void gather_fixed_pair(const T* w0, const T* x0, int64_t xstride, int64_t C, int
         }
       }
     }
-    for (int64_t u = 0; u < cn; ++u) acc0[c0 + u] = a0[u], acc1[c0 + u] = a1[u];
+    for (int64_t u = 0; u < cn; ++u) acc0[c0 + u] = a0[u] * scale, acc1[c0 + u] = a1[u] * scale;
   }
 }
 
