@@ -393,6 +393,8 @@ API = [
     Case("create_model-in-chans-0", lambda tmp: convattn.create_model("cnn_tiny", in_chans=0), ValueError,
          ("in_chans=0",)),
     Case("create_mixer-unknown", lambda tmp: convattn.create_mixer("nope", 16), ValueError, ("'nope'",)),
+    Case("create_mixer-dim-0", lambda tmp: convattn.create_mixer("dwconv", 0), ValueError, ("dim=0",)),
+    Case("create_mixer-dim-float", lambda tmp: convattn.create_mixer("sasa", 2.5), TypeError, ("dim=2.5",)),
     Case("mhsa2d-heads-0", lambda tmp: convattn.MultiHeadSelfAttention2d(8, num_heads=0), ValueError,
          ("num_heads=0",)),
     Case("mhsa2d-encoding", lambda tmp: convattn.MultiHeadSelfAttention2d(8, encoding="bogus"), ValueError,

@@ -203,13 +203,14 @@ def _cmd_properties(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
-    from convattn.analysis.bench import BenchConfig, run_bench
+    from convattn.analysis.bench import BenchConfig, run_bench, targets_path
 
     # A new file by default: a second run never replaces the first one's numbers.
     out = _output_file(args.out, args.force) or Path("runs") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.csv"
+    _output_file(targets_path(out), args.force)  # the target table goes beside it
     cfg = BenchConfig.quick(out) if args.quick else BenchConfig(out=out)
     run_bench(cfg)
-    print(f"wrote {out}")
+    print(f"wrote {out}" + (f" and {targets_path(out)}" if targets_path(out).exists() else ""))
     return 0
 
 

@@ -33,15 +33,21 @@ from convattn.utils.records import write_csv
 
 __all__ = [
     "RATIO_NOISE_LIMIT",
+    "TARGETS",
     "BenchConfig",
+    "Target",
+    "format_targets",
     "inference_rate",
     "paired_ratios",
     "run_bench",
+    "target_rows",
+    "targets_path",
     "training_rate",
     "unfold_local_attention",
 ]
 
 BASELINE = "dwconv7_channels_last"
+MODULE_BASELINE = "dwconv"  # the depth-wise conv mixer module, the peer of the other mixer modules
 # flex_attention runs eagerly on CPU, scoring every pair of pixels: measured up to 32×32 only.
 FLEX_MAX_PIXELS = 1024
 
@@ -289,6 +295,73 @@ def _spread(times: list[float]) -> float:
 RATIO_NOISE_LIMIT = 0.2
 
 
+@dataclass(frozen=True)
+class Target:
+    """A speed target: `column` of operator `op` at map size `size` at most `limit`."""
+
+    op: str
+    column: str
+    limit: float
+    size: int = 32
+
+
+# The speed targets the kernels are held to, as ratios measured in one run (operators alternating):
+# the bare neighbourhood attention against the bare 7×7 depth-wise conv (channels_last), and the
+# attention mixer modules (projections included) against the depth-wise conv mixer module.
+TARGETS = (
+    Target("na2d_k7", "fwd_ratio_to_dwconv", 3.0),
+    Target("na2d_k7", "fwdbwd_ratio_to_dwconv", 2.0),
+    Target("sasa", "fwdbwd_ratio_to_dwconv_module", 2.0),
+    Target("window", "fwdbwd_ratio_to_dwconv_module", 2.0),
+)
+
+
+def _noise_column(column: str) -> str:
+    return {
+        "fwd_ratio_to_dwconv": "fwd_ratio_noise",
+        "fwdbwd_ratio_to_dwconv": "fwdbwd_ratio_noise",
+        "fwdbwd_ratio_to_dwconv_module": "fwdbwd_module_ratio_noise",
+    }[column]
+
+
+def target_rows(rows: list[dict[str, Any]], targets: tuple[Target, ...] = TARGETS) -> list[dict[str, Any]]:
+    """One row per target measured in `rows` (a `run_bench` result): the ratio, its noise and the verdict.
+
+    `met` is "yes" or "no" when the ratio's paired spread is within RATIO_NOISE_LIMIT, and "noisy" when it
+    is not: the run cannot decide. Targets whose operator or size was not measured are left out.
+    """
+    by_key = {(r["op"], r["size"]): r for r in rows}
+    out = []
+    for t in targets:
+        r = by_key.get((t.op, t.size))
+        if r is None or t.column not in r or math.isnan(r[t.column]):
+            continue
+        ratio, noise = r[t.column], r[_noise_column(t.column)]
+        verdict = "noisy" if not noise <= RATIO_NOISE_LIMIT else ("yes" if ratio <= t.limit else "no")
+        out.append(
+            {
+                "op": t.op,
+                "size": t.size,
+                "ratio": t.column,
+                "limit": t.limit,
+                "measured": ratio,
+                "noise": noise,
+                "met": verdict,
+                "threads": r["threads"],
+            }
+        )
+    return out
+
+
+def format_targets(targets: list[dict[str, Any]]) -> list[str]:
+    """The target table as text lines."""
+    lines = [f"{'target':<46} {'limit':>6} {'measured':>9} {'noise':>6}  met"]
+    for t in targets:
+        name = f"{t['op']} {t['size']}x{t['size']} {t['ratio']}"
+        lines.append(f"{name:<46} {t['limit']:>5.1f}x {t['measured']:>8.2f}x {t['noise']:>6.0%}  {t['met']}")
+    return lines
+
+
 def paired_ratios(times: list[float], baseline: list[float]) -> tuple[float, float]:
     """(median, IQR / median) of the per-repeat ratios times[i] / baseline[i].
 
@@ -355,6 +428,11 @@ def run_bench(cfg: BenchConfig | None = None, *, log: Callable[[str], None] = pr
             f_ratio, f_noise = paired_ratios(fwd[name], fwd[BASELINE])
             fb_ratio, fb_noise = paired_ratios(fb[name], fb[BASELINE])
             noise = max(f_noise, fb_noise) if not math.isnan(fb_noise) else f_noise
+            module_ratio, module_noise = (
+                paired_ratios(fb[name], fb[MODULE_BASELINE])
+                if MODULE_BASELINE in fb
+                else (math.nan, math.nan)
+            )
             rows.append(
                 {
                     "op": name,
@@ -370,6 +448,8 @@ def run_bench(cfg: BenchConfig | None = None, *, log: Callable[[str], None] = pr
                     "fwdbwd_ratio_to_dwconv": fb_ratio,
                     "fwdbwd_ratio_noise": fb_noise,
                     "ratio_trusted": bool(noise <= RATIO_NOISE_LIMIT),
+                    "fwdbwd_ratio_to_dwconv_module": module_ratio,
+                    "fwdbwd_module_ratio_noise": module_noise,
                     "peak_train_mib": peaks[size][name],
                     "na2d_minimum_mib": _na2d_minimum_mib(cfg, size, name),
                     "macs": macs,
@@ -388,6 +468,16 @@ def run_bench(cfg: BenchConfig | None = None, *, log: Callable[[str], None] = pr
                 f"{'' if r['ratio_trusted'] else ' NOISY'}  "
                 f"peak {r['peak_train_mib']:7.1f} MiB  {r['fwd_gflops']:6.1f} GFLOP/s (matmul {roof:.0f})"
             )
+    targets = target_rows(rows)
+    for line in format_targets(targets) if targets else []:
+        log(line)
     if cfg.out is not None:
         write_csv(cfg.out, rows)
+        if targets:
+            write_csv(targets_path(cfg.out), targets)
     return rows
+
+
+def targets_path(out: Path) -> Path:
+    """Where the target table of the bench CSV `out` goes: beside it, `<stem>-targets.csv`."""
+    return out.with_name(f"{out.stem}-targets{out.suffix}")

@@ -64,7 +64,7 @@ def create_mixer(name: str, dim: int, **options: object) -> nn.Module:
     """Build the mixer `name` for `dim` input channels; `options` go to its constructor."""
     if name not in _MIXERS:
         raise ValueError(f"unknown mixer {name!r}; choose one of {', '.join(list_mixers())}")
-    return _MIXERS[name](dim, **options)
+    return _MIXERS[name](check_positive_int("dim", dim), **options)
 
 
 def _same_dims(name: str, dim: int, out_dim: int | None) -> int:
