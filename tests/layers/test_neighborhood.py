@@ -243,6 +243,38 @@ def test_a_build_lock_left_by_a_killed_build_does_not_hang_the_next_process(tmp_
     assert not stale.exists()
 
 
+@needs_kernel("na2d")
+def test_a_build_killed_half_way_leaves_the_next_process_a_working_kernel(tmp_path):
+    """A real build, in an empty extension folder, killed with SIGKILL while it compiles: the next
+    process neither hangs nor fails; it builds the kernels and runs them (bounded in time)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path)}
+    env.pop("CONVATTN_NO_KERNEL", None)
+    build = "from convattn.layers.kernels import load_kernel; assert load_kernel('na2d') is not None"
+    first = subprocess.Popen([sys.executable, "-c", build], env=env, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not any(tmp_path.rglob("build.ninja")) and time.monotonic() < deadline:  # compiling now
+        time.sleep(0.2)
+    time.sleep(1.0)
+    assert first.poll() is None, "the build ended before it could be killed"
+    os.killpg(first.pid, signal.SIGKILL)  # the compiler processes too
+    first.wait()
+    assert any(tmp_path.rglob("lock")), "torch's build lock should be left behind by the kill"
+    run = (
+        "import torch, convattn.functional as F; from convattn.layers.kernels import load_kernel; "
+        "assert load_kernel('na2d') is not None; q = torch.randn(1, 4, 4, 1, 2); "
+        "print(F.neighborhood_attention2d(q, q, q, 3).shape)"
+    )
+    done = subprocess.run([sys.executable, "-c", run], env=env, timeout=240, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "torch.Size([1, 4, 4, 1, 2])" in done.stdout
+
+
 @pytest.mark.parametrize(
     ("backend", "device", "options", "path"),
     [
