@@ -276,7 +276,7 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from convattn.train import Diverged, Interrupted, train
+    from convattn.train import Interrupted, train
 
     try:
         cfg = _train_config(args)
@@ -284,9 +284,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except Interrupted as stop:
         _say(f"{stop}; continue with --resume")
         return 130
-    except Diverged as err:
-        _say(f"error: {err}")
-        return 1
     if dist.is_main():  # under torchrun, only the first process reports
         val = cfg.holdout > 0
         score = f"validation accuracy {result.val_acc:.4f}" if val else f"test accuracy {result.test_acc:.4f}"
