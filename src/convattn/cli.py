@@ -203,14 +203,16 @@ def _cmd_properties(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
-    from convattn.analysis.bench import BenchConfig, run_bench, targets_path
+    from convattn.analysis.bench import BenchConfig, run_bench, targets_path, training_path
 
     # A new file by default: a second run never replaces the first one's numbers.
     out = _output_file(args.out, args.force) or Path("runs") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.csv"
     _output_file(targets_path(out), args.force)  # the target table goes beside it
+    _output_file(training_path(out), args.force)  # and the training step's before/after table
     cfg = BenchConfig.quick(out) if args.quick else BenchConfig(out=out)
     run_bench(cfg)
-    print(f"wrote {out}" + (f" and {targets_path(out)}" if targets_path(out).exists() else ""))
+    written = [p for p in (out, targets_path(out), training_path(out)) if p.exists()]
+    print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
 

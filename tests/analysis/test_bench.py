@@ -11,7 +11,9 @@ from convattn.analysis.bench import (
     run_bench,
     target_rows,
     targets_path,
+    training_path,
 )
+from convattn.analysis.step_speed import STEP_MODELS
 from convattn.utils.records import read_csv
 
 
@@ -78,7 +80,7 @@ def test_targets_say_met_missed_or_noisy():
 
 def test_the_bench_writes_its_targets_beside_the_table(tmp_path):
     cfg = BenchConfig(batch=1, sizes=(32,), repeats=3, warmup=1, mixers=("dwconv", "sasa", "window"),
-                      out=tmp_path / "bench.csv")  # fmt: skip
+                      out=tmp_path / "bench.csv", step_batch=2, step_repeats=1)  # fmt: skip
     rows = run_bench(cfg, log=lambda s: None)
     by_op = {r["op"]: r for r in rows}
     assert by_op["dwconv"]["fwdbwd_ratio_to_dwconv_module"] == 1.0  # itself, repeat by repeat
@@ -87,3 +89,6 @@ def test_the_bench_writes_its_targets_beside_the_table(tmp_path):
     for t in targets:
         assert float(t["measured"]) == pytest.approx(by_op[t["op"]][t["ratio"]])
         assert t["met"] in ("yes", "no", "noisy")
+    steps = read_csv(training_path(cfg.out))
+    assert [r["model"] for r in steps] == [m.name for m in STEP_MODELS]
+    assert all(float(r["before_images_per_s"]) > 0 and float(r["after_images_per_s"]) > 0 for r in steps)

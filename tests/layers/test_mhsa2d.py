@@ -59,9 +59,41 @@ def test_separable_and_fused_paths_agree(encoding):
     torch.testing.assert_close(layer._attend_separable(x), fused, atol=1e-12, rtol=0)
 
 
-@pytest.mark.parametrize("encoding", ENCODINGS)
-def test_gradcheck(encoding):
+@pytest.mark.parametrize("encoding", ["relative", "quadratic"])
+@pytest.mark.parametrize("value_proj", [True, False])
+@pytest.mark.parametrize("mixing", ["rows_columns", "kronecker"])
+def test_both_position_mixings_match_the_reference_forward_and_backward(encoding, value_proj, mixing):
+    layer = _layer(encoding, value_proj=value_proj)
+    layer.position_mixing = mixing
+    x = torch.randn(2, 8, 3, 5, dtype=f64, requires_grad=True)
+    out, expected = layer(x), ref.mhsa2d(layer, x)
+    torch.testing.assert_close(out, expected, atol=1e-12, rtol=0)
+    g = torch.randn_like(out)
+    inputs = [x, *layer.parameters()]
+    for a, b in zip(
+        torch.autograd.grad(out, inputs, g), torch.autograd.grad(expected, inputs, g), strict=True
+    ):
+        torch.testing.assert_close(a, b, atol=1e-11, rtol=0)
+
+
+def test_auto_mixing_takes_the_single_product_on_small_maps_only():
+    layer = MultiHeadSelfAttention2d(64, num_heads=9, encoding="quadratic", value_proj=False)
+    assert layer.kronecker_pays(8, 8)  # the digits' attention net
+    assert not layer.kronecker_pays(16, 16)  # Cordonnier et al.'s 16x16 maps
+    narrow = MultiHeadSelfAttention2d(64, 1, num_heads=9, encoding="quadratic", value_proj=False)
+    assert narrow.kronecker_pays(16, 16) and not narrow.kronecker_pays(17, 16)  # never beyond 256 pixels
+    layer.position_mixing = "kronecker"
+    assert layer.kronecker_pays(16, 16)
+
+
+@pytest.mark.parametrize(
+    ("encoding", "mixing"),
+    [(e, "auto") for e in ENCODINGS] + [("relative", "rows_columns"), ("quadratic", "rows_columns")],
+)
+def test_gradcheck(encoding, mixing):
     layer = _layer(encoding, C=4, C_out=3, heads=2, max_size=(2, 2))
+    layer.position_mixing = mixing  # "auto" takes the single T×T product on this 3×2 map
+    assert layer.kronecker_pays(3, 2) == (mixing == "auto")
     x = torch.randn(1, 4, 3, 2, dtype=f64, requires_grad=True)
     names = [n for n, _ in layer.named_parameters()]
     params = tuple(p.detach().clone().requires_grad_() for p in layer.parameters())
@@ -215,6 +247,7 @@ def test_training_memory_grows_linearly_with_pixels(encoding):
         ),
         ({"in_channels": 0}, ValueError, "in_channels=0"),
         ({"in_channels": 8, "max_size": (3, 4, 5)}, ValueError, "max_size"),
+        ({"in_channels": 8, "position_mixing": "fft"}, ValueError, "position_mixing.*'fft'"),
     ],
 )
 def test_bad_configuration_is_named(kwargs, error, words):

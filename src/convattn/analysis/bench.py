@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from convattn.analysis.flops import count_macs
+from convattn.analysis.step_speed import step_speedups
 from convattn.layers.dynamic import image_dwconv2d, pixel_dwconv2d
 from convattn.layers.mixers import create_mixer
 from convattn.layers.neighborhood import neighborhood_attention2d
@@ -42,6 +43,7 @@ __all__ = [
     "run_bench",
     "target_rows",
     "targets_path",
+    "training_path",
     "training_rate",
     "unfold_local_attention",
 ]
@@ -98,7 +100,7 @@ def training_rate(
     """Images per second of AdamW training steps (forward, backward, update) on one batch, median of
     `steps` after a warm-up step. `model` is trained in place: pass a fresh one."""
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=images.device.type in ("cpu", "cuda"))
     times = []
     for i in range(steps + 1):
         if images.is_cuda:
@@ -127,10 +129,12 @@ class BenchConfig:
     warmup: int = 3
     mixers: tuple[str, ...] = ("conv", "dwconv", "dynamic_dwconv", "local_mlp", "sasa", "window", "mhsa")
     out: Path | None = None
+    step_batch: int = 64  # the attention nets' training step, before and after (`step_speed`)
+    step_repeats: int = 15
 
     @classmethod
     def quick(cls, out: Path | None = None) -> BenchConfig:
-        return cls(batch=2, sizes=(16,), repeats=5, warmup=1, out=out)
+        return cls(batch=2, sizes=(16,), repeats=5, warmup=1, out=out, step_batch=8, step_repeats=3)
 
 
 def _malloc_mode(peaks: bool) -> None:
@@ -471,11 +475,20 @@ def run_bench(cfg: BenchConfig | None = None, *, log: Callable[[str], None] = pr
     targets = target_rows(rows)
     for line in format_targets(targets) if targets else []:
         log(line)
+    steps = step_speedups(
+        batch=cfg.step_batch, repeats=cfg.step_repeats, noise_limit=RATIO_NOISE_LIMIT, log=log
+    )
     if cfg.out is not None:
         write_csv(cfg.out, rows)
         if targets:
             write_csv(targets_path(cfg.out), targets)
+        write_csv(training_path(cfg.out), steps)
     return rows
+
+
+def training_path(out: Path) -> Path:
+    """Where the training-step table (before/after) of the bench CSV `out` goes: `<stem>-training.csv`."""
+    return out.with_name(f"{out.stem}-training{out.suffix}")
 
 
 def targets_path(out: Path) -> Path:
