@@ -12,7 +12,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["LONG_RANGE_CLASSES", "PALETTE", "SHAPE_CLASSES", "long_range_images", "shape_images"]
+__all__ = [
+    "LONG_RANGE_CLASSES",
+    "PALETTE",
+    "SHAPE_CLASSES",
+    "long_range_images",
+    "shape_images",
+    "shape_mask",
+]
 
 SIZE = 32
 NOISE = 96
@@ -40,19 +47,29 @@ def _shape_masks(labels: Tensor, g: torch.Generator) -> Tensor:
     r = 4 + 6 * torch.rand(n, 1, 1, generator=g, dtype=torch.float64)  # (n, 1, 1)
     cy = r + (SIZE - 1 - 2 * r) * torch.rand(n, 1, 1, generator=g, dtype=torch.float64)
     cx = r + (SIZE - 1 - 2 * r) * torch.rand(n, 1, 1, generator=g, dtype=torch.float64)
-    grid = torch.arange(SIZE, dtype=torch.float64)
-    dy, dx = grid.view(1, -1, 1) - cy, grid.view(1, 1, -1) - cx  # (n, SIZE, 1), (n, 1, SIZE)
+    return _all_masks(cy, cx, r, SIZE)[labels, torch.arange(n)]
+
+
+def shape_mask(label: int, cy: float, cx: float, r: float, size: int) -> Tensor:
+    """(size, size) bool: shape `label` (SHAPE_CLASSES) centred at pixel (cy, cx) with half-size r."""
+    t = torch.tensor([[[cy]]], dtype=torch.float64), torch.tensor([[[cx]]], dtype=torch.float64)
+    return _all_masks(*t, torch.tensor([[[r]]], dtype=torch.float64), size)[label, 0]
+
+
+def _all_masks(cy: Tensor, cx: Tensor, r: Tensor, size: int) -> Tensor:
+    """(4, n, size, size) bool: every shape at centres (n, 1, 1) and half-sizes (n, 1, 1)."""
+    grid = torch.arange(size, dtype=torch.float64)
+    dy, dx = grid.view(1, -1, 1) - cy, grid.view(1, 1, -1) - cx  # (n, size, 1), (n, 1, size)
     ady, adx = dy.abs(), dx.abs()
     arm = 0.3 * r
-    masks = torch.stack(
+    return torch.stack(
         [
             (ady <= 0.8 * r) & (adx <= 0.8 * r),  # square, side 1.6 r
             dy.square() + dx.square() <= r.square(),  # circle, radius r
             (ady <= r) & (2 * adx <= dy + r),  # triangle, apex up, base 2 r
             ((adx <= arm) & (ady <= r)) | ((ady <= arm) & (adx <= r)),  # plus sign, arms 0.6 r wide
         ]
-    )  # (4, n, SIZE, SIZE)
-    return masks[labels, torch.arange(n)]
+    )  # (4, n, size, size)
 
 
 def shape_images(n: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
