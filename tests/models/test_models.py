@@ -25,7 +25,7 @@ from convattn.models.swin import SwinBlock, SwinTransformer, stage_windows
 from convattn.models.vit import Attention, VisionTransformer
 from convattn.utils.checks import check_multiple_of, check_odd
 
-MODELS = list_models()
+MODELS = list_models(task="classification")
 TINY = [n for n in MODELS if n.endswith(("_tiny", "_digits"))]
 SMALL = [n for n in MODELS if model_info(n).image_size <= 32 and n not in TINY]
 FULL = [n for n in MODELS if model_info(n).image_size > 32]

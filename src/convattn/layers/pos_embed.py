@@ -7,12 +7,20 @@ index (each half a 1-D encoding), so it is defined for any H, W without a fixed 
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
 from convattn.utils.checks import check_positive_int, check_probability, check_tensor
 
-__all__ = ["PositionalEncoding", "PositionalEncoding2d", "sinusoidal_1d", "sinusoidal_2d"]
+__all__ = [
+    "PositionalEncoding",
+    "PositionalEncoding2d",
+    "normalized_sine_2d",
+    "sinusoidal_1d",
+    "sinusoidal_2d",
+]
 
 
 def _check_even(name: str, dim: int, multiple: int) -> None:
@@ -82,6 +90,37 @@ class PositionalEncoding(nn.Module):
         T = x.shape[1]
         table = sinusoidal_1d(offset + T, self.dim, base=self.base, dtype=x.dtype, device=x.device)
         return self.dropout(x + table[offset:])  # (B, T, d) + (T, d)
+
+
+def normalized_sine_2d(
+    height: int,
+    width: int,
+    dim: int,
+    *,
+    temperature: float = 10000.0,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """DETR's (dim, height, width) sine encoding: positions normalised to (0, 2π] before the frequencies.
+
+    Row r (1-based) sits at angle 2π·r/H, column c at 2π·c/W, so the encoding of a map spans the same
+    range whatever its size; channel 2j of each half is sin(a / T^(2j/(dim/2))), channel 2j+1 its cos,
+    rows in the first half, columns in the second (Carion et al., their PositionEmbeddingSine).
+    """
+    check_positive_int("height", height)
+    check_positive_int("width", width)
+    _check_even("dim", dim, 4)
+    half = dim // 2
+    freq = temperature ** (-torch.arange(0, half, 2, dtype=torch.float64, device=device) / half)  # (d/4,)
+
+    def axis(n: int) -> Tensor:
+        angle = torch.arange(1, n + 1, dtype=torch.float64, device=device) / n * 2 * math.pi  # (n,)
+        angle = angle[:, None] * freq  # (n, d/4)
+        return torch.stack([angle.sin(), angle.cos()], dim=-1).reshape(n, half)  # (n, d/2), interleaved
+
+    rows = axis(height).T[:, :, None].expand(half, height, width)  # (d/2, H, W)
+    cols = axis(width).T[:, None, :].expand(half, height, width)  # (d/2, H, W)
+    return torch.cat([rows, cols], dim=0).to(dtype)  # (d, H, W)
 
 
 class PositionalEncoding2d(nn.Module):

@@ -24,6 +24,8 @@ from convattn.utils.checks import check_positive_int, check_probability, check_t
 __all__ = [
     "AddNorm",
     "BlockCache",
+    "DetrDecoderLayer",
+    "DetrEncoderLayer",
     "PositionWiseFFN",
     "TransformerDecoderBlock",
     "TransformerEncoderBlock",
@@ -137,3 +139,58 @@ class TransformerDecoderBlock(nn.Module):
         y = self.addnorm1(x, self.attention1.attend(x, cache.self_k, cache.self_v))
         z = self.addnorm2(y, self.attention2.attend(y, cache.cross_k, cache.cross_v, enc_valid_lens))
         return self.addnorm3(z, self.ffn(z))  # (B, 1, d)
+
+
+def _with_pos(x: Tensor, pos: Tensor | None) -> Tensor:
+    return x if pos is None else x + pos
+
+
+class DetrEncoderLayer(nn.Module):
+    """DETR's encoder layer (post-LN): the positional encoding joins the queries and keys, not values.
+
+    y = AddNorm(x, MHA(x + pos, x + pos, x)); out = AddNorm(y, FFN(y)).
+    """
+
+    def __init__(self, num_hiddens: int, ffn_num_hiddens: int, num_heads: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.attention = MultiHeadAttention(num_hiddens, num_heads, dropout=dropout, bias=True)
+        self.addnorm1 = AddNorm(num_hiddens, dropout)
+        self.ffn = PositionWiseFFN(num_hiddens, ffn_num_hiddens)
+        self.addnorm2 = AddNorm(num_hiddens, dropout)
+
+    def forward(self, x: Tensor, pos: Tensor | None = None) -> Tensor:
+        """x: (B, S, d) image tokens; pos: (B or 1, S, d) their encoding -> (B, S, d)."""
+        check_tensor("x", x, 3)
+        qk = _with_pos(x, pos)
+        y = self.addnorm1(x, self.attention(qk, qk, x))
+        return self.addnorm2(y, self.ffn(y))
+
+
+class DetrDecoderLayer(nn.Module):
+    """DETR's decoder layer (post-LN): object queries attend to each other, then to the image.
+
+    y = AddNorm(t, MHA(t + q, t + q, t)); z = AddNorm(y, MHA(y + q, m + pos, m)); out = AddNorm(z, FFN(z)),
+    with t the decoder state (zeros before the first layer), q the learned query embeddings and m the
+    encoder output. No causal mask: the predictions are a set. The cross-attention's weights stay on
+    `cross_attention.attention_weights`, (B, heads, queries, pixels), for pictures.
+    """
+
+    def __init__(self, num_hiddens: int, ffn_num_hiddens: int, num_heads: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.self_attention = MultiHeadAttention(num_hiddens, num_heads, dropout=dropout, bias=True)
+        self.addnorm1 = AddNorm(num_hiddens, dropout)
+        self.cross_attention = MultiHeadAttention(num_hiddens, num_heads, dropout=dropout, bias=True)
+        self.addnorm2 = AddNorm(num_hiddens, dropout)
+        self.ffn = PositionWiseFFN(num_hiddens, ffn_num_hiddens)
+        self.addnorm3 = AddNorm(num_hiddens, dropout)
+
+    def forward(
+        self, t: Tensor, memory: Tensor, pos: Tensor | None = None, query_pos: Tensor | None = None
+    ) -> Tensor:
+        """t: (B, Q, d); memory: (B, S, d); pos: (B or 1, S, d); query_pos: (B or 1, Q, d) -> (B, Q, d)."""
+        check_tensor("t", t, 3)
+        check_tensor("memory", memory, 3)
+        q = _with_pos(t, query_pos)
+        y = self.addnorm1(t, self.self_attention(q, q, t))
+        z = self.addnorm2(y, self.cross_attention(_with_pos(y, query_pos), _with_pos(memory, pos), memory))
+        return self.addnorm3(z, self.ffn(z))

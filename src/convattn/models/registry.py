@@ -1,7 +1,8 @@
 """The model registry: every network of the literature by name, each family with a `tiny` preset.
 
 A registered builder takes keyword overrides (num_classes, image_size, in_chans, ...) and returns an
-nn.Module mapping (B, in_chans, H, W) images to (B, num_classes) logits. Each entry records the image
+nn.Module mapping (B, in_chans, H, W) images to (B, num_classes) logits, or, for the detection models
+(`task="detection"`), to a dict of per-query class logits and boxes. Each entry records the image
 sizes it supports so that a wrong size is refused with a message before any tensor is built.
 """
 
@@ -34,6 +35,8 @@ class ModelInfo:
         num_classes: default number of classes.
         divisor: input sides must be multiples of this (1: any size).
         min_size: smallest supported input side.
+        task: "classification" ((B, num_classes) logits) or "detection" (a dict of per-query class
+            logits and boxes, `convattn.models.detr`).
     """
 
     name: str
@@ -46,8 +49,10 @@ class ModelInfo:
     num_classes: int = 10
     divisor: int = 1
     min_size: int = 1
+    task: str = "classification"
 
 
+TASKS = ("classification", "detection")
 _MODELS: dict[str, ModelInfo] = {}
 
 
@@ -61,6 +66,7 @@ def register_model(
     num_classes: int = 10,
     divisor: int = 1,
     min_size: int = 1,
+    task: str = "classification",
     **defaults: Any,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator: register `builder(**kwargs)` under `name` with preset keyword `defaults`.
@@ -71,6 +77,8 @@ def register_model(
     def wrap(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _MODELS:
             raise ValueError(f"model {name!r} is already registered")
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got task={task!r}")
         _MODELS[name] = ModelInfo(
             name,
             family,
@@ -82,6 +90,7 @@ def register_model(
             num_classes,
             divisor,
             min_size,
+            task,
         )
         return builder
 
@@ -99,6 +108,7 @@ def register_preset(
     num_classes: int = 10,
     divisor: int | None = None,
     min_size: int | None = None,
+    task: str = "classification",
     **preset: Any,
 ) -> None:
     """Register `builder` (a model class) as `name`: it is called with the `preset` keywords.
@@ -117,19 +127,23 @@ def register_preset(
         num_classes=num_classes,
         divisor=divisor,
         min_size=divisor if min_size is None else min_size,
+        task=task,
         **preset,
     )(builder)
 
 
 def _load_builtin() -> None:
     """Import the modules that register the built-in models (once)."""
-    from convattn.models import attention_net, dwnet, resnet, sasa_resnet, small, swin, vit  # noqa: F401
+    from convattn.models import attention_net, detr, dwnet, resnet, sasa_resnet, small, swin, vit  # noqa: F401
 
 
-def list_models(pattern: str | None = None) -> list[str]:
-    """Registered names, sorted; `pattern` filters with shell wildcards ("resnet*", "*tiny")."""
+def list_models(pattern: str | None = None, *, task: str | None = None) -> list[str]:
+    """Registered names, sorted; `pattern` filters with shell wildcards ("resnet*", "*tiny"), `task`
+    keeps one task's models ("classification" or "detection")."""
     _load_builtin()
-    names = sorted(_MODELS)
+    if task is not None and task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got task={task!r}")
+    names = sorted(n for n in _MODELS if task is None or _MODELS[n].task == task)
     return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
 
 

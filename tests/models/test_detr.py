@@ -1,0 +1,105 @@
+"""DETR: output structure, the sine encoding against DETR's formula, presets and bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from convattn.layers.pos_embed import normalized_sine_2d
+from convattn.layers.transformer import DetrDecoderLayer, DetrEncoderLayer
+from convattn.models.detr import DETR
+from convattn.models.registry import create_model, list_models, model_info
+from convattn.models.set_prediction import SetCriterion
+
+
+def test_normalized_sine_matches_detr_formula():
+    H, W, d, T = 3, 5, 8, 10000.0
+    pe = normalized_sine_2d(H, W, d, dtype=torch.float64)
+    npf = d // 2
+    for i in range(H):
+        for j in range(W):
+            for axis, (p, n) in enumerate(((i + 1, H), (j + 1, W))):
+                a = p / n * 2 * math.pi
+                for c in range(npf):
+                    angle = a / T ** (2 * (c // 2) / npf)
+                    want = math.sin(angle) if c % 2 == 0 else math.cos(angle)
+                    assert pe[axis * npf + c, i, j].item() == pytest.approx(want, abs=1e-12)
+
+
+def test_forward_gives_every_layers_set_of_predictions():
+    torch.manual_seed(0)
+    model = DETR(num_classes=3, backbone_width=8, hidden=32, num_heads=2, enc_layers=1, dec_layers=3,
+                 ffn=64, num_queries=7).eval()  # fmt: skip
+    x = torch.randn(2, 3, 32, 48)
+    out = model(x)
+    assert out["logits"].shape == (2, 7, 4) and out["boxes"].shape == (2, 7, 4)
+    assert len(out["aux"]) == 2 and all(a["boxes"].shape == (2, 7, 4) for a in out["aux"])
+    assert (out["boxes"] > 0).all() and (out["boxes"] < 1).all()
+    assert model.cross_attention().shape == (2, 2, 7, (32 // 8) * (48 // 8))
+    torch.testing.assert_close(model.cross_attention().sum(-1), torch.ones(2, 2, 7))
+    # the queries are a set: no query sees another's position, so permuting the query embeddings
+    # permutes the predictions
+    perm = torch.tensor([3, 0, 6, 1, 5, 2, 4])
+    with torch.no_grad():
+        model.query_embed.weight.copy_(model.query_embed.weight[perm])
+    again = model(x)
+    torch.testing.assert_close(again["logits"], out["logits"][:, perm], atol=1e-5, rtol=1e-5)
+
+
+def test_the_loss_trains_every_parameter():
+    torch.manual_seed(0)
+    model = create_model("detr_tiny")
+    out = model(torch.randn(2, 3, 64, 64))
+    boxes = torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.7, 0.6, 0.3, 0.2]])
+    targets = [{"labels": torch.tensor([1, 2]), "boxes": boxes},
+               {"labels": torch.tensor([0]), "boxes": torch.tensor([[0.5, 0.5, 0.4, 0.4]])}]  # fmt: skip
+    SetCriterion(4)(out, targets)["loss"].backward()
+    dead = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    # the first decoder layer starts from zeros, so its self-attention's values are the bias alone and
+    # its value weights get no gradient, as in DETR; every other parameter learns
+    assert dead == ["decoder.0.self_attention.W_v.weight"]
+
+
+def test_detection_presets_are_registered_apart():
+    names = list_models(task="detection")
+    assert {"detr_tiny", "detr_resnet_small", "detr_resnet_small_sasa"} <= set(names)
+    assert not set(names) & set(list_models(task="classification"))
+    info = model_info("detr_resnet_small_sasa")
+    assert info.task == "detection" and info.image_size == 64 and info.num_classes == 4
+    sasa = create_model("detr_resnet_small_sasa")
+    assert sasa.backbone[1][0].conv1.__class__.__name__ != "Conv2d"  # an attention mixer, not a conv
+
+
+def test_layers_take_positions_on_queries_and_keys_only():
+    torch.manual_seed(0)
+    enc, dec = (
+        DetrEncoderLayer(16, 32, 2, dropout=0.0).eval(),
+        DetrDecoderLayer(16, 32, 2, dropout=0.0).eval(),
+    )
+    x, pos = torch.randn(2, 6, 16), torch.randn(1, 6, 16)
+    assert not torch.allclose(enc(x, pos), enc(x))
+    t, q = torch.randn(2, 3, 16), torch.randn(1, 3, 16)
+    assert dec(t, x, pos, q).shape == (2, 3, 16)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"hidden": 30}, "multiple of 4"),
+        ({"num_queries": 0}, "num_queries=0"),
+        ({"mixer": "fft"}, "unknown mixer"),
+    ],
+)
+def test_bad_settings_are_named(kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        DETR(**kwargs)
+
+
+def test_bad_images_are_named():
+    model = create_model("detr_tiny")
+    with pytest.raises(ValueError, match="multiples of the backbone's stride 8, got 60x64"):
+        model(torch.randn(1, 3, 60, 64))
+    with pytest.raises(ValueError, match="no cross-attention"):
+        create_model("detr_tiny").cross_attention()
