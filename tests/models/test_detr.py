@@ -103,3 +103,12 @@ def test_bad_images_are_named():
         model(torch.randn(1, 3, 60, 64))
     with pytest.raises(ValueError, match="no cross-attention"):
         create_model("detr_tiny").cross_attention()
+
+
+def test_the_classification_trainer_refuses_a_detection_model_by_name():
+    from convattn.data import load
+    from convattn.train.config import TrainConfig
+    from convattn.train.loop import build_model
+
+    with pytest.raises(ValueError, match="'detr_tiny' is a detection model"):
+        build_model(TrainConfig(model="detr_tiny", data="digits"), load("digits", "train"))

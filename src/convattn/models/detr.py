@@ -133,8 +133,8 @@ class DETR(nn.Module):
         memory = tokens
         for layer in self.encoder:
             memory = layer(memory, pos)  # (B, S, d)
-        query_pos = self.query_embed.weight[None].expand(B, -1, -1)  # (B, Q, d)
-        state = torch.zeros_like(query_pos)  # DETR starts the decoder from zeros
+        query_pos = self.query_embed(torch.arange(self.num_queries, device=f.device))[None]  # (1, Q, d)
+        state = f.new_zeros(B, self.num_queries, d)  # (B, Q, d): DETR starts the decoder from zeros
         outputs = []
         for layer in self.decoder:
             state = layer(state, memory, pos, query_pos)  # (B, Q, d)

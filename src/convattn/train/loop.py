@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from convattn.data import Augment, ImageSet, batches, default_augment, load
-from convattn.models.registry import create_model
+from convattn.models.registry import create_model, model_info
 from convattn.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from convattn.train.config import TrainConfig
 from convattn.train.engine import Diverged, EpochState, evaluate, progress_bar, train_one_epoch
@@ -237,6 +237,12 @@ def _augment(cfg: TrainConfig, data: ImageSet) -> Augment:
 
 def build_model(cfg: TrainConfig, train_set: ImageSet) -> nn.Module:
     """The model a run of `cfg` starts from: seeded with cfg.seed, shaped by its training set."""
+    task = model_info(cfg.model).task
+    if task != "classification":
+        raise ValueError(
+            f"{cfg.model!r} is a {task} model, and the trainer trains classification models on image sets; "
+            "train a detection model in your own loop with convattn.models.set_prediction.SetCriterion"
+        )
     torch.manual_seed(cfg.seed)
     C, H = train_set.images.shape[1:3]
     return create_model(
