@@ -26,7 +26,7 @@ from convattn.models.registry import register_preset
 from convattn.models.resnet import ResNet
 from convattn.utils.checks import check_positive_int, check_probability, check_tensor
 
-__all__ = ["DETR", "BoxMLP"]
+__all__ = ["DETR", "BoxMLP", "postprocess", "targets_to_coco"]
 
 
 class BoxMLP(nn.Module):
@@ -149,6 +149,32 @@ class DETR(nn.Module):
         if weights is None:
             raise ValueError("run the model on images first: no cross-attention has been computed yet")
         return weights
+
+
+@torch.no_grad()
+def postprocess(outputs: dict[str, Any], height: int, width: int) -> list[dict[str, Tensor]]:
+    """DETR's predictions as detections, one dict per image: every query with its best object class.
+
+    "scores" (Q,) the class probability (softmax over all K + 1, "no object" left out of the max),
+    "labels" (Q,), "boxes" (Q, 4) in COCO's pixel (x, y, w, h) for an image of height × width, the form
+    `convattn.analysis.coco_map` reads. No thresholding and no non-maximum suppression: the ranking by
+    score is what average precision measures.
+    """
+    prob = outputs["logits"].softmax(-1)[..., :-1]  # (B, Q, K)
+    scores, labels = prob.max(-1)  # (B, Q) each
+    cx, cy, w, h = outputs["boxes"].unbind(-1)  # (B, Q) each, normalised
+    boxes = torch.stack([(cx - w / 2) * width, (cy - h / 2) * height, w * width, h * height], dim=-1)
+    return [{"boxes": b, "scores": s, "labels": y} for b, s, y in zip(boxes, scores, labels, strict=True)]
+
+
+def targets_to_coco(targets: list[dict[str, Tensor]], height: int, width: int) -> list[dict[str, Tensor]]:
+    """Targets with normalised cxcywh boxes -> ground truth with COCO pixel (x, y, w, h) boxes."""
+    scale = torch.tensor([width, height, width, height], dtype=torch.float64)
+    out = []
+    for t in targets:
+        cx, cy, w, h = (t["boxes"].double() * scale).unbind(-1)
+        out.append({"boxes": torch.stack([cx - w / 2, cy - h / 2, w, h], dim=-1), "labels": t["labels"]})
+    return out
 
 
 _PRESETS: list[tuple[str, str, dict[str, Any]]] = [
