@@ -13,6 +13,9 @@
   restricted unpickler and checked against the published MD5 sums.
 * ``folder:PATH`` — your images, one sub-folder per class (optionally under PATH/train and PATH/test).
 
+Detection data is a `DetectionSet` (images with boxes and labels): ``detect_shapes`` generates one
+(`convattn.data.detection`).
+
 ``n_train`` trains on fewer images, for learning curves. A generated set is generated at that size. A
 fixed set (digits, CIFAR, folder) keeps a class-stratified subset of its training split, chosen by
 `subset_order`: the first ``n_train`` images of one seeded order, so the subset is the same for the same
@@ -47,6 +50,7 @@ import torch
 
 from convattn.data.augment import Augment, augment_batch, batches, default_augment, num_batches
 from convattn.data.cifar import VERIFY_MODES, UnsafePickleError, load_cifar
+from convattn.data.detection import DetectionSet, detect_shapes
 from convattn.data.digits import load_digits, load_digits32
 from convattn.data.folder import load_folder
 from convattn.data.generated import LONG_RANGE_CLASSES, SHAPE_CLASSES, long_range_images, shape_images
@@ -56,11 +60,13 @@ from convattn.utils.checks import check_positive_int
 
 __all__ = [
     "Augment",
+    "DetectionSet",
     "ImageSet",
     "UnsafePickleError",
     "augment_batch",
     "batches",
     "default_augment",
+    "detect_shapes",
     "list_datasets",
     "load",
     "num_batches",
