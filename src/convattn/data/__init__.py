@@ -13,8 +13,9 @@
   restricted unpickler and checked against the published MD5 sums.
 * ``folder:PATH`` — your images, one sub-folder per class (optionally under PATH/train and PATH/test).
 
-Detection data is a `DetectionSet` (images with boxes and labels): ``detect_shapes`` generates one
-(`convattn.data.detection`).
+Detection data is a `DetectionSet` (images with boxes and labels): ``load_detection(spec)`` reads
+``detect_shapes`` (generated, `convattn.data.detection`) or ``coco:PATH`` (a COCO-format folder of your
+own, `convattn.data.coco`).
 
 ``n_train`` trains on fewer images, for learning curves. A generated set is generated at that size. A
 fixed set (digits, CIFAR, folder) keeps a class-stratified subset of its training split, chosen by
@@ -50,6 +51,7 @@ import torch
 
 from convattn.data.augment import Augment, augment_batch, batches, default_augment, num_batches
 from convattn.data.cifar import VERIFY_MODES, UnsafePickleError, load_cifar
+from convattn.data.coco import load_coco
 from convattn.data.detection import DetectionSet, detect_shapes
 from convattn.data.digits import load_digits, load_digits32
 from convattn.data.folder import load_folder
@@ -69,6 +71,7 @@ __all__ = [
     "detect_shapes",
     "list_datasets",
     "load",
+    "load_detection",
     "num_batches",
     "subset_order",
 ]
@@ -195,3 +198,26 @@ def load(
     else:
         pair = load_cifar(name, Path(path), verify=verify)
     return split_training(*pair, seed=seed, n_train=n_train, holdout=holdout)[split]
+
+
+def load_detection(
+    spec: str, *, image_size: int = 64, seed: int = 0, n_train: int | None = None, n_test: int | None = None
+) -> tuple[DetectionSet, DetectionSet]:
+    """(train, test) of a detection set: "detect_shapes" (n_train 2000, n_test 500 by default) or
+    "coco:PATH" (every image of the folder; n_train / n_test do not apply).
+
+    Raises:
+        ValueError: an unknown spec (the known ones named), or sizes given for a COCO folder.
+    """
+    if not isinstance(spec, str):
+        raise TypeError(f"a detection data spec is a string, got {type(spec).__name__}")
+    if spec == "detect_shapes":
+        sizes = {"n_train": n_train or DEFAULT_SIZES[0], "n_test": n_test or DEFAULT_SIZES[1]}
+        return detect_shapes(image_size=image_size, seed=seed, **sizes)
+    if spec.startswith("coco:") and spec[5:]:
+        if n_train is not None or n_test is not None:
+            raise ValueError(
+                f"n_train and n_test do not apply to {spec!r}: it reads every image of the folder"
+            )
+        return load_coco(spec[5:], image_size=image_size, seed=seed)
+    raise ValueError(f"unknown detection data {spec!r}; choose detect_shapes or coco:PATH")

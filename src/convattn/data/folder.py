@@ -53,7 +53,7 @@ def _check_pixels(path: Path, size: tuple[int, int]) -> None:
         )
 
 
-def _read_image(path: Path, image_size: int) -> np.ndarray:
+def read_image(path: Path, image_size: int) -> np.ndarray:
     """One file as a (3, image_size, image_size) uint8 array; an unreadable file, or one too large to
     decode safely, is a ValueError naming it."""
     from PIL import Image, UnidentifiedImageError
@@ -90,7 +90,7 @@ def _tensors(files: list[Path], labels: list[int], image_size: int) -> tuple[Ten
     """(N, 3, S, S) uint8 images and (N,) int64 labels of the listed files."""
     if not files:
         return torch.zeros(0, 3, image_size, image_size, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64)
-    images = np.stack([_read_image(f, image_size) for f in files])  # (N, 3, S, S)
+    images = np.stack([read_image(f, image_size) for f in files])  # (N, 3, S, S)
     return torch.from_numpy(images), torch.tensor(labels, dtype=torch.int64)
 
 
