@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from convattn.analysis.flops import count_macs
-from convattn.analysis.step_speed import step_speedups
 from convattn.layers.dynamic import image_dwconv2d, pixel_dwconv2d
 from convattn.layers.mixers import create_mixer
 from convattn.layers.neighborhood import neighborhood_attention2d
@@ -475,6 +474,8 @@ def run_bench(cfg: BenchConfig | None = None, *, log: Callable[[str], None] = pr
     targets = target_rows(rows)
     for line in format_targets(targets) if targets else []:
         log(line)
+    from convattn.analysis.step_speed import step_speedups  # it times with this module's paired_ratios
+
     steps = step_speedups(
         batch=cfg.step_batch, repeats=cfg.step_repeats, noise_limit=RATIO_NOISE_LIMIT, log=log
     )

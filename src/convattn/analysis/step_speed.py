@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from convattn.analysis.bench import paired_ratios
 from convattn.layers.mhsa2d import MultiHeadSelfAttention2d
 from convattn.models.registry import create_model
 
@@ -69,11 +70,6 @@ def _stepper(
     return step
 
 
-def _spread(values: list[float]) -> float:
-    q = statistics.quantiles(values, n=4) if len(values) >= 2 else [values[0]] * 3
-    return q[2] - q[0]
-
-
 def step_speedups(
     *,
     batch: int = 64,
@@ -107,9 +103,7 @@ def step_speedups(
         for _ in range(repeats):
             t_before.append(before())
             t_after.append(after())
-        ratios = [b / a for b, a in zip(t_before, t_after, strict=True)]
-        speedup = statistics.median(ratios)
-        noise = _spread(ratios) / speedup
+        speedup, noise = paired_ratios(t_before, t_after)  # before / after, repeat by repeat
         if spec.target is None:
             met = "-"
         else:

@@ -145,18 +145,15 @@ def _with_pos(x: Tensor, pos: Tensor | None) -> Tensor:
     return x if pos is None else x + pos
 
 
-class DetrEncoderLayer(nn.Module):
+class DetrEncoderLayer(TransformerEncoderBlock):
     """DETR's encoder layer (post-LN): the positional encoding joins the queries and keys, not values.
 
-    y = AddNorm(x, MHA(x + pos, x + pos, x)); out = AddNorm(y, FFN(y)).
+    y = AddNorm(x, MHA(x + pos, x + pos, x)); out = AddNorm(y, FFN(y)). The encoder block with
+    biased projections, and positions in its forward.
     """
 
     def __init__(self, num_hiddens: int, ffn_num_hiddens: int, num_heads: int, dropout: float = 0.1) -> None:
-        super().__init__()
-        self.attention = MultiHeadAttention(num_hiddens, num_heads, dropout=dropout, bias=True)
-        self.addnorm1 = AddNorm(num_hiddens, dropout)
-        self.ffn = PositionWiseFFN(num_hiddens, ffn_num_hiddens)
-        self.addnorm2 = AddNorm(num_hiddens, dropout)
+        super().__init__(num_hiddens, ffn_num_hiddens, num_heads, dropout, bias=True)
 
     def forward(self, x: Tensor, pos: Tensor | None = None) -> Tensor:
         """x: (B, S, d) image tokens; pos: (B or 1, S, d) their encoding -> (B, S, d)."""
