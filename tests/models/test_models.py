@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from convattn.analysis.summary import count_parameters, model_table
-from convattn.layers.blocks import DropPath, PatchMerging
+from convattn.layers.blocks import DropPath, PatchMerging, StridedPointwiseConv
 from convattn.layers.mixers import SASA, DynamicDWConv, WindowAttention, list_mixers
 from convattn.models.attention_net import AttentionNet
 from convattn.models.dwnet import DWNet
@@ -411,3 +411,20 @@ def test_dynamic_dwnet_predicts_a_kernel_per_image() -> None:
     assert kernels.shape == (2, 16, 3, 3) and not torch.allclose(kernels[0], kernels[1])
     static = create_model("dwnet_tiny")
     assert not [m for m in static.modules() if isinstance(m, DynamicDWConv)]
+
+
+def test_the_strided_shortcut_is_the_strided_1x1_conv_and_survives_channels_last() -> None:
+    """torch's CPU backward of a strided 1×1 conv corrupts the heap for channels-last inputs of <= 8
+    channels at 64×64 (the process aborts); the shortcut computes the same conv without that path."""
+    torch.manual_seed(0)
+    ours = StridedPointwiseConv(8, 16, 2).double()
+    conv = torch.nn.Conv2d(8, 16, 1, stride=2, bias=False).double()
+    conv.load_state_dict(ours.state_dict())
+    for size in (7, 8):  # odd sides keep the last pixel, as the strided conv does
+        x = torch.randn(2, 8, size, size, dtype=torch.float64)
+        torch.testing.assert_close(ours(x), conv(x), rtol=1e-12, atol=1e-12)
+    ours = ours.float().to(memory_format=torch.channels_last)
+    x = torch.randn(2, 8, 64, 64).to(memory_format=torch.channels_last).requires_grad_()
+    y = ours(x)
+    y.backward(torch.randn(y.shape).to(memory_format=torch.channels_last))
+    assert x.grad is not None and x.grad.shape == x.shape and ours.weight.grad is not None

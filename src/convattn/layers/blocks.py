@@ -26,6 +26,7 @@ __all__ = [
     "PatchEmbed",
     "PatchMerging",
     "Stage",
+    "StridedPointwiseConv",
     "check_stages",
     "drop_path_rates",
     "init_normal_",
@@ -157,11 +158,28 @@ def init_normal_(
                 nn.init.zeros_(bias)
 
 
+class StridedPointwiseConv(nn.Conv2d):
+    """A 1×1 convolution with stride s, computed as the stride-1 1×1 convolution of x[..., ::s, ::s].
+
+    The same function and parameters as ``nn.Conv2d(in_dim, out_dim, 1, stride=s)`` (a 1×1 kernel
+    reads only every s-th pixel). torch's CPU backward of the strided 1×1 convolution corrupts the heap
+    for channels-last inputs of at most 8 channels at 48×48 and larger (the process aborts); the
+    stride-1 form does not.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, stride: int, bias: bool = False) -> None:
+        super().__init__(in_dim, out_dim, 1, stride=stride, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        s = self.stride
+        return F.conv2d(x[..., :: s[0], :: s[1]], self.weight, self.bias)  # (B, out, ⌈H/s⌉, ⌈W/s⌉)
+
+
 def projection_shortcut(in_dim: int, out_dim: int, stride: int) -> nn.Module:
     """A ResNet shortcut: the identity, or a strided 1×1 conv and BN where the shape changes (He et al.)."""
     if stride == 1 and in_dim == out_dim:
         return nn.Identity()
-    return nn.Sequential(nn.Conv2d(in_dim, out_dim, 1, stride=stride, bias=False), nn.BatchNorm2d(out_dim))
+    return nn.Sequential(StridedPointwiseConv(in_dim, out_dim, stride), nn.BatchNorm2d(out_dim))
 
 
 BlockFactory = Callable[[int, int, int, float], nn.Module]
