@@ -289,6 +289,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if dist.is_main():  # under torchrun, only the first process reports
         val = cfg.holdout > 0
         score = f"validation accuracy {result.val_acc:.4f}" if val else f"test accuracy {result.test_acc:.4f}"
+        if "test_AP50" in result.scores:  # a detector: COCO's numbers
+            ap = {k: result.scores[f"test_{k}"] for k in ("AP", "AP50", "AP75")}
+            score = "test " + "  ".join(f"{k} {v:.4f}" for k, v in ap.items())
         print(f"{score}  (run folder {result.out})")
     return 0
 

@@ -138,3 +138,40 @@ def test_a_tiny_detr_over_fits_a_handful_of_images():
     after = coco_map(postprocess(model.eval()(x), 64, 64), targets_to_coco(targets, 64, 64))
     assert before["AP50"] < 0.2  # an untrained DETR finds nothing: the test can fail
     assert after["AP50"] >= 0.9, after
+
+
+def test_sine_points_are_the_pixels_encoding():
+    from convattn.layers.pos_embed import sine_points
+
+    H, W, d = 4, 6, 16
+    grid = normalized_sine_2d(H, W, d, dtype=torch.float64)  # (d, H, W)
+    points = torch.tensor(
+        [[(c + 1) / W, (r + 1) / H] for r in range(H) for c in range(W)], dtype=torch.float64
+    )
+    torch.testing.assert_close(sine_points(points, d), grid.flatten(1).T)
+    with pytest.raises(ValueError, match=r"points must be \(N, 2\)"):
+        sine_points(torch.zeros(3, 3), 8)
+
+
+def test_the_spatial_prior_keeps_the_queries_a_set_and_trains():
+    torch.manual_seed(0)
+    model = create_model("detr_shapes").eval()
+    assert model.spatial_prior == 0.1 and not hasattr(model, "query_embed")
+    x = torch.randn(2, 3, 64, 64)
+    out = model(x)
+    perm = torch.tensor([3, 0, 6, 1, 5, 2, 4, 9, 8, 7])
+    with torch.no_grad():
+        model.reference.copy_(model.reference[perm])
+    again = model(x)
+    torch.testing.assert_close(again["boxes"], out["boxes"][:, perm], atol=1e-5, rtol=1e-5)
+    # each head's prior is a Gaussian around the centre, at its own width
+    bias = model._prior(torch.tensor([[[0.5, 0.25]]]), 4, 4)  # (1, heads, 1, 16)
+    assert bias.shape == (1, 2, 1, 16) and bias.max() <= 0
+    nearest = bias[0, 0, 0].argmax()
+    assert int(nearest) in (4 * 0 + 1, 4 * 0 + 2, 4 * 1 + 1, 4 * 1 + 2)  # the cells around (x .5, y .25)
+    model.train()
+    targets = [{"labels": torch.tensor([1]), "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2]])}] * 2
+    SetCriterion(4)(model(x), targets)["loss"].backward()
+    assert model.reference.grad.abs().sum() > 0 and model.log_sigma.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="spatial_prior is a width in"):
+        DETR(spatial_prior=1.5)

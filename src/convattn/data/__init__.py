@@ -45,11 +45,19 @@ Example:
 from __future__ import annotations
 
 import difflib
+import functools
 from pathlib import Path
 
 import torch
 
-from convattn.data.augment import Augment, augment_batch, batches, default_augment, num_batches
+from convattn.data.augment import (
+    Augment,
+    augment_batch,
+    batches,
+    default_augment,
+    detection_batches,
+    num_batches,
+)
 from convattn.data.cifar import VERIFY_MODES, UnsafePickleError, load_cifar
 from convattn.data.coco import load_coco
 from convattn.data.detection import DetectionSet, detect_shapes
@@ -69,6 +77,7 @@ __all__ = [
     "batches",
     "default_augment",
     "detect_shapes",
+    "detection_batches",
     "list_datasets",
     "load",
     "load_detection",
@@ -200,6 +209,15 @@ def load(
     return split_training(*pair, seed=seed, n_train=n_train, holdout=holdout)[split]
 
 
+@functools.lru_cache(maxsize=4)
+def _detect_shapes(
+    n_train: int, n_test: int, image_size: int, seed: int
+) -> tuple[DetectionSet, DetectionSet]:
+    """detect_shapes, generated once per process for the same sizes and seed (2,500 scenes take ~6 s);
+    the sets are shared, so their tensors must not be modified in place."""
+    return detect_shapes(n_train=n_train, n_test=n_test, image_size=image_size, seed=seed)
+
+
 def load_detection(
     spec: str, *, image_size: int = 64, seed: int = 0, n_train: int | None = None, n_test: int | None = None
 ) -> tuple[DetectionSet, DetectionSet]:
@@ -212,8 +230,7 @@ def load_detection(
     if not isinstance(spec, str):
         raise TypeError(f"a detection data spec is a string, got {type(spec).__name__}")
     if spec == "detect_shapes":
-        sizes = {"n_train": n_train or DEFAULT_SIZES[0], "n_test": n_test or DEFAULT_SIZES[1]}
-        return detect_shapes(image_size=image_size, seed=seed, **sizes)
+        return _detect_shapes(n_train or DEFAULT_SIZES[0], n_test or DEFAULT_SIZES[1], image_size, seed)
     if spec.startswith("coco:") and spec[5:]:
         if n_train is not None or n_test is not None:
             raise ValueError(

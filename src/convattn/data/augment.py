@@ -19,10 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from convattn.data.detection import DetectionSet
 from convattn.data.imageset import ImageSet, derive_seed, normalize
 from convattn.utils.checks import check_positive_int
 
-__all__ = ["Augment", "augment_batch", "batches", "default_augment", "num_batches"]
+__all__ = ["Augment", "augment_batch", "batches", "default_augment", "detection_batches", "num_batches"]
 
 
 @dataclass(frozen=True)
@@ -191,3 +192,64 @@ def _stream(
             offsets, flips = _draw(augment, G, g)  # G draws, whatever the batch holds
             x = _apply(x, augment.crop_pad, offsets[: len(index)][mine], flips[: len(index)][mine])
         yield normalize(x, data.mean, data.std), data.labels[index[mine]]
+
+
+def detection_batches(
+    data: DetectionSet,
+    batch_size: int,
+    *,
+    seed: int,
+    epoch: int,
+    shuffle: bool = True,
+    flip: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+    drop_last: bool = False,
+    start: int = 0,
+) -> Iterator[tuple[Tensor, list[dict[str, Tensor]]]]:
+    """`batches` for a `DetectionSet`: (images (B, C, H, W) float32 normalised, B targets).
+
+    The same order, rank interleaving, tail rule and seeding as `batches` (the order from
+    ``derive_seed(seed, "order", epoch)``, the flips of batch b from ``derive_seed(seed, "augment",
+    epoch, b)``), so a resumed run sees bit-identical batches. A flipped image's boxes are mirrored with
+    it (cx -> 1 - cx). There is no random crop: it would cut objects out of their boxes.
+    """
+    check_positive_int("batch_size", batch_size)
+    check_positive_int("world_size", world_size)
+    for name, value, top in (("rank", rank, world_size), ("epoch", epoch, None), ("start", start, None)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0 or (top and value >= top):
+            raise ValueError(f"{name} must be an int >= 0{' below world_size' if top else ''}, got {value!r}")
+    order = _order(len(data), seed, epoch, shuffle, world_size, drop_last)
+    count = num_batches(len(data), batch_size, world_size=world_size, drop_last=drop_last)
+    return _detection_stream(
+        data, order, range(start, count), batch_size, rank, world_size, seed, epoch, flip
+    )
+
+
+def _detection_stream(
+    data: DetectionSet,
+    order: Tensor,
+    steps: range,
+    batch_size: int,
+    rank: int,
+    world_size: int,
+    seed: int,
+    epoch: int,
+    flip: bool,
+) -> Iterator[tuple[Tensor, list[dict[str, Tensor]]]]:
+    G = batch_size * world_size
+    mirror = torch.tensor([-1.0, 1.0, 1.0, 1.0]), torch.tensor([1.0, 0.0, 0.0, 0.0])  # cx -> 1 - cx
+    for b in steps:
+        index = order[b * G : (b + 1) * G][rank::world_size]  # this rank's share of the global batch
+        x = data.images[index].to(torch.float32) / 255.0  # (B, C, H, W)
+        targets = data.targets(index)
+        if flip:
+            g = torch.Generator().manual_seed(derive_seed(seed, "augment", epoch, b))
+            _, flips = _draw(Augment(flip=True), G, g)  # G draws, whatever the batch holds
+            flips = flips[: len(order[b * G : (b + 1) * G])][rank::world_size]  # (B,)
+            x = torch.where(flips.view(-1, 1, 1, 1), x.flip(-1), x)
+            targets = [
+                {"labels": t["labels"], "boxes": t["boxes"] * mirror[0] + mirror[1]} if f else t
+                for t, f in zip(targets, flips.tolist(), strict=True)
+            ]
+        yield normalize(x, data.mean, data.std), targets

@@ -12,6 +12,7 @@ boxes, and the train and test splits come from independent streams (``derive_see
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -90,7 +91,7 @@ class DetectionSet:
         """Raw pixels (B, C, H, W) -> normalised float32 with the training statistics."""
         return normalize(images.to(torch.float32) / 255.0, self.mean, self.std)
 
-    def targets(self, index: Tensor | list[int]) -> list[dict[str, Tensor]]:
+    def targets(self, index: Tensor | Sequence[int]) -> list[dict[str, Tensor]]:
         """The targets of the images at `index`: dicts with "labels" and "boxes", as `SetCriterion` takes."""
         return [{"labels": self.labels[int(i)], "boxes": self.boxes[int(i)]} for i in index]
 

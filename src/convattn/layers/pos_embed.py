@@ -18,6 +18,7 @@ __all__ = [
     "PositionalEncoding",
     "PositionalEncoding2d",
     "normalized_sine_2d",
+    "sine_points",
     "sinusoidal_1d",
     "sinusoidal_2d",
 ]
@@ -121,6 +122,23 @@ def normalized_sine_2d(
     rows = axis(height).T[:, :, None].expand(half, height, width)  # (d/2, H, W)
     cols = axis(width).T[:, None, :].expand(half, height, width)  # (d/2, H, W)
     return torch.cat([rows, cols], dim=0).to(dtype)  # (d, H, W)
+
+
+def sine_points(points: Tensor, dim: int, *, temperature: float = 10000.0) -> Tensor:
+    """`normalized_sine_2d` of continuous points: (N, 2) as (x, y) in [0, 1] -> (N, dim).
+
+    A point at y = r / H, x = c / W gets the encoding of row r, column c of an H×W map (rows in the
+    first half, columns in the second), so a query placed at a point and the pixel there share one.
+    """
+    check_tensor("points", points, 2)
+    if points.shape[-1] != 2:
+        raise ValueError(f"points must be (N, 2) as (x, y), got points.shape={tuple(points.shape)}")
+    _check_even("dim", dim, 4)
+    half = dim // 2
+    freq = temperature ** (-torch.arange(0, half, 2, dtype=points.dtype, device=points.device) / half)
+    angle = points.flip(-1)[..., None] * (2 * math.pi) * freq  # (N, 2 = (y, x), d/4)
+    enc = torch.stack([angle.sin(), angle.cos()], dim=-1)  # (N, 2, d/4, 2), sin and cos interleaved
+    return enc.reshape(points.shape[0], dim)  # (N, d): y's half, then x's
 
 
 class PositionalEncoding2d(nn.Module):

@@ -182,12 +182,25 @@ class DetrDecoderLayer(nn.Module):
         self.addnorm3 = AddNorm(num_hiddens, dropout)
 
     def forward(
-        self, t: Tensor, memory: Tensor, pos: Tensor | None = None, query_pos: Tensor | None = None
+        self,
+        t: Tensor,
+        memory: Tensor,
+        pos: Tensor | None = None,
+        query_pos: Tensor | None = None,
+        cross_bias: Tensor | None = None,
     ) -> Tensor:
-        """t: (B, Q, d); memory: (B, S, d); pos: (B or 1, S, d); query_pos: (B or 1, Q, d) -> (B, Q, d)."""
+        """t: (B, Q, d); memory: (B, S, d); pos: (B or 1, S, d); query_pos: (B or 1, Q, d) -> (B, Q, d).
+
+        cross_bias, broadcastable to (B, heads, Q, S), is added to the cross-attention's scores (a
+        spatial prior on where each query looks; `convattn.models.detr`)."""
         check_tensor("t", t, 3)
         check_tensor("memory", memory, 3)
         q = _with_pos(t, query_pos)
         y = self.addnorm1(t, self.self_attention(q, q, t))
-        z = self.addnorm2(y, self.cross_attention(_with_pos(y, query_pos), _with_pos(memory, pos), memory))
+        z = self.addnorm2(
+            y,
+            self.cross_attention(
+                _with_pos(y, query_pos), _with_pos(memory, pos), memory, attn_mask=cross_bias
+            ),
+        )
         return self.addnorm3(z, self.ffn(z))

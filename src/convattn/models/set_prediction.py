@@ -117,6 +117,9 @@ class SetCriterion(nn.Module):
         matcher: the assignment (default `HungarianMatcher()` with weights 1, 5, 2).
         eos_coef: weight of the "no object" class in the cross-entropy (0.1).
         weights: weights of the "ce", "bbox" and "giou" terms in the total (1, 5, 2).
+        across_processes: under torchrun, average the number of target boxes over the processes (as
+            training needs); False for a loss one process computes alone (an evaluation), which would
+            otherwise wait for the others forever.
     """
 
     def __init__(
@@ -126,6 +129,7 @@ class SetCriterion(nn.Module):
         matcher: HungarianMatcher | None = None,
         eos_coef: float = 0.1,
         weights: dict[str, float] | None = None,
+        across_processes: bool = True,
     ) -> None:
         super().__init__()
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
@@ -134,6 +138,7 @@ class SetCriterion(nn.Module):
         self.matcher = matcher or HungarianMatcher()
         self.eos_coef = check_probability("eos_coef", eos_coef)
         self.weights = {"ce": 1.0, "bbox": 5.0, "giou": 2.0, **(weights or {})}
+        self.across_processes = bool(across_processes)
         unknown = set(self.weights) - {"ce", "bbox", "giou"}
         if unknown:
             raise ValueError(f"unknown loss weights {sorted(unknown)}; the terms are ce, bbox and giou")
@@ -141,7 +146,7 @@ class SetCriterion(nn.Module):
     def num_boxes(self, targets: list[Target], device: torch.device) -> float:
         """Target boxes per process, averaged over processes under torchrun; at least 1."""
         n = torch.tensor(float(sum(t["labels"].numel() for t in targets)), device=device)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if self.across_processes and torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(n)
             n = n / torch.distributed.get_world_size()
         return max(float(n), 1.0)

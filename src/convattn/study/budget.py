@@ -13,7 +13,25 @@ from dataclasses import dataclass, replace
 from convattn.analysis.bench import BenchConfig
 from convattn.study.contest import Recipe
 
-__all__ = ["BUDGETS", "Budget", "budget_for"]
+__all__ = ["BUDGETS", "Budget", "DetrBudget", "budget_for"]
+
+
+@dataclass(frozen=True)
+class DetrBudget:
+    """The DETR section's sizes (`sections.detection`).
+
+    Attributes:
+        pretrain_images, pretrain_epochs: the backbones' classification pre-training on `shapes`.
+        n_train: generated detect_shapes images to train on (it tests on its 500 test images).
+        epochs: DETR's epochs (batch 8).
+        plain: also train DETR's own queries (no spatial prior) on the CNN backbone, the baseline.
+    """
+
+    pretrain_images: int
+    pretrain_epochs: int
+    n_train: int
+    epochs: int
+    plain: bool = True
 
 
 @dataclass(frozen=True)
@@ -39,6 +57,7 @@ class Budget:
         bench: the operator benchmark of the operators section.
         seq2seq: (steps, training strings, test strings) of the Transformer that reverses strings;
             None: the demo's defaults.
+        detr: the DETR section's sizes.
     """
 
     name: str
@@ -55,6 +74,7 @@ class Budget:
     locality_seeds: int
     bench: BenchConfig
     seq2seq: tuple[int, int, int] | None
+    detr: DetrBudget = DetrBudget(2000, 2, 2000, 3)
 
     @property
     def quick(self) -> bool:
@@ -112,6 +132,7 @@ BUDGETS = {
         locality_seeds=1,
         bench=BenchConfig.quick(),
         seq2seq=(150, 1000, 100),
+        detr=DetrBudget(pretrain_images=256, pretrain_epochs=1, n_train=64, epochs=1),
     ),
 }
 

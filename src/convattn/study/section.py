@@ -90,6 +90,7 @@ _MODULES = (
     "operators",
     "pooling",
     "seq2seq",
+    "detection",
     "paper",
 )
 

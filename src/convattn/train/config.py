@@ -38,7 +38,8 @@ class TrainConfig:
     data: str = _opt(
         "digits",
         "a data spec of `convattn.data.load`: digits, digits32, shapes, long_range, cifar10:PATH, "
-        "folder:PATH",
+        "folder:PATH; for a detection model (detr_*) one of `convattn.data.load_detection`: "
+        "detect_shapes, coco:PATH",
     )
     epochs: int = _opt(10, "passes over the training set")
     out: str = _opt("runs/train", "the run folder")
@@ -92,6 +93,14 @@ class TrainConfig:
         "run trains on the rest (n_train of them, if set) and evaluates on the validation split instead "
         "of the test split, which it never reads; normalised with the statistics of the rest (0: no "
         "holdout, evaluate on the test split)",
+    )
+
+    init_from: str = _opt(  # the default keeps config.json files written before the field loadable
+        "",
+        "a folder with an exported model (a finished run's folder: model.safetensors) whose weights "
+        "initialise this model wherever a tensor of the same name and shape exists; a detector's "
+        "backbone takes a classifier's stem and blocks (e.g. a resnet_tiny trained on shapes for "
+        "detr_tiny). Empty: start from the seeded initialisation",
     )
 
     def __post_init__(self) -> None:

@@ -2,8 +2,10 @@
 
 `train_one_epoch` runs the optimiser over the batches it is given and keeps its place in an
 `EpochState` (the next batch, the optimiser step and the running sums), so the caller can checkpoint
-the state between any two batches and resume the epoch from it, bit for bit. `evaluate` measures a
-model on a data set in eval mode.
+the state between any two batches and resume the epoch from it, bit for bit. Its `criterion` turns a
+batch's outputs and targets into the loss (cross-entropy by default; `detection_criterion` for a
+detector's set prediction). `evaluate` measures a classifier on a data set in eval mode,
+`evaluate_detection` a detector (COCO mAP).
 """
 
 from __future__ import annotations
@@ -18,9 +20,53 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from convattn.data import ImageSet, batches
+from convattn.data import DetectionSet, ImageSet, batches, detection_batches
 
-__all__ = ["Diverged", "EpochState", "evaluate", "progress_bar", "train_one_epoch"]
+__all__ = [
+    "Criterion",
+    "Diverged",
+    "EpochState",
+    "classification_criterion",
+    "detection_criterion",
+    "evaluate",
+    "evaluate_detection",
+    "progress_bar",
+    "train_one_epoch",
+]
+
+# (model outputs, targets) -> (the batch's mean loss, how many of its images were classified right)
+Criterion = Callable[[Any, Any], tuple[Tensor, int]]
+
+
+def classification_criterion(label_smoothing: float = 0.0) -> Criterion:
+    """Cross-entropy on (B, K) logits against (B,) labels, and the count of right argmaxes."""
+
+    def criterion(logits: Tensor, labels: Tensor) -> tuple[Tensor, int]:
+        loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+        return loss, int((logits.detach().argmax(1) == labels).sum())
+
+    return criterion
+
+
+def detection_criterion(num_classes: int, *, across_processes: bool = True) -> Criterion:
+    """DETR's set loss (`SetCriterion`: matching, cross-entropy, L1 and GIoU, auxiliary layers); a
+    detector has no per-image accuracy, so the count is 0. `across_processes`: as `SetCriterion`'s
+    (False when one process evaluates alone)."""
+    from convattn.models.set_prediction import SetCriterion
+
+    set_loss = SetCriterion(num_classes, across_processes=across_processes)
+
+    def criterion(outputs: dict[str, Any], targets: list[dict[str, Tensor]]) -> tuple[Tensor, int]:
+        return set_loss(outputs, targets)["loss"], 0
+
+    return criterion
+
+
+def _to_device(y: Any, device: torch.device | str) -> Any:
+    """Labels (a tensor) or detection targets (a list of dicts of tensors) on `device`."""
+    if isinstance(y, Tensor):
+        return y.to(device)
+    return [{k: v.to(device) for k, v in t.items()} for t in y]
 
 
 class Diverged(RuntimeError):  # noqa: N818 (a training outcome, named as the command reports it)
@@ -61,12 +107,13 @@ class EpochState:
 def train_one_epoch(
     net: nn.Module,
     optimizer: torch.optim.Optimizer,
-    stream: Iterable[tuple[Tensor, Tensor]],
+    stream: Iterable[tuple[Tensor, Any]],
     state: EpochState,
     *,
     lr: Callable[[int], float],
     device: torch.device | str = "cpu",
     label_smoothing: float = 0.0,
+    criterion: Criterion | None = None,
     clip_grad: float = 0.0,
     stop: Callable[[], bool] = lambda: False,
     bar: _Bar | None = None,
@@ -79,6 +126,8 @@ def train_one_epoch(
     sums of `state`, which is updated in place.
 
     Args:
+        criterion: (outputs, targets) -> (loss, right answers); default: `classification_criterion`
+            with `label_smoothing`. The targets are labels or, for a detector, a list of dicts.
         stop: asked after every batch; when it answers True the epoch ends there.
         bar: a progress bar, advanced by one per batch.
         memory_format: the layout each (B, C, H, W) batch is moved to the device in.
@@ -89,13 +138,13 @@ def train_one_epoch(
     Raises:
         Diverged: a batch's loss is not finite (NaN or infinite); no update was taken for it.
     """
+    criterion = criterion or classification_criterion(label_smoothing)
     net.train()
     for x, y in stream:
-        x, y = x.to(device, memory_format=memory_format), y.to(device)
+        x, y = x.to(device, memory_format=memory_format), _to_device(y, device)
         for group in optimizer.param_groups:
             group["lr"] = lr(state.step) * group.get("lr_scale", 1.0)
-        logits = net(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+        loss, right = criterion(net(x), y)
         value = loss.item()
         if not math.isfinite(value):  # before the update: the weights of the last step stay as they were
             raise Diverged(f"the loss is {value} at batch {state.batch} (step {state.step})")
@@ -108,7 +157,7 @@ def train_one_epoch(
         state.step += 1
         state.seen += len(y)
         state.loss_sum += value * len(y)
-        state.correct += int((logits.argmax(1) == y).sum())
+        state.correct += right
         if bar is not None:
             bar.update(1)
         if stop():
@@ -142,6 +191,42 @@ def evaluate(
         n += len(y)
     model.train(was_training)
     return correct / n, loss / n
+
+
+@torch.no_grad()
+def evaluate_detection(
+    model: nn.Module,
+    data: DetectionSet,
+    batch_size: int = 100,
+    device: torch.device | str = "cpu",
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> dict[str, float]:
+    """COCO mAP of a detector on `data` in eval mode: AP (@[.5:.95]), AP50, AP75, recall (AR@100) and
+    the mean set loss per batch ("loss"), every query a ranked detection (`postprocess`).
+
+    Raises:
+        ValueError: `data` holds no images.
+    """
+    from convattn.analysis.coco_map import coco_map
+    from convattn.models.detr import postprocess, targets_to_coco
+
+    if len(data) == 0:
+        raise ValueError(f"the {data.split} split of {data.name} holds no images: nothing to evaluate on")
+    was_training = model.training
+    model.eval()
+    criterion = detection_criterion(data.num_classes, across_processes=False)  # the main process alone
+    H, W = data.images.shape[-2:]
+    detections: list[dict[str, Tensor]] = []
+    loss, n = 0.0, 0
+    for x, targets in detection_batches(data, batch_size, seed=0, epoch=0, shuffle=False):
+        outputs = model(x.to(device, memory_format=memory_format))
+        loss += criterion(outputs, _to_device(targets, device))[0].item() * len(targets)
+        n += len(targets)
+        detections += [{k: v.cpu() for k, v in d.items()} for d in postprocess(outputs, H, W)]
+    model.train(was_training)
+    truth = targets_to_coco(data.targets(range(len(data))), H, W)
+    scores = coco_map(detections, truth)
+    return {k: float(scores[k]) for k in ("AP", "AP50", "AP75", "recall")} | {"loss": loss / n}
 
 
 def progress_bar(total: int, desc: str, enabled: bool) -> Any:

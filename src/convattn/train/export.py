@@ -8,17 +8,17 @@ from typing import Any
 
 from torch import nn
 
-from convattn.data import ImageSet, load
-from convattn.models.registry import create_model
+from convattn.data import DetectionSet, ImageSet, load, load_detection
+from convattn.models.registry import create_model, model_info
 from convattn.train.config import TrainConfig
-from convattn.train.engine import evaluate
+from convattn.train.engine import evaluate, evaluate_detection
 from convattn.utils.checks import check_device
 from convattn.utils.records import atomic_write_bytes
 
-__all__ = ["evaluate_weights", "export_model", "load_weights"]
+__all__ = ["evaluate_weights", "export_model", "init_from_export", "load_weights"]
 
 
-def export_model(out: Path, model: nn.Module, cfg: TrainConfig, data: ImageSet) -> None:
+def export_model(out: Path, model: nn.Module, cfg: TrainConfig, data: ImageSet | DetectionSet) -> None:
     """Write model.safetensors and model.json (the model's name, options, shape and data) into `out`."""
     from safetensors.torch import save
 
@@ -97,12 +97,56 @@ def load_weights(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
     return model, meta
 
 
+def init_from_export(model: nn.Module, folder: Path) -> tuple[list[str], list[str]]:
+    """Copy the exported weights in `folder` into `model` wherever they fit; (copied, skipped) names.
+
+    A saved tensor goes to the parameter or buffer of the same name, or, for a model with a
+    ``backbone`` (a detector), of the name under it: a classifier's "stem.0.weight" initialises a
+    detector's "backbone.stem.0.weight". Tensors whose shapes differ (a head for other classes) are
+    skipped and named; tensors with no counterpart (a classifier's head in a detector) are left out.
+
+    Raises:
+        FileNotFoundError: `folder` holds no model.safetensors.
+        ValueError: the file is corrupt, or not one tensor fits `model`.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(folder) / "model.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"init_from={str(folder)!r} holds no exported model ({path} is missing)")
+    try:
+        saved = load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"init_from: {path} is corrupt: {err}") from err
+    ours = model.state_dict()
+    copied, skipped = [], []
+    for name, tensor in saved.items():
+        target = name if name in ours else f"backbone.{name}" if f"backbone.{name}" in ours else None
+        if target is None:
+            continue
+        if ours[target].shape != tensor.shape:
+            skipped.append(f"{target} {tuple(tensor.shape)} != {tuple(ours[target].shape)}")
+            continue
+        ours[target] = tensor.to(ours[target].dtype)
+        copied.append(target)
+    if not copied:
+        raise ValueError(
+            f"init_from: no tensor of {path} fits this model (its names: {', '.join(list(saved)[:3])}, ...; "
+            f"this model's: {', '.join(list(ours)[:3])}, ...)"
+        )
+    model.load_state_dict(ours)
+    return copied, skipped
+
+
 def evaluate_weights(folder: Path, data: str | None = None, device: str = "cpu") -> dict[str, Any]:
     """Test accuracy and loss of the model exported in `folder`, on its own data set or on `data`.
 
     On its own data set the test split is normalised as during training: with the statistics of the
     training images its `n_train` and `holdout` left (a model.json without them: the whole split). A
-    run with a holdout never saw the test split; this is where its test score is measured.
+    run with a holdout never saw the test split; this is where its test score is measured. A detector
+    is scored on the test split of its detection data: test_loss, test_AP, test_AP50, test_AP75 and
+    test_recall instead of the accuracy.
     """
     check_device(device)
     model, meta = load_weights(folder)
@@ -110,12 +154,12 @@ def evaluate_weights(folder: Path, data: str | None = None, device: str = "cpu")
     n_train = None if data else meta.get("n_train") or None
     holdout = 0 if data else meta.get("holdout", 0)
     seed = meta.get("data_seed", 0)
-    test = load(data or meta["data"], "test", seed=seed, n_train=n_train, holdout=holdout)
+    spec = data or meta["data"]
+    if model_info(meta["model"]).task == "detection":  # detection data at the size it trained on
+        _, test_set = load_detection(spec, image_size=meta["image_size"], seed=seed, n_train=n_train)
+        scores = evaluate_detection(model.to(device), test_set, device=device)
+        return {"weights": str(folder), "data": spec, **{f"test_{k}": v for k, v in scores.items()},
+                "n": len(test_set)}  # fmt: skip
+    test = load(spec, "test", seed=seed, n_train=n_train, holdout=holdout)
     acc, loss = evaluate(model.to(device), test, device=device)
-    return {
-        "weights": str(folder),
-        "data": data or meta["data"],
-        "test_acc": acc,
-        "test_loss": loss,
-        "n": len(test),
-    }
+    return {"weights": str(folder), "data": spec, "test_acc": acc, "test_loss": loss, "n": len(test)}

@@ -23,6 +23,13 @@ augmented batches, before each update), then the evaluation — test_loss and te
 or None when no evaluation was due, then seconds and images_per_s. The last row adds train_eval_acc:
 the final model's accuracy on all its training images in eval mode, without augmentation.
 
+Detection: a model of task "detection" (DETR) trains on detection data (``detect_shapes``,
+``coco:PATH``; `convattn.data.load_detection` at the model's image size) with DETR's set loss
+(`engine.detection_criterion`), flips only (the boxes flip with the images). Its rows have no accuracy:
+the evaluation is test_loss, test_AP, test_AP50, test_AP75 and test_recall (COCO's, `coco_map`), and
+the last row adds train_eval_AP50. Everything else — resumption, checkpoints, torchrun, export — is
+the same.
+
 Under torchrun the processes join one process group (gloo on CPU, nccl on CUDA) and train with
 DistributedDataParallel; only the main process writes files and logs.
 """
@@ -42,12 +49,30 @@ from typing import Any
 import torch
 from torch import nn
 
-from convattn.data import Augment, ImageSet, batches, default_augment, load
+from convattn.data import (
+    Augment,
+    DetectionSet,
+    ImageSet,
+    batches,
+    default_augment,
+    detection_batches,
+    load,
+    load_detection,
+)
 from convattn.models.registry import create_model, model_info
 from convattn.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from convattn.train.config import TrainConfig
-from convattn.train.engine import Diverged, EpochState, evaluate, progress_bar, train_one_epoch
-from convattn.train.export import export_model
+from convattn.train.engine import (
+    Diverged,
+    EpochState,
+    classification_criterion,
+    detection_criterion,
+    evaluate,
+    evaluate_detection,
+    progress_bar,
+    train_one_epoch,
+)
+from convattn.train.export import export_model, init_from_export
 from convattn.train.schedule import lr_at
 from convattn.utils import dist
 from convattn.utils.checks import check_device
@@ -60,7 +85,7 @@ from convattn.utils.folders import (
 )
 from convattn.utils.records import atomic_write_bytes, write_csv
 
-__all__ = ["Interrupted", "RunResult", "build_model", "read_history", "train"]
+__all__ = ["Interrupted", "RunResult", "build_model", "is_detection", "read_history", "train"]
 
 NO_DECAY = ("centres", "spreads")  # attention centres and spreads of the quadratic encoding
 
@@ -74,7 +99,9 @@ class RunResult:
     """What a finished run reports: its folder, final test accuracy and loss, and every epoch's metrics.
 
     With a holdout the test numbers are NaN (the test split is not touched) and val_acc and val_loss
-    are the final validation numbers; without one those are NaN.
+    are the final validation numbers; without one those are NaN. A detector has no accuracy (NaN): its
+    final scores (test_loss, test_AP, test_AP50, test_AP75, test_recall) are in `scores`, as every
+    run's final evaluation is.
     """
 
     out: Path
@@ -83,6 +110,7 @@ class RunResult:
     history: list[dict[str, Any]]
     val_acc: float = math.nan
     val_loss: float = math.nan
+    scores: dict[str, float] = field(default_factory=dict)
 
 
 def _param_groups(
@@ -229,25 +257,46 @@ def _write_metrics(out: Path, history: list[dict[str, Any]]) -> None:
         write_csv(out / "metrics.csv", [{k: row.get(k) for k in keys} for row in history])
 
 
-def _augment(cfg: TrainConfig, data: ImageSet) -> Augment:
-    """The config's crop padding and flip; crop_pad=-1 takes the data set's default padding."""
+def _augment(cfg: TrainConfig, data: ImageSet | DetectionSet) -> Augment:
+    """The config's crop padding and flip; crop_pad=-1 takes the data set's default padding (detection
+    data: flips only)."""
+    if isinstance(data, DetectionSet):
+        return Augment(flip=cfg.flip)
     pad = cfg.crop_pad if cfg.crop_pad >= 0 else default_augment(data).crop_pad
     return Augment(crop_pad=pad, flip=cfg.flip)
 
 
-def build_model(cfg: TrainConfig, train_set: ImageSet) -> nn.Module:
-    """The model a run of `cfg` starts from: seeded with cfg.seed, shaped by its training set."""
-    task = model_info(cfg.model).task
-    if task != "classification":
-        raise ValueError(
-            f"{cfg.model!r} is a {task} model, and the trainer trains classification models on image sets; "
-            "train a detection model in your own loop with convattn.models.set_prediction.SetCriterion"
-        )
+def is_detection(cfg: TrainConfig) -> bool:
+    """Whether `cfg.model` is a detector (trained on a `DetectionSet` with DETR's set loss)."""
+    return model_info(cfg.model).task == "detection"
+
+
+def build_model(cfg: TrainConfig, train_set: ImageSet | DetectionSet) -> nn.Module:
+    """The model a run of `cfg` starts from: seeded with cfg.seed, shaped by its training set.
+
+    Raises:
+        ValueError: a detector for an image set or a classifier for a detection set, or a detector with
+            fewer queries than the most objects an image of its training set holds.
+    """
+    detector = is_detection(cfg)
+    if detector != isinstance(train_set, DetectionSet):
+        task = "detection" if detector else "classification"
+        wants = "detection data (detect_shapes, coco:PATH)" if detector else "an image set"
+        raise ValueError(f"{cfg.model!r} is a {task} model: it trains on {wants}, not on {train_set.name!r}")
     torch.manual_seed(cfg.seed)
     C, H = train_set.images.shape[1:3]
-    return create_model(
+    model = create_model(
         cfg.model, num_classes=train_set.num_classes, in_chans=C, image_size=H, **cfg.model_options
     )
+    if isinstance(train_set, DetectionSet):
+        queries = int(getattr(model, "num_queries", 0))
+        if train_set.max_objects > queries:
+            raise ValueError(
+                f"{cfg.model!r} has {queries} queries, but an image of {train_set.name!r} holds "
+                f"{train_set.max_objects} objects: raise num_queries (e.g. --set "
+                f"num_queries={train_set.max_objects})"
+            )
+    return model
 
 
 def read_history(folder: Path) -> list[dict[str, Any]]:
@@ -263,8 +312,8 @@ class _Run:
     out: Path
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    train_set: ImageSet
-    eval_set: ImageSet  # the test split, or the validation split with a holdout
+    train_set: ImageSet | DetectionSet
+    eval_set: ImageSet | DetectionSet  # the test split, or the validation split with a holdout
     device: torch.device
     steps_per_epoch: int
     net: nn.Module  # the model, wrapped in DistributedDataParallel under torchrun
@@ -280,7 +329,37 @@ class _Run:
         return lr_at(step, self.steps_per_epoch * self.cfg.epochs, self.cfg)
 
 
-def _check_splits(cfg: TrainConfig, train_set: ImageSet, eval_set: ImageSet) -> None:
+def _load_data(cfg: TrainConfig) -> tuple[ImageSet | DetectionSet, ImageSet | DetectionSet]:
+    """(train, evaluation) splits of cfg.data: an image set, or detection data for a detector."""
+    detector, detection_data = is_detection(cfg), cfg.data == "detect_shapes" or cfg.data.startswith("coco:")
+    if detector != detection_data:
+        task, wants = (
+            ("detection", "detection data (detect_shapes, coco:PATH)") if detector else
+            ("classification", "an image set")
+        )  # fmt: skip
+        raise ValueError(f"{cfg.model!r} is a {task} model: it trains on {wants}, not on {cfg.data!r}")
+    if detector:
+        if cfg.holdout:
+            raise ValueError(
+                f"holdout={cfg.holdout}: a validation split of detection data is not supported; "
+                "detection runs evaluate on the test split"
+            )
+        if cfg.crop_pad > 0:
+            raise ValueError(
+                f"crop_pad={cfg.crop_pad}: random crops would cut objects out of their boxes; detection "
+                "runs flip only (--flip)"
+            )
+        size = model_info(cfg.model).image_size
+        return load_detection(cfg.data, image_size=size, seed=cfg.data_seed, n_train=cfg.n_train or None)
+    # n_train and holdout go to both loads: they never change the evaluated images, but they decide the
+    # statistics (of the generated or remaining training images) that normalise them.
+    options: dict[str, Any] = {"seed": cfg.data_seed, "n_train": cfg.n_train or None, "holdout": cfg.holdout}
+    return load(cfg.data, "train", **options), load(cfg.data, "val" if cfg.holdout else "test", **options)
+
+
+def _check_splits(
+    cfg: TrainConfig, train_set: ImageSet | DetectionSet, eval_set: ImageSet | DetectionSet
+) -> None:
     """Refuse data a run could only report a meaningless score on."""
     if len(eval_set) == 0:
         raise ValueError(
@@ -290,9 +369,11 @@ def _check_splits(cfg: TrainConfig, train_set: ImageSet, eval_set: ImageSet) -> 
         raise ValueError(f"batch_size={cfg.batch_size} exceeds the {len(train_set)} training images")
 
 
-def _start(cfg: TrainConfig, resume: bool, held: contextlib.ExitStack) -> _Run:
-    """Load the data, build the model and its optimiser, then make (or check) the run folder, whose
-    lock `held` keeps."""
+def _start(
+    cfg: TrainConfig, resume: bool, held: contextlib.ExitStack, log: Callable[[str], None] = print
+) -> _Run:
+    """Load the data, build the model (from `cfg.init_from`'s weights where they fit) and its optimiser,
+    then make (or check) the run folder, whose lock `held` keeps."""
     world = dist.world_size()
     if cfg.batch_size % world:
         raise ValueError(f"batch_size={cfg.batch_size} must divide evenly over {world} processes")
@@ -300,13 +381,15 @@ def _start(cfg: TrainConfig, resume: bool, held: contextlib.ExitStack) -> _Run:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device if cfg.device == "cpu" else f"cuda:{dist.local_rank()}")
-    # n_train and holdout go to both loads: they never change the evaluated images, but they decide the
-    # statistics (of the generated or remaining training images) that normalise them.
-    options: dict[str, Any] = {"seed": cfg.data_seed, "n_train": cfg.n_train or None, "holdout": cfg.holdout}
-    train_set = load(cfg.data, "train", **options)
-    eval_set = load(cfg.data, "val" if cfg.holdout else "test", **options)
+    train_set, eval_set = _load_data(cfg)
     _check_splits(cfg, train_set, eval_set)
-    model = build_model(cfg, train_set).to(device)
+    model = build_model(cfg, train_set)
+    if cfg.init_from and not (resume and (Path(cfg.out) / "checkpoint.pt").exists()):
+        copied, skipped = init_from_export(model, Path(cfg.init_from))
+        if dist.is_main():
+            log(f"initialised {len(copied)} tensors from {cfg.init_from}" +
+                (f"; skipped (other shapes): {', '.join(skipped)}" if skipped else ""))  # fmt: skip
+    model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # 4-D weights only
     optimizer = _optimizer(model, cfg)
@@ -407,16 +490,21 @@ def _epoch(run: _Run, augment: Augment, stop: Callable[[], bool]) -> dict[str, A
     cfg, state, world = run.cfg, run.state, dist.world_size()
     t0 = time.perf_counter()
     # Batches depend only on (seed, epoch, index): a resumed epoch starts at its next batch.
-    stream = batches(
-        run.train_set, cfg.batch_size // world, seed=cfg.seed, epoch=run.epoch, shuffle=True,
-        augment=augment, rank=dist.rank(), world_size=world, drop_last=True, start=state.batch,
-    )  # fmt: skip
+    where: dict[str, Any] = {"seed": cfg.seed, "epoch": run.epoch, "shuffle": True, "rank": dist.rank(),
+                             "world_size": world, "drop_last": True, "start": state.batch}  # fmt: skip
+    data = run.train_set
+    if isinstance(data, DetectionSet):
+        stream: Any = detection_batches(data, cfg.batch_size // world, flip=cfg.flip, **where)
+        criterion = detection_criterion(data.num_classes)
+    else:
+        stream = batches(data, cfg.batch_size // world, augment=augment, **where)
+        criterion = classification_criterion(cfg.label_smoothing)
     bar = progress_bar(run.steps_per_epoch, f"epoch {run.epoch + 1}/{cfg.epochs}", dist.is_main())
     bar.update(state.batch)
     try:
         stopped = train_one_epoch(
             run.net, run.optimizer, stream, state, lr=run.lr, device=run.device,
-            label_smoothing=cfg.label_smoothing, clip_grad=cfg.clip_grad, stop=stop, bar=bar,
+            criterion=criterion, clip_grad=cfg.clip_grad, stop=stop, bar=bar,
             memory_format=_layout(run.cfg),
         )  # fmt: skip
     except Diverged as err:
@@ -432,21 +520,21 @@ def _epoch(run: _Run, augment: Augment, stop: Callable[[], bool]) -> dict[str, A
     # The evaluation split every eval_every epochs and after the last; None in between.
     last = run.epoch + 1 == cfg.epochs
     due = (run.epoch + 1) % cfg.eval_every == 0 or last
-    acc, loss = (None, None) if not due else _evaluate(run, run.eval_set)
     split = run.eval_set.split
-    row = {
+    scores = _evaluate(run, run.eval_set) if due else dict.fromkeys(_score_names(run), None)
+    row: dict[str, Any] = {
         "epoch": run.epoch + 1,
         "step": state.step,
         "lr": run.lr(max(state.step - 1, 0)),
         "train_loss": state.loss_sum / max(state.seen, 1),
-        "train_acc": state.correct / max(state.seen, 1),
-        f"{split}_loss": loss,
-        f"{split}_acc": acc,
-        "seconds": seconds,
-        "images_per_s": state.seen * world / max(seconds, 1e-9),
     }
+    if not isinstance(run.train_set, DetectionSet):
+        row["train_acc"] = state.correct / max(state.seen, 1)
+    row |= {f"{split}_{k}": v for k, v in scores.items()}
+    row |= {"seconds": seconds, "images_per_s": state.seen * world / max(seconds, 1e-9)}
     if last:  # convergence beside the held-out score: one no-grad pass, no augmentation
-        row["train_eval_acc"] = _evaluate(run, run.train_set)[0]
+        key = "AP50" if isinstance(run.train_set, DetectionSet) else "acc"
+        row[f"train_eval_{key}"] = _evaluate(run, run.train_set)[key]
     return row
 
 
@@ -454,26 +542,39 @@ def _layout(cfg: TrainConfig) -> torch.memory_format:
     return torch.channels_last if cfg.channels_last else torch.contiguous_format
 
 
-def _evaluate(run: _Run, data: ImageSet) -> tuple[float, float]:
-    """(accuracy, loss) of the model on `data`, measured by the main process (the others: zeros)."""
+def _score_names(run: _Run) -> tuple[str, ...]:
+    """What an evaluation reports: loss and acc, or a detector's loss and COCO mAP numbers."""
+    if isinstance(run.eval_set, DetectionSet):
+        return ("loss", "AP", "AP50", "AP75", "recall")
+    return ("loss", "acc")
+
+
+def _evaluate(run: _Run, data: ImageSet | DetectionSet) -> dict[str, float]:
+    """The scores `_score_names` names of the model on `data`, measured by the main process (the
+    others: zeros)."""
     if not dist.is_main():
-        return 0.0, 0.0
-    return evaluate(run.model, data, device=run.device, memory_format=_layout(run.cfg))
+        return dict.fromkeys(_score_names(run), 0.0)
+    layout = _layout(run.cfg)
+    if isinstance(data, DetectionSet):
+        return evaluate_detection(run.model, data, device=run.device, memory_format=layout)
+    acc, loss = evaluate(run.model, data, device=run.device, memory_format=layout)
+    return {"loss": loss, "acc": acc}
 
 
 def _log_epoch(row: dict[str, Any], epochs: int, log: Callable[[str], None]) -> None:
-    split = "val" if "val_acc" in row else "test"
-    scored = (
-        ""
-        if row[f"{split}_acc"] is None
-        else f"  {split} loss {row[f'{split}_loss']:.4f} acc {row[f'{split}_acc']:.3f}"
+    split = "val" if "val_loss" in row else "test"
+    score = "acc" if f"{split}_acc" in row else "AP50"
+    scored = ""
+    if row[f"{split}_loss"] is not None:
+        scored = f"  {split} loss {row[f'{split}_loss']:.4f} {score} {row[f'{split}_{score}']:.3f}"
+        if score == "AP50":
+            scored += f" AP {row[f'{split}_AP']:.3f}"
+    if f"train_eval_{score}" in row:
+        scored += f"  final train {score} (eval mode) {row[f'train_eval_{score}']:.3f}"
+    train = f"train loss {row['train_loss']:.4f}" + (
+        f" acc {row['train_acc']:.3f}" if "train_acc" in row else ""
     )
-    if "train_eval_acc" in row:
-        scored += f"  final train acc (eval mode) {row['train_eval_acc']:.3f}"
-    log(
-        f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f} "
-        f"acc {row['train_acc']:.3f}{scored}  ({row['seconds']:.1f} s)"
-    )
+    log(f"epoch {row['epoch']}/{epochs}  {train}{scored}  ({row['seconds']:.1f} s)")
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] = print) -> RunResult:
@@ -489,11 +590,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
             model; device 'cuda' without a CUDA device; an empty evaluation split.
     """
     with dist.process_group("nccl" if cfg.device == "cuda" else "gloo"), contextlib.ExitStack() as held:
-        run = _start(cfg, resume, held)
+        run = _start(cfg, resume, held, log)
         if resume and run.ckpt.exists():
             _resume(run, log)
         if dist.world_size() > 1:
-            run.net = nn.parallel.DistributedDataParallel(
+            run.net = nn.parallel.DistributedDataParallel(  # a detector's dict of outputs works too
                 run.model, device_ids=[dist.local_rank()] if cfg.device == "cuda" else None
             )
         augment = _augment(cfg, run.train_set)
@@ -519,4 +620,5 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Callable[[str], None] 
         run.history,
         val_acc=final.get("val_acc", nan),
         val_loss=final.get("val_loss", nan),
+        scores={k: v for k, v in final.items() if k.startswith(("test_", "val_")) and v is not None},
     )
