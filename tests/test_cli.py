@@ -24,6 +24,7 @@ EXPECTED_PARTS = [
     "operators",
     "attention_pooling",
     "seq2seq",
+    "detection",
 ]
 
 
@@ -279,6 +280,9 @@ def test_every_train_config_field_has_a_flag():
         "holdout": 50,
         "position_lr_scale": 10.0,
         "channels_last": False,
+        "init_from": "runs/pre",
+        "method": "moco",
+        "train_only": "head",
     }  # fmt: skip
 
     def flag(k: str, v: object) -> str:
@@ -286,10 +290,12 @@ def test_every_train_config_field_has_a_flag():
         return f"--{name}" if v is True else f"--no-{name}" if v is False else f"--{name}={v}"
 
     flags = [flag(k, v) for k, v in given.items()]
-    cfg, _ = _train_args("--model", "m", "--out", "o", "--set", "dropout=0", "--set", "width=2", *flags)
-    expected = TrainConfig(model="m", out="o", model_options={"dropout": 0, "width": 2}, **given)
+    cfg, _ = _train_args("--model", "m", "--out", "o", "--set", "dropout=0", "--set", "width=2",
+                         "--moco", "queue_size=64", *flags)  # fmt: skip
+    expected = TrainConfig(model="m", out="o", model_options={"dropout": 0, "width": 2},
+                           moco_options={"queue_size": 64}, **given)  # fmt: skip
     assert cfg == expected
-    assert {f.name for f in fields(TrainConfig)} == {"model", "out", "model_options", *given}
+    assert {f.name for f in fields(TrainConfig)} == {"model", "out", "model_options", "moco_options", *given}
     assert _train_args("--model", "m", "--out", "o", "--flip", "--no-flip")[0].flip is False
 
 

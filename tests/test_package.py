@@ -13,8 +13,8 @@ import convattn
 
 SRC = Path(convattn.__file__).parent
 # Each package may import only from the packages before it (and itself): imports flow one way.
-ORDER = ["utils", "layers", "models", "functional", "attention", "convert", "data", "train", "analysis",
-         "study", "cli"]  # fmt: skip
+ORDER = ["utils", "layers", "models", "ssl", "functional", "attention", "convert", "data", "train",
+         "analysis", "study", "cli"]  # fmt: skip
 
 
 def _modules() -> list[str]:

@@ -17,6 +17,7 @@ _SUBMODULES = (
     "functional",
     "convert",
     "models",
+    "ssl",
     "data",
     "train",
     "analysis",

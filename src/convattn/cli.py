@@ -233,6 +233,8 @@ def _option(text: str) -> tuple[str, object]:
 _TRAIN_FLAGS: dict[str, dict[str, Any]] = {
     "model_options": {"flag": "--set", "type": _option, "action": "append", "metavar": "KEY=VALUE",
                       "help": "a model option (repeat for several), e.g. --set dropout=0"},
+    "moco_options": {"flag": "--moco", "type": _option, "action": "append", "metavar": "KEY=VALUE",
+                     "help": "a MoCo setting (repeat for several), e.g. --moco queue_size=1024"},
     "out": {"required": True},  # a run folder is always named: never one the user did not choose
 }  # fmt: skip
 
@@ -289,6 +291,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if dist.is_main():  # under torchrun, only the first process reports
         val = cfg.holdout > 0
         score = f"validation accuracy {result.val_acc:.4f}" if val else f"test accuracy {result.test_acc:.4f}"
+        if "test_knn_acc" in result.scores:  # MoCo: the k-NN monitor on the labelled split
+            score = f"test k-NN accuracy {result.scores['test_knn_acc']:.4f}"
         if "test_AP50" in result.scores:  # a detector: COCO's numbers
             ap = {k: result.scores[f"test_{k}"] for k in ("AP", "AP50", "AP75")}
             score = "test " + "  ".join(f"{k} {v:.4f}" for k, v in ap.items())

@@ -117,7 +117,7 @@ def test_the_classification_trainer_refuses_a_detection_model_by_name():
 def test_a_tiny_detr_over_fits_a_handful_of_images():
     """DETR's sanity check: on 4 generated images (10 objects) the matching, the losses and the
     model together reach mAP50 >= 0.9 on the very images (dropout off, 250 full-batch AdamW steps)."""
-    from convattn.analysis.coco_map import coco_map
+    from convattn.data.coco_map import coco_map
     from convattn.data.detection import detect_shapes
     from convattn.models.detr import postprocess, targets_to_coco
 

@@ -212,7 +212,7 @@ def postprocess(outputs: dict[str, Any], height: int, width: int) -> list[dict[s
 
     "scores" (Q,) the class probability (softmax over all K + 1, "no object" left out of the max),
     "labels" (Q,), "boxes" (Q, 4) in COCO's pixel (x, y, w, h) for an image of height × width, the form
-    `convattn.analysis.coco_map` reads. No thresholding and no non-maximum suppression: the ranking by
+    `convattn.data.coco_map` reads. No thresholding and no non-maximum suppression: the ranking by
     score is what average precision measures.
     """
     prob = outputs["logits"].softmax(-1)[..., :-1]  # (B, Q, K)

@@ -13,9 +13,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any, get_origin, get_type_hints
 
-__all__ = ["DEVICES", "OPTIMIZERS", "TrainConfig"]
+__all__ = ["DEVICES", "METHODS", "OPTIMIZERS", "TrainConfig"]
 
 OPTIMIZERS = ("sgd", "adamw")
+METHODS = ("supervised", "moco")
 DEVICES = ("cpu", "cuda")
 
 
@@ -103,6 +104,24 @@ class TrainConfig:
         "detr_tiny). Empty: start from the seeded initialisation",
     )
 
+    method: str = _opt(  # the defaults keep config.json files written before these fields loadable
+        "supervised",
+        "supervised (the labels' loss) or moco: self-supervised MoCo v2 pre-training of the model as an "
+        "encoder (its head becomes the projection; `convattn.ssl`), monitored by k-NN accuracy on the "
+        "labelled evaluation split; the export is the encoder, for --init-from",
+        choices=METHODS,
+    )
+    moco_options: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "MoCo's settings (`convattn.ssl.MoCo`): dim, hidden, queue_size, momentum, "
+                  "temperature, split_bn, e.g. --moco queue_size=1024"},
+    )  # fmt: skip
+    train_only: str = _opt(
+        "",
+        "train only the parameters whose names start with this (e.g. head: a linear probe of a frozen "
+        "encoder from --init-from; the frozen batch norms keep their statistics). Empty: train all",
+    )
+
     def __post_init__(self) -> None:
         for f in fields(self):
             _check_type(f.name, getattr(self, f.name), _field_types()[f.name])
@@ -136,6 +155,8 @@ class TrainConfig:
             raise ValueError(f"label_smoothing must be < 1, got {self.label_smoothing!r}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum (AdamW: beta1) must be in [0, 1), got momentum={self.momentum!r}")
+        if self.moco_options and self.method != "moco":
+            raise ValueError(f"moco_options apply to method='moco' only, got method={self.method!r}")
         if self.crop_pad < -1:
             raise ValueError(
                 "crop_pad must be >= 0 (0: no random crop) or -1 (the data set's default), got "

@@ -30,6 +30,8 @@ __all__ = [
     "detection_criterion",
     "evaluate",
     "evaluate_detection",
+    "evaluate_knn",
+    "moco_criterion",
     "progress_bar",
     "train_one_epoch",
 ]
@@ -60,6 +62,23 @@ def detection_criterion(num_classes: int, *, across_processes: bool = True) -> C
         return set_loss(outputs, targets)["loss"], 0
 
     return criterion
+
+
+def moco_criterion(outputs: dict[str, Tensor], labels: Tensor) -> tuple[Tensor, int]:
+    """MoCo's InfoNCE: the (1 + K)-way cross-entropy of its logits, and how many queries picked their own
+    key (the pretext task's accuracy; the class labels are not used)."""
+    loss = F.cross_entropy(outputs["logits"], outputs["labels"])
+    return loss, int((outputs["logits"].detach().argmax(1) == 0).sum())
+
+
+def _keep_frozen_norms(net: nn.Module) -> None:
+    """Batch norms whose parameters are all frozen stay in eval mode: a frozen encoder (a linear probe)
+    keeps its statistics too."""
+    for m in net.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            own = list(m.parameters(recurse=False))
+            if own and not any(p.requires_grad for p in own):
+                m.eval()
 
 
 def _to_device(y: Any, device: torch.device | str) -> Any:
@@ -140,6 +159,7 @@ def train_one_epoch(
     """
     criterion = criterion or classification_criterion(label_smoothing)
     net.train()
+    _keep_frozen_norms(net)
     for x, y in stream:
         x, y = x.to(device, memory_format=memory_format), _to_device(y, device)
         for group in optimizer.param_groups:
@@ -207,7 +227,7 @@ def evaluate_detection(
     Raises:
         ValueError: `data` holds no images.
     """
-    from convattn.analysis.coco_map import coco_map
+    from convattn.data.coco_map import coco_map
     from convattn.models.detr import postprocess, targets_to_coco
 
     if len(data) == 0:
@@ -227,6 +247,36 @@ def evaluate_detection(
     truth = targets_to_coco(data.targets(range(len(data))), H, W)
     scores = coco_map(detections, truth)
     return {k: float(scores[k]) for k in ("AP", "AP50", "AP75", "recall")} | {"loss": loss / n}
+
+
+@torch.no_grad()
+def evaluate_knn(
+    model: nn.Module,
+    bank: ImageSet,
+    data: ImageSet,
+    k: int = 200,
+    device: torch.device | str = "cpu",
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> float:
+    """Weighted k-NN accuracy of a MoCo model's features (`convattn.ssl.knn_accuracy`, temperature
+    0.07): the features of `bank` (the training images, no augmentation) vote for those of `data`."""
+    from convattn.ssl import knn_accuracy
+
+    if len(data) == 0:
+        raise ValueError(f"the {data.split} split of {data.name} holds no images: nothing to evaluate on")
+    was_training = model.training
+    model.eval()
+
+    def features(split: ImageSet) -> tuple[Tensor, Tensor]:
+        parts = [
+            model.features(x.to(device, memory_format=memory_format)).cpu()  # type: ignore[operator]
+            for x, _ in batches(split, 256, seed=0, epoch=0, shuffle=False)
+        ]
+        return torch.cat(parts), split.labels
+
+    (f_bank, y_bank), (f_data, y_data) = features(bank), features(data)
+    model.train(was_training)
+    return knn_accuracy(f_bank, y_bank, f_data, y_data, k=k, num_classes=data.num_classes)
 
 
 def progress_bar(total: int, desc: str, enabled: bool) -> Any:

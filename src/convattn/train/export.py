@@ -19,10 +19,18 @@ __all__ = ["evaluate_weights", "export_model", "init_from_export", "load_weights
 
 
 def export_model(out: Path, model: nn.Module, cfg: TrainConfig, data: ImageSet | DetectionSet) -> None:
-    """Write model.safetensors and model.json (the model's name, options, shape and data) into `out`."""
+    """Write model.safetensors and model.json (the model's name, options, shape and data) into `out`.
+
+    A MoCo run exports its query encoder without the projection head, under the classifier's names
+    (what --init-from reads); model.json then says method "moco", and it has no classifier to evaluate.
+    """
     from safetensors.torch import save
 
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = model.state_dict()
+    if cfg.method == "moco":
+        encoder = getattr(model, "encoder_q")  # noqa: B009 (a MoCo model)
+        state = {k: v for k, v in encoder.state_dict().items() if not k.startswith("head.")}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     atomic_write_bytes(out / "model.safetensors", save(tensors))
     meta = {
         "model": cfg.model,
@@ -34,6 +42,7 @@ def export_model(out: Path, model: nn.Module, cfg: TrainConfig, data: ImageSet |
         "data_seed": cfg.data_seed,
         "n_train": cfg.n_train,
         "holdout": cfg.holdout,  # with n_train, the statistics the inputs were normalised with
+        "method": cfg.method,
     }
     atomic_write_bytes(out / "model.json", json.dumps(meta, indent=2, sort_keys=True).encode())
 
@@ -73,6 +82,11 @@ def load_weights(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
     except (json.JSONDecodeError, UnicodeDecodeError, SafetensorError, OSError) as err:
         raise ValueError(f"{folder} holds a corrupt export: {err}") from err
     _check_meta(folder / "model.json", meta)
+    if meta.get("method") == "moco":
+        raise ValueError(
+            f"{folder} holds a MoCo encoder without a classifier: probe it with `convattn train --model "
+            f"{meta['model']} --init-from {folder} --train-only head`, or fine-tune it without --train-only"
+        )
     try:
         model = create_model(
             meta["model"],

@@ -59,7 +59,9 @@ from convattn.data import (
     load,
     load_detection,
 )
+from convattn.data.views import view_batches
 from convattn.models.registry import create_model, model_info
+from convattn.ssl import MoCo
 from convattn.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from convattn.train.config import TrainConfig
 from convattn.train.engine import (
@@ -69,6 +71,8 @@ from convattn.train.engine import (
     detection_criterion,
     evaluate,
     evaluate_detection,
+    evaluate_knn,
+    moco_criterion,
     progress_bar,
     train_one_epoch,
 )
@@ -329,6 +333,19 @@ class _Run:
         return lr_at(step, self.steps_per_epoch * self.cfg.epochs, self.cfg)
 
 
+def _train_only(model: nn.Module, prefix: str) -> nn.Module:
+    """Freeze every parameter whose name does not start with `prefix`; a ValueError when none does."""
+    names = [n for n, _ in model.named_parameters()]
+    if not any(n.startswith(prefix) for n in names):
+        raise ValueError(
+            f"train_only={prefix!r} names no parameter of this model (they start with: "
+            f"{', '.join(sorted({n.split('.')[0] for n in names}))})"
+        )
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith(prefix))
+    return model
+
+
 def _load_data(cfg: TrainConfig) -> tuple[ImageSet | DetectionSet, ImageSet | DetectionSet]:
     """(train, evaluation) splits of cfg.data: an image set, or detection data for a detector."""
     detector, detection_data = is_detection(cfg), cfg.data == "detect_shapes" or cfg.data.startswith("coco:")
@@ -389,6 +406,14 @@ def _start(
         if dist.is_main():
             log(f"initialised {len(copied)} tensors from {cfg.init_from}" +
                 (f"; skipped (other shapes): {', '.join(skipped)}" if skipped else ""))  # fmt: skip
+    if cfg.train_only:
+        model = _train_only(model, cfg.train_only)
+    if cfg.method == "moco":
+        if is_detection(cfg):
+            raise ValueError(
+                f"method='moco' pre-trains a classifier's encoder, not a detector ({cfg.model!r})"
+            )
+        model = MoCo(model, batch_size=cfg.batch_size, **cfg.moco_options)
     model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # 4-D weights only
@@ -496,6 +521,10 @@ def _epoch(run: _Run, augment: Augment, stop: Callable[[], bool]) -> dict[str, A
     if isinstance(data, DetectionSet):
         stream: Any = detection_batches(data, cfg.batch_size // world, flip=cfg.flip, **where)
         criterion = detection_criterion(data.num_classes)
+    elif cfg.method == "moco":  # two views per image, from (seed, epoch, batch)
+        place = {k: where[k] for k in ("seed", "epoch", "start", "rank", "world_size")}
+        stream = view_batches(data, cfg.batch_size // world, **place)
+        criterion = moco_criterion
     else:
         stream = batches(data, cfg.batch_size // world, augment=augment, **where)
         criterion = classification_criterion(cfg.label_smoothing)
@@ -532,7 +561,7 @@ def _epoch(run: _Run, augment: Augment, stop: Callable[[], bool]) -> dict[str, A
         row["train_acc"] = state.correct / max(state.seen, 1)
     row |= {f"{split}_{k}": v for k, v in scores.items()}
     row |= {"seconds": seconds, "images_per_s": state.seen * world / max(seconds, 1e-9)}
-    if last:  # convergence beside the held-out score: one no-grad pass, no augmentation
+    if last and cfg.method != "moco":  # convergence beside the held-out score: no-grad, no augmentation
         key = "AP50" if isinstance(run.train_set, DetectionSet) else "acc"
         row[f"train_eval_{key}"] = _evaluate(run, run.train_set)[key]
     return row
@@ -543,9 +572,12 @@ def _layout(cfg: TrainConfig) -> torch.memory_format:
 
 
 def _score_names(run: _Run) -> tuple[str, ...]:
-    """What an evaluation reports: loss and acc, or a detector's loss and COCO mAP numbers."""
+    """What an evaluation reports: loss and acc, a detector's loss and COCO mAP numbers, or MoCo's
+    k-NN accuracy."""
     if isinstance(run.eval_set, DetectionSet):
         return ("loss", "AP", "AP50", "AP75", "recall")
+    if run.cfg.method == "moco":
+        return ("knn_acc",)
     return ("loss", "acc")
 
 
@@ -557,16 +589,21 @@ def _evaluate(run: _Run, data: ImageSet | DetectionSet) -> dict[str, float]:
     layout = _layout(run.cfg)
     if isinstance(data, DetectionSet):
         return evaluate_detection(run.model, data, device=run.device, memory_format=layout)
+    if run.cfg.method == "moco":
+        assert isinstance(run.train_set, ImageSet) and isinstance(data, ImageSet)
+        k = min(200, len(run.train_set))
+        return {"knn_acc": evaluate_knn(run.model, run.train_set, data, k, run.device, layout)}
     acc, loss = evaluate(run.model, data, device=run.device, memory_format=layout)
     return {"loss": loss, "acc": acc}
 
 
 def _log_epoch(row: dict[str, Any], epochs: int, log: Callable[[str], None]) -> None:
-    split = "val" if "val_loss" in row else "test"
-    score = "acc" if f"{split}_acc" in row else "AP50"
+    split = "val" if any(k.startswith("val_") for k in row) else "test"
+    score = next(s for s in ("acc", "AP50", "knn_acc") if f"{split}_{s}" in row)
     scored = ""
-    if row[f"{split}_loss"] is not None:
-        scored = f"  {split} loss {row[f'{split}_loss']:.4f} {score} {row[f'{split}_{score}']:.3f}"
+    if row[f"{split}_{score}"] is not None:
+        loss = f" loss {row[f'{split}_loss']:.4f}" if f"{split}_loss" in row else ""
+        scored = f"  {split}{loss} {score} {row[f'{split}_{score}']:.3f}"
         if score == "AP50":
             scored += f" AP {row[f'{split}_AP']:.3f}"
     if f"train_eval_{score}" in row:

@@ -10,10 +10,21 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
+from typing import Any
 
-__all__ = ["any_process", "barrier", "is_main", "local_rank", "process_group", "rank", "world_size"]
+__all__ = [
+    "all_gather_cat",
+    "any_process",
+    "barrier",
+    "is_main",
+    "local_rank",
+    "process_group",
+    "rank",
+    "shuffled_forward",
+    "world_size",
+]
 
 
 def _group_up() -> bool:
@@ -92,3 +103,34 @@ def any_process(flag: bool) -> bool:
     votes = torch.tensor([float(flag)], device=device)
     dist.all_reduce(votes)
     return bool(votes.item() > 0)
+
+
+def all_gather_cat(x: Any) -> Any:
+    """Every process's (B, ...) tensor, concatenated in rank order (an all-gather, no gradient); `x`
+    itself with one process."""
+    if not (_group_up() and world_size() > 1):
+        return x
+    import torch
+    import torch.distributed as dist
+
+    parts = [torch.empty_like(x) for _ in range(world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
+def shuffled_forward(module: Any, x: Any, after: Callable[[Any], Any] = lambda y: y) -> Any:
+    """MoCo's batch shuffle: `after(module(...))` of this process's batch `x`, computed on a random
+    share of the global batch (so that batch-norm statistics mix images of every process), then put
+    back in `x`'s order. The permutation is drawn on rank 0 from torch's global generator and
+    broadcast. With one process: `after(module(x))`."""
+    if not (_group_up() and world_size() > 1):
+        return after(module(x))
+    import torch
+    import torch.distributed as dist
+
+    every = all_gather_cat(x)  # (B·world, ...)
+    perm = torch.randperm(every.shape[0]).to(x.device)
+    dist.broadcast(perm, src=0)
+    mine = perm.view(world_size(), -1)[rank()]  # this process's share of the shuffled batch
+    y = all_gather_cat(after(module(every[mine])))  # (B·world, ...) in shuffled order
+    return y[torch.argsort(perm)].view(world_size(), -1, *y.shape[1:])[rank()]

@@ -3,7 +3,7 @@
 DETR (Carion et al. 2020) detects objects as a set: learned queries, a Transformer encoder-decoder,
 Hungarian matching, no anchors and no non-maximum suppression (`convattn.models.detr`). The section
 trains it on `detect_shapes` (1-4 squares, circles, triangles and crosses per 64×64 image on noise)
-through the project's trainer and scores it with COCO's AP (`convattn.analysis.coco_map`), for two
+through the project's trainer and scores it with COCO's AP (`convattn.data.coco_map`), for two
 backbones: the ResNet with convolutions, and the same ResNet with SASA 3×3 local attention in place
 of every 3×3 conv. As in DETR, each backbone is first trained as a classifier (on `shapes`, the same
 four shapes alone at 32×32, in place of ImageNet) and initialises the detector (`init_from`).

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from convattn.analysis.coco_map import coco_map
+from convattn.data.coco_map import coco_map
 
 COCO = pytest.importorskip("pycocotools.coco").COCO
 COCOeval = pytest.importorskip("pycocotools.cocoeval").COCOeval
