@@ -25,6 +25,7 @@ EXPECTED_PARTS = [
     "attention_pooling",
     "seq2seq",
     "detection",
+    "moco",
 ]
 
 

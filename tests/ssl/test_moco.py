@@ -143,3 +143,16 @@ def test_bad_settings_are_named(kw, words):
 def test_an_encoder_without_a_feature_output_is_refused():
     with pytest.raises(ValueError, match="no final linear `head`"):
         MoCo(torch.nn.Conv2d(3, 4, 3))
+
+
+def test_the_linear_probe_separates_what_is_separable_and_not_noise():
+    from convattn.ssl import linear_probe
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 6, generator=g)
+    y = (x[:, 0] * 3 + x[:, 1] > 0).long() + 2 * (x[:, 2] > 0).long()  # 4 classes, linear boundaries
+    assert linear_probe(x[:200], y[:200], x[200:], y[200:]) >= 0.9
+    noise = torch.randint(0, 4, (300,), generator=g)
+    assert linear_probe(x[:200], noise[:200], x[200:], noise[200:]) < 0.45
+    scaled = x * torch.tensor([1e3, 1e-3, 1.0, 1.0, 1.0, 1.0])  # standardised first: scale does not matter
+    assert linear_probe(scaled[:200], y[:200], scaled[200:], y[200:]) >= 0.9

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from convattn.utils import dist
 from convattn.utils.checks import check_positive_int
 
-__all__ = ["MoCo", "SplitBatchNorm", "feature_dim", "info_nce", "knn_accuracy"]
+__all__ = ["MoCo", "SplitBatchNorm", "feature_dim", "info_nce", "knn_accuracy", "linear_probe"]
 
 
 def feature_dim(encoder: nn.Module) -> int:
@@ -247,3 +247,34 @@ def knn_accuracy(
         )
         correct += int((votes.argmax(1) == labels[start : start + 1024]).sum())
     return correct / max(queries.shape[0], 1)
+
+
+def linear_probe(
+    train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, *, l2: float = 1e-4, steps: int = 300
+) -> float:
+    """Test accuracy of a linear classifier on frozen features: multinomial logistic regression on the
+    features standardised with the training set's statistics, fitted to convergence (L-BFGS, float64,
+    L2 penalty `l2` on the weights; deterministic), so that the number measures the features, not a
+    probe's training budget.
+
+    train_x (N, d), train_y (N,), test_x (M, d), test_y (M,).
+    """
+    a, b = train_x.double(), test_x.double()
+    mean, std = a.mean(0), a.std(0).clamp_min(1e-6)
+    a, b = (a - mean) / std, (b - mean) / std
+    classes = int(max(train_y.max(), test_y.max())) + 1
+    weight = torch.zeros(a.shape[1], classes, dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(classes, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=check_positive_int("steps", steps),
+                            history_size=20, line_search_fn="strong_wolfe")  # fmt: skip
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(a @ weight + bias, train_y) + l2 * weight.square().sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    with torch.no_grad():
+        return float(((b @ weight + bias).argmax(1) == test_y).double().mean())

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from convattn.analysis.bench import BenchConfig
 from convattn.study.contest import Recipe
 
-__all__ = ["BUDGETS", "Budget", "DetrBudget", "budget_for"]
+__all__ = ["BUDGETS", "Budget", "DetrBudget", "MocoBudget", "budget_for"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,21 @@ class DetrBudget:
     n_train: int
     epochs: int
     plain: bool = True
+
+
+@dataclass(frozen=True)
+class MocoBudget:
+    """The MoCo section's sizes (`sections.moco`).
+
+    Attributes:
+        n_train: shapes images to pre-train, probe and train with labels on (0: the set's 2,000).
+        epochs: MoCo's epochs (batch 64).
+        supervised_epochs: the supervised encoders' epochs.
+    """
+
+    n_train: int
+    epochs: int
+    supervised_epochs: int
 
 
 @dataclass(frozen=True)
@@ -58,6 +73,7 @@ class Budget:
         seq2seq: (steps, training strings, test strings) of the Transformer that reverses strings;
             None: the demo's defaults.
         detr: the DETR section's sizes.
+        moco: the MoCo section's sizes.
     """
 
     name: str
@@ -75,6 +91,7 @@ class Budget:
     bench: BenchConfig
     seq2seq: tuple[int, int, int] | None
     detr: DetrBudget = DetrBudget(2000, 2, 2000, 3)
+    moco: MocoBudget = MocoBudget(n_train=0, epochs=6, supervised_epochs=3)
 
     @property
     def quick(self) -> bool:
@@ -133,6 +150,7 @@ BUDGETS = {
         bench=BenchConfig.quick(),
         seq2seq=(150, 1000, 100),
         detr=DetrBudget(pretrain_images=256, pretrain_epochs=1, n_train=64, epochs=1),
+        moco=MocoBudget(n_train=128, epochs=1, supervised_epochs=1),
     ),
 }
 

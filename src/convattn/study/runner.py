@@ -7,7 +7,7 @@ its claim and the paragraph written from them), `runs/` (the training runs the s
 
 The sections (`convattn.study.sections`, one file each), on embedded data: conversion (Theorem 1),
 fit_conv (is it learned?), learns_conv (does attention learn convolution?), cnn_vs_attention,
-data_efficiency, locality, operators, attention_pooling, seq2seq, detection (DETR). With
+data_efficiency, locality, operators, attention_pooling, seq2seq, detection (DETR), moco. With
 `data="cifar10:PATH"`:
 conversion and paper (Cordonnier et al.'s Table 1 at paper scale). Their sizes come from one
 table, `convattn.study.budget`.
@@ -70,6 +70,7 @@ EMBEDDED = (
     "attention_pooling",
     "seq2seq",
     "detection",
+    "moco",
 )
 PAPER = ("conversion", "paper")
 

@@ -113,6 +113,8 @@ def _score(history: list[dict[str, Any]]) -> str:
     last = history[-1]
     if "val_acc" in last:
         return f"validation accuracy {last['val_acc']:.1%}"
+    if "test_knn_acc" in last:  # MoCo's monitor
+        return f"test k-NN accuracy {last['test_knn_acc']:.1%}"
     if "test_AP50" in last:  # a detector
         return f"test AP50 {last['test_AP50']:.3f}, AP {last['test_AP']:.3f}"
     return f"test accuracy {last['test_acc']:.1%}"

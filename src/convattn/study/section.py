@@ -91,6 +91,7 @@ _MODULES = (
     "pooling",
     "seq2seq",
     "detection",
+    "moco",
     "paper",
 )
 
