@@ -80,3 +80,20 @@ def test_bad_moco_runs_are_named_and_leave_no_folder(tmp_path, kwargs, words):
     with pytest.raises(ValueError, match=words):
         train(_cfg(tmp_path / "run", **kwargs), log=lambda s: None)
     assert not (tmp_path / "run").exists()
+
+
+def test_moco_trains_under_torchrun_with_the_batch_shuffle_across_processes(tmp_path):
+    import subprocess
+    import sys
+
+    args = ["train", "--model", "resnet_tiny", "--data", "shapes", "--n-train", "64", "--epochs", "1",
+            "--batch-size", "16", "--threads", "1", "--method", "moco", "--moco", "queue_size=32",
+            "--moco", "dim=8", "--out", str(tmp_path / "two")]  # fmt: skip
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    two = subprocess.run([*torchrun, "-m", "convattn", *args], env=env, capture_output=True, timeout=300)
+    assert two.returncode == 0, two.stderr.decode()[-2000:]
+    assert "k-NN accuracy" in two.stdout.decode()
+    state = load_checkpoint(tmp_path / "two" / "checkpoint.pt")["model"]
+    assert int(state["queue_ptr"]) == 0  # 4 global steps of 16 keys (both processes' 8) in a queue of 32
+    assert torch.isclose(state["queue"].norm(dim=0), torch.ones(32)).all()
