@@ -30,6 +30,13 @@ the evaluation is test_loss, test_AP, test_AP50, test_AP75 and test_recall (COCO
 the last row adds train_eval_AP50. Everything else — resumption, checkpoints, torchrun, export — is
 the same.
 
+MoCo (``method="moco"``, `convattn.ssl.MoCo`): the model becomes MoCo's query encoder (the key
+encoder and the queue are part of the model, so every checkpoint holds them) and trains on two views
+of every image (`convattn.data.views`) without their labels: train_loss is InfoNCE, train_acc the
+share of queries that picked their own key, and the evaluation is test_knn_acc (the k-NN monitor on
+the labelled splits). The export is the query encoder under the classifier's names, for
+``init_from``. ``train_only`` freezes every parameter outside a prefix (``head``: a linear probe).
+
 Under torchrun the processes join one process group (gloo on CPU, nccl on CUDA) and train with
 DistributedDataParallel; only the main process writes files and logs.
 """
