@@ -156,3 +156,19 @@ def test_the_linear_probe_separates_what_is_separable_and_not_noise():
     assert linear_probe(x[:200], noise[:200], x[200:], noise[200:]) < 0.45
     scaled = x * torch.tensor([1e3, 1e-3, 1.0, 1.0, 1.0, 1.0])  # standardised first: scale does not matter
     assert linear_probe(scaled[:200], y[:200], scaled[200:], y[200:]) >= 0.9
+
+
+def test_in_training_the_key_encoder_normalises_with_its_batches_statistics(tmp_path):
+    """The key encoder has no gradient, but its batch norms are in training mode: they update their
+    running statistics (a linear probe's frozen encoder, in contrast, keeps them: test_moco_training)."""
+    from convattn.train import TrainConfig, train
+    from convattn.train.checkpoint import load_checkpoint
+
+    cfg = TrainConfig(model="resnet_tiny", data="shapes", n_train=32, epochs=1, batch_size=16, threads=1,
+                      out=str(tmp_path / "run"), method="moco",
+                      moco_options={"queue_size": 32, "dim": 8})  # fmt: skip
+    fresh = _moco(queue_size=32)
+    train(cfg, log=lambda s: None)
+    state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["model"]
+    key = "encoder_k.stem.1.running_mean"
+    assert not torch.equal(state[key], fresh.state_dict()[key])

@@ -50,6 +50,36 @@ def test_moco_resumes_bit_identically_queue_and_key_encoder_included(tmp_path):
         evaluate_weights(tmp_path / "full")
 
 
+def test_moco_resumes_bit_identically_after_a_real_kill(tmp_path):
+    """SIGKILL (no warning, no checkpoint of its own) once a checkpoint exists; the resumed run ends with
+    the uninterrupted one's encoder, key encoder and queue, to the bit."""
+    import subprocess
+    import sys
+    import time
+
+    args = ["train", "--model", "resnet_tiny", "--data", "shapes", "--n-train", "256", "--epochs", "8",
+            "--batch-size", "32", "--threads", "1", "--method", "moco", "--moco", "queue_size=64",
+            "--moco", "dim=8"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cli = [sys.executable, "-m", "convattn"]
+    subprocess.run([*cli, *args, "--out", str(tmp_path / "full")], check=True, env=env, capture_output=True)
+    victim = subprocess.Popen([*cli, *args, "--out", str(tmp_path / "cut")], env=env, stderr=subprocess.PIPE)
+    ckpt = tmp_path / "cut" / "checkpoint.pt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)  # somewhere inside a later epoch, or its save
+    victim.kill()
+    victim.wait()
+    assert victim.returncode != 0, "the run finished before it could be killed"
+    done = subprocess.run(
+        [*cli, *args, "--out", str(tmp_path / "cut"), "--resume"], env=env, capture_output=True
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    full, cut = (load_checkpoint(tmp_path / f / "checkpoint.pt")["model"] for f in ("full", "cut"))
+    assert full.keys() == cut.keys() and all(torch.equal(full[k], cut[k]) for k in full), "weights or queue"
+
+
 def test_a_linear_probe_trains_the_head_alone_and_keeps_the_encoders_statistics(tmp_path):
     train(_cfg(tmp_path / "moco", epochs=1), log=lambda s: None)
     probe = _cfg(tmp_path / "probe", method="supervised", moco_options={}, init_from=str(tmp_path / "moco"),

@@ -134,6 +134,7 @@ def train_one_epoch(
     label_smoothing: float = 0.0,
     criterion: Criterion | None = None,
     clip_grad: float = 0.0,
+    freeze_norms: bool = False,
     stop: Callable[[], bool] = lambda: False,
     bar: _Bar | None = None,
     memory_format: torch.memory_format = torch.contiguous_format,
@@ -147,6 +148,9 @@ def train_one_epoch(
     Args:
         criterion: (outputs, targets) -> (loss, right answers); default: `classification_criterion`
             with `label_smoothing`. The targets are labels or, for a detector, a list of dicts.
+        freeze_norms: batch norms whose parameters are all frozen stay in eval mode (a linear probe's
+            encoder keeps its statistics). Off for MoCo, whose key encoder has no gradient but
+            normalises with its batches' statistics.
         stop: asked after every batch; when it answers True the epoch ends there.
         bar: a progress bar, advanced by one per batch.
         memory_format: the layout each (B, C, H, W) batch is moved to the device in.
@@ -159,7 +163,8 @@ def train_one_epoch(
     """
     criterion = criterion or classification_criterion(label_smoothing)
     net.train()
-    _keep_frozen_norms(net)
+    if freeze_norms:
+        _keep_frozen_norms(net)
     for x, y in stream:
         x, y = x.to(device, memory_format=memory_format), _to_device(y, device)
         for group in optimizer.param_groups:

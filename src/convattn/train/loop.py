@@ -540,8 +540,8 @@ def _epoch(run: _Run, augment: Augment, stop: Callable[[], bool]) -> dict[str, A
     try:
         stopped = train_one_epoch(
             run.net, run.optimizer, stream, state, lr=run.lr, device=run.device,
-            criterion=criterion, clip_grad=cfg.clip_grad, stop=stop, bar=bar,
-            memory_format=_layout(run.cfg),
+            criterion=criterion, clip_grad=cfg.clip_grad, freeze_norms=bool(cfg.train_only), stop=stop,
+            bar=bar, memory_format=_layout(run.cfg),
         )  # fmt: skip
     except Diverged as err:
         raise _diverged(run, f"{err} of epoch {run.epoch + 1}") from None
