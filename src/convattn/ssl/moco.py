@@ -31,7 +31,15 @@ from torch import Tensor, nn
 from convattn.utils import dist
 from convattn.utils.checks import check_positive_int
 
-__all__ = ["MoCo", "SplitBatchNorm", "feature_dim", "info_nce", "knn_accuracy", "linear_probe"]
+__all__ = [
+    "MoCo",
+    "SplitBatchNorm",
+    "encoder_features",
+    "feature_dim",
+    "info_nce",
+    "knn_accuracy",
+    "linear_probe",
+]
 
 
 def feature_dim(encoder: nn.Module) -> int:
@@ -47,6 +55,18 @@ def feature_dim(encoder: nn.Module) -> int:
             "a MoCo encoder (the ResNets, ViTs, Swin, DWNets, the attention nets and the small CNNs can)"
         )
     return int(head.in_features)
+
+
+def encoder_features(encoder: nn.Module, x: Tensor) -> Tensor:
+    """What an encoder's final `head` reads: its output with the head skipped, (B, feature width)."""
+    if not isinstance(getattr(encoder, "head", None), nn.Module):
+        raise ValueError(f"{type(encoder).__name__} has no final `head` to read the features of")
+    head = encoder.head
+    encoder.head = nn.Identity()
+    try:
+        return cast(Tensor, encoder(x))
+    finally:
+        encoder.head = head
 
 
 def info_nce(q: Tensor, k: Tensor, queue: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
@@ -217,12 +237,7 @@ class MoCo(nn.Module):
 
     def features(self, x: Tensor) -> Tensor:
         """The query encoder's features (the projection's input): (B, feature width)."""
-        head = self.encoder_q.head
-        self.encoder_q.head = nn.Identity()
-        try:
-            return cast(Tensor, self.encoder_q(x))
-        finally:
-            self.encoder_q.head = head
+        return encoder_features(self.encoder_q, x)
 
 
 @torch.no_grad()

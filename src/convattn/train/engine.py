@@ -10,9 +10,10 @@ detector's set prediction). `evaluate` measures a classifier on a data set in ev
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -79,6 +80,20 @@ def _keep_frozen_norms(net: nn.Module) -> None:
             own = list(m.parameters(recurse=False))
             if own and not any(p.requires_grad for p in own):
                 m.eval()
+
+
+@contextlib.contextmanager
+def _evaluating(model: nn.Module, data: ImageSet | DetectionSet) -> Iterator[None]:
+    """The block runs `model` in eval mode on `data`, then restores its mode; a ValueError first if
+    `data` holds no images (an empty split has no score, not one of 0)."""
+    if len(data) == 0:
+        raise ValueError(f"the {data.split} split of {data.name} holds no images: nothing to evaluate on")
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def _to_device(y: Any, device: torch.device | str) -> Any:
@@ -203,18 +218,14 @@ def evaluate(
     Raises:
         ValueError: `data` holds no images (an empty split has no accuracy, not one of 0).
     """
-    if len(data) == 0:
-        raise ValueError(f"the {data.split} split of {data.name} holds no images: nothing to evaluate on")
-    was_training = model.training
-    model.eval()
-    correct, loss, n = 0, 0.0, 0
-    for x, y in batches(data, batch_size, seed=0, epoch=0, shuffle=False):
-        x, y = x.to(device, memory_format=memory_format), y.to(device)
-        logits = model(x)
-        loss += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += int((logits.argmax(1) == y).sum())
-        n += len(y)
-    model.train(was_training)
+    with _evaluating(model, data):
+        correct, loss, n = 0, 0.0, 0
+        for x, y in batches(data, batch_size, seed=0, epoch=0, shuffle=False):
+            x, y = x.to(device, memory_format=memory_format), y.to(device)
+            logits = model(x)
+            loss += F.cross_entropy(logits, y, reduction="sum").item()
+            correct += int((logits.argmax(1) == y).sum())
+            n += len(y)
     return correct / n, loss / n
 
 
@@ -235,20 +246,16 @@ def evaluate_detection(
     from convattn.data.coco_map import coco_map
     from convattn.models.detr import postprocess, targets_to_coco
 
-    if len(data) == 0:
-        raise ValueError(f"the {data.split} split of {data.name} holds no images: nothing to evaluate on")
-    was_training = model.training
-    model.eval()
-    criterion = detection_criterion(data.num_classes, across_processes=False)  # the main process alone
-    H, W = data.images.shape[-2:]
-    detections: list[dict[str, Tensor]] = []
-    loss, n = 0.0, 0
-    for x, targets in detection_batches(data, batch_size, seed=0, epoch=0, shuffle=False):
-        outputs = model(x.to(device, memory_format=memory_format))
-        loss += criterion(outputs, _to_device(targets, device))[0].item() * len(targets)
-        n += len(targets)
-        detections += [{k: v.cpu() for k, v in d.items()} for d in postprocess(outputs, H, W)]
-    model.train(was_training)
+    with _evaluating(model, data):
+        criterion = detection_criterion(data.num_classes, across_processes=False)  # the main process alone
+        H, W = data.images.shape[-2:]
+        detections: list[dict[str, Tensor]] = []
+        loss, n = 0.0, 0
+        for x, targets in detection_batches(data, batch_size, seed=0, epoch=0, shuffle=False):
+            outputs = model(x.to(device, memory_format=memory_format))
+            loss += criterion(outputs, _to_device(targets, device))[0].item() * len(targets)
+            n += len(targets)
+            detections += [{k: v.cpu() for k, v in d.items()} for d in postprocess(outputs, H, W)]
     truth = targets_to_coco(data.targets(range(len(data))), H, W)
     scores = coco_map(detections, truth)
     return {k: float(scores[k]) for k in ("AP", "AP50", "AP75", "recall")} | {"loss": loss / n}
@@ -267,11 +274,6 @@ def evaluate_knn(
     0.07): the features of `bank` (the training images, no augmentation) vote for those of `data`."""
     from convattn.ssl import knn_accuracy
 
-    if len(data) == 0:
-        raise ValueError(f"the {data.split} split of {data.name} holds no images: nothing to evaluate on")
-    was_training = model.training
-    model.eval()
-
     def features(split: ImageSet) -> tuple[Tensor, Tensor]:
         parts = [
             model.features(x.to(device, memory_format=memory_format)).cpu()  # type: ignore[operator]
@@ -279,8 +281,8 @@ def evaluate_knn(
         ]
         return torch.cat(parts), split.labels
 
-    (f_bank, y_bank), (f_data, y_data) = features(bank), features(data)
-    model.train(was_training)
+    with _evaluating(model, data):
+        (f_bank, y_bank), (f_data, y_data) = features(bank), features(data)
     return knn_accuracy(f_bank, y_bank, f_data, y_data, k=k, num_classes=data.num_classes)
 
 

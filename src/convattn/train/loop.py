@@ -282,6 +282,16 @@ def is_detection(cfg: TrainConfig) -> bool:
     return model_info(cfg.model).task == "detection"
 
 
+def _check_task(cfg: TrainConfig, detection_data: bool, data: str) -> None:
+    """A ValueError naming the model and the data unless a detector meets detection data and a
+    classifier an image set."""
+    detector = is_detection(cfg)
+    if detector != detection_data:
+        task = "detection" if detector else "classification"
+        wants = "detection data (detect_shapes, coco:PATH)" if detector else "an image set"
+        raise ValueError(f"{cfg.model!r} is a {task} model: it trains on {wants}, not on {data!r}")
+
+
 def build_model(cfg: TrainConfig, train_set: ImageSet | DetectionSet) -> nn.Module:
     """The model a run of `cfg` starts from: seeded with cfg.seed, shaped by its training set.
 
@@ -289,11 +299,7 @@ def build_model(cfg: TrainConfig, train_set: ImageSet | DetectionSet) -> nn.Modu
         ValueError: a detector for an image set or a classifier for a detection set, or a detector with
             fewer queries than the most objects an image of its training set holds.
     """
-    detector = is_detection(cfg)
-    if detector != isinstance(train_set, DetectionSet):
-        task = "detection" if detector else "classification"
-        wants = "detection data (detect_shapes, coco:PATH)" if detector else "an image set"
-        raise ValueError(f"{cfg.model!r} is a {task} model: it trains on {wants}, not on {train_set.name!r}")
+    _check_task(cfg, isinstance(train_set, DetectionSet), train_set.name)
     torch.manual_seed(cfg.seed)
     C, H = train_set.images.shape[1:3]
     model = create_model(
@@ -355,14 +361,8 @@ def _train_only(model: nn.Module, prefix: str) -> nn.Module:
 
 def _load_data(cfg: TrainConfig) -> tuple[ImageSet | DetectionSet, ImageSet | DetectionSet]:
     """(train, evaluation) splits of cfg.data: an image set, or detection data for a detector."""
-    detector, detection_data = is_detection(cfg), cfg.data == "detect_shapes" or cfg.data.startswith("coco:")
-    if detector != detection_data:
-        task, wants = (
-            ("detection", "detection data (detect_shapes, coco:PATH)") if detector else
-            ("classification", "an image set")
-        )  # fmt: skip
-        raise ValueError(f"{cfg.model!r} is a {task} model: it trains on {wants}, not on {cfg.data!r}")
-    if detector:
+    _check_task(cfg, cfg.data == "detect_shapes" or cfg.data.startswith("coco:"), cfg.data)
+    if is_detection(cfg):
         if cfg.holdout:
             raise ValueError(
                 f"holdout={cfg.holdout}: a validation split of detection data is not supported; "

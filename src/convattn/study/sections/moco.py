@@ -66,7 +66,7 @@ def _scores(cfg: TrainConfig, init_from: Path | None) -> tuple[float, float]:
     with `init_from`'s weights when given, frozen in eval mode; both read its features of the
     training and test images (no augmentation)."""
     from convattn.data import load
-    from convattn.ssl import knn_accuracy, linear_probe
+    from convattn.ssl import encoder_features, knn_accuracy, linear_probe
     from convattn.train import build_model
     from convattn.train.export import init_from_export
 
@@ -75,8 +75,9 @@ def _scores(cfg: TrainConfig, init_from: Path | None) -> tuple[float, float]:
     if init_from is not None:
         init_from_export(model, init_from)
     model.eval()
-    model.head = torch.nn.Identity()
-    (f_train, y_train), (f_test, y_test) = ((model(s.tensors()[0]), s.labels) for s in splits)
+    (f_train, y_train), (f_test, y_test) = (
+        (encoder_features(model, s.tensors()[0]), s.labels) for s in splits
+    )
     probe = linear_probe(f_train, y_train, f_test, y_test)
     return probe, knn_accuracy(f_train, y_train, f_test, y_test, k=min(200, len(splits[0])))
 
