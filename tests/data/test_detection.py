@@ -80,3 +80,14 @@ def test_the_container_refuses_bad_targets():
         DetectionSet(images, (good_b, good_b), (good_y, torch.tensor([2])), *args)
     with pytest.raises(ValueError, match="2 images, 1 box tensors"):
         DetectionSet(images, (good_b,), (good_y, good_y), *args)
+
+
+def test_first_keeps_the_leading_images_and_the_split_statistics():
+    train, _ = detect_shapes(n_train=12, n_test=4, image_size=32, seed=1)
+    head = train.first(5)
+    assert len(head) == 5 and torch.equal(head.images, train.images[:5])
+    assert all(torch.equal(a, b) for a, b in zip(head.boxes, train.boxes[:5], strict=True))
+    assert head.labels == train.labels[:5] and (head.mean, head.split) == (train.mean, "train")
+    assert len(train.first(100)) == 12  # fewer images than asked: all of them
+    with pytest.raises(ValueError, match="n=0"):
+        train.first(0)

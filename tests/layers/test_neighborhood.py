@@ -204,16 +204,29 @@ def test_training_memory_is_near_the_analytic_minimum_and_far_below_unfold():
 
 
 @needs_kernel()
-@pytest.mark.parametrize(("dtype", "shape"), [(torch.float32, (2, 6, 35, 2, 16)), (f64, (1, 5, 19, 2, 8))])
-def test_kernel_full_tiles_and_remainders(dtype, shape):
-    """Maps wider than a vector and heads of a full vector width take the tiled transposes."""
-    q, k, v = (torch.randn(*shape, dtype=dtype, requires_grad=True) for _ in range(3))
+@pytest.mark.parametrize(
+    ("dtype", "shape", "dv"),
+    [
+        (torch.float32, (2, 6, 35, 2, 16), 16),  # full tiles of 16 lanes and a column remainder
+        (f64, (1, 5, 19, 2, 8), 8),  # full tiles of 8 lanes
+        (torch.float32, (2, 7, 21, 2, 4), 8),  # channels below a vector: partial tiles both ways
+        (f64, (1, 6, 11, 3, 11), 5),  # channels past a vector with a remainder, odd heads
+        (torch.float32, (1, 4, 5, 1, 20), 3),  # a map narrower than a vector
+    ],
+)
+def test_kernel_full_tiles_and_remainders(dtype, shape, dv):
+    """Every tile shape of the kernel's transposes (full, channel and column remainders) matches the
+    PyTorch path forward and backward, rel table included."""
+    q, k = (torch.randn(*shape, dtype=dtype, requires_grad=True) for _ in range(2))
+    v = torch.randn(*shape[:-1], dv, dtype=dtype, requires_grad=True)
+    rel = torch.randn(9, 9, shape[3], shape[4], dtype=dtype, requires_grad=True)
     tol = 1e-5 if dtype == torch.float32 else 1e-12
-    a = neighborhood_attention2d(q, k, v, 5, backend="kernel")
-    b = neighborhood_attention2d(q, k, v, 5, backend="torch")
+    a = neighborhood_attention2d(q, k, v, 5, rel=rel, backend="kernel")
+    b = neighborhood_attention2d(q, k, v, 5, rel=rel, backend="torch")
     torch.testing.assert_close(a, b, atol=tol, rtol=tol)
     g = torch.randn_like(a)
-    for x, y in zip(torch.autograd.grad(a, [q, k, v], g), torch.autograd.grad(b, [q, k, v], g), strict=True):
+    got = torch.autograd.grad(a, [q, k, v, rel], g)
+    for x, y in zip(got, torch.autograd.grad(b, [q, k, v, rel], g), strict=True):
         torch.testing.assert_close(x, y, atol=tol, rtol=tol)
 
 

@@ -66,8 +66,17 @@ def test_detection_batches_are_seeded_and_flip_the_boxes_with_the_pixels():
         detection_batches(train_set, 2, seed=0, epoch=0, rank=2, world_size=2)
 
 
-def test_a_detector_trains_reports_map_and_its_export_scores_the_same(tmp_path):
+def test_a_detector_trains_reports_map_and_its_export_scores_the_same(tmp_path, monkeypatch):
+    import convattn.train.loop as loop
+
+    monkeypatch.setattr(loop, "TRAIN_EVAL_SCENES", 10)  # of 24 training scenes
+    scored: list[tuple[str, int]] = []
+    evaluate = loop._evaluate
+    monkeypatch.setattr(
+        loop, "_evaluate", lambda run, data: scored.append((data.split, len(data))) or evaluate(run, data)
+    )
     result = train(_cfg(tmp_path / "run", eval_every=2), log=lambda s: None)
+    assert scored == [("test", 500), ("train", 10)]  # the final check: the first 10 training scenes
     last = result.history[-1]
     assert "train_acc" not in last and "test_acc" not in last
     assert {"test_loss", "test_AP", "test_AP50", "test_AP75", "test_recall", "train_eval_AP50"} <= set(last)

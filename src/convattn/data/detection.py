@@ -12,6 +12,7 @@ boxes, and the train and test splits come from independent streams (``derive_see
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -86,6 +87,11 @@ class DetectionSet:
     def max_objects(self) -> int:
         """The most objects any image holds."""
         return max((int(y.numel()) for y in self.labels), default=0)
+
+    def first(self, n: int) -> DetectionSet:
+        """The first n images (all of them when there are fewer), with this split's statistics."""
+        n = check_positive_int("n", n)
+        return dataclasses.replace(self, images=self.images[:n], boxes=self.boxes[:n], labels=self.labels[:n])
 
     def normalize(self, images: Tensor) -> Tensor:
         """Raw pixels (B, C, H, W) -> normalised float32 with the training statistics."""

@@ -233,12 +233,13 @@ def evaluate(
 def evaluate_detection(
     model: nn.Module,
     data: DetectionSet,
-    batch_size: int = 100,
+    batch_size: int = 32,
     device: torch.device | str = "cpu",
     memory_format: torch.memory_format = torch.contiguous_format,
 ) -> dict[str, float]:
     """COCO mAP of a detector on `data` in eval mode: AP (@[.5:.95]), AP50, AP75, recall (AR@100) and
-    the mean set loss per batch ("loss"), every query a ranked detection (`postprocess`).
+    the mean set loss per batch ("loss"), every query a ranked detection (`postprocess`). Batches of 32:
+    on a CPU, batches of 100 64×64 scenes ran 1.3-1.8× slower per image (their activations leave the cache).
 
     Raises:
         ValueError: `data` holds no images.

@@ -82,24 +82,30 @@ std::vector<vec<T>> lane_masks(const Tables& tb, const Geometry& g) {
 }
 
 // Copy rows [r0, r1) of head h of image b from heads-last x (B, H, W, NH, C) into slab[row][c][Wp].
+// Blocks of up to L pixels × L channels go through an in-register transpose: masked loads of a pixel's
+// channels, masked stores of a channel's pixels (the lanes past the row's last pixel are zeros and land in
+// the slab's zero padding, which stays zero).
 template <typename T>
 void to_slab(const T* x, int64_t C, const Geometry& g, int64_t b, int64_t h, int64_t r0, int64_t r1, T* slab) {
+  constexpr int64_t L = kLanes<T>;
   const int64_t stride = g.NH * C;  // between neighbouring pixels
+  vec<T> tile[L];
   for (int64_t r = r0; r < r1; ++r) {
     const T* src = x + ((b * g.H + r) * g.W * g.NH + h) * C;
     T* dst = slab + (r - r0) * C * g.Wp + g.PL;
-    constexpr int64_t L = kLanes<T>;
-    const int64_t jt = (g.W / L) * L, ct = (C / L) * L;
-    vec<T> tile[L];
-    for (int64_t j0 = 0; j0 < jt; j0 += L)  // full L×L tiles: vector loads, in-register transpose
-      for (int64_t c0 = 0; c0 < ct; c0 += L) {
-        for (int64_t l = 0; l < L; ++l) tile[l] = loadu(src + (j0 + l) * stride + c0);
+    for (int64_t j0 = 0; j0 < g.W; j0 += L) {
+      const int64_t n = std::min(L, g.W - j0);
+      for (int64_t c0 = 0; c0 < C; c0 += L) {
+        const int64_t m = std::min(L, C - c0);
+        // Loops of constant length with the bounds as conditions: the tile stays in registers.
+#pragma GCC unroll 16
+        for (int64_t l = 0; l < L; ++l) tile[l] = l < n ? load_first(src + (j0 + l) * stride + c0, m) : vec<T>{};
         transpose_tile<T>(tile);
-        for (int64_t c = 0; c < L; ++c) storeu(dst + (c0 + c) * g.Wp + j0, tile[c]);
+#pragma GCC unroll 16
+        for (int64_t c = 0; c < L; ++c)
+          if (c < m) storeu(dst + (c0 + c) * g.Wp + j0, tile[c]);
       }
-    // The rest, channel-major: contiguous stores, strided loads within a few cache lines.
-    for (int64_t c = 0; c < C; ++c)
-      for (int64_t j = (c < ct ? jt : 0); j < g.W; ++j) dst[c * g.Wp + j] = src[j * stride + c];
+    }
   }
 }
 
@@ -473,16 +479,13 @@ inline void store_lanes(T* dst, vec<T> v, int64_t n) {
   if (n == kLanes<T>) {
     storeu(dst, v);
   } else {
-    for (int64_t l = 0; l < n; ++l) dst[l] = v[l];
+    store_first(dst, v, n);
   }
 }
 
 template <typename T>
 inline vec<T> load_lanes(const T* src, int64_t n) {
-  if (n == kLanes<T>) return loadu(src);
-  vec<T> v = {};
-  for (int64_t l = 0; l < n; ++l) v[l] = src[l];
-  return v;
+  return n == kLanes<T> ? loadu(src) : load_first(src, n);
 }
 
 // acc[c] (lanes) += sum over slots of w[t] * value of slot t: the weighted sum of values or keys.
@@ -509,21 +512,24 @@ void block_gather(const vec<T>* w, const T* slab, int64_t kr0, int64_t C, const 
   }
 }
 
-// Write acc[c] (lanes = columns j0..j0+n) of head h, row i into heads-last y.
+// Write acc[c] (lanes = columns j0..j0+n) of head h, row i into heads-last y: blocks of L channels go
+// through an in-register transpose and masked stores of each pixel's channels.
 template <typename T>
 void store_block(const vec<T>* acc, int64_t C, const Geometry& g, int64_t b, int64_t h, int64_t i, int64_t j0,
                  int64_t n, T* y) {
   constexpr int64_t L = kLanes<T>;
-  const int64_t ct = n == L ? (C / L) * L : 0;
   vec<T> tile[L];
-  for (int64_t c0 = 0; c0 < ct; c0 += L) {  // full tiles: in-register transpose, vector stores
-    for (int64_t c = 0; c < L; ++c) tile[c] = acc[c0 + c];
+  T* dst = y + (((b * g.H + i) * g.W + j0) * g.NH + h) * C;
+  const int64_t stride = g.NH * C;
+  for (int64_t c0 = 0; c0 < C; c0 += L) {
+    const int64_t m = std::min(L, C - c0);
+    // Loops of constant length with the bounds as conditions: the tile stays in registers.
+#pragma GCC unroll 16
+    for (int64_t c = 0; c < L; ++c) tile[c] = c < m ? acc[c0 + c] : vec<T>{};
     transpose_tile<T>(tile);
-    for (int64_t l = 0; l < L; ++l) storeu(y + (((b * g.H + i) * g.W + j0 + l) * g.NH + h) * C + c0, tile[l]);
-  }
-  for (int64_t l = 0; l < n; ++l) {
-    T* dst = y + (((b * g.H + i) * g.W + j0 + l) * g.NH + h) * C;
-    for (int64_t c = ct; c < C; ++c) dst[c] = acc[c][l];
+#pragma GCC unroll 16
+    for (int64_t l = 0; l < L; ++l)
+      if (l < n) store_first(dst + l * stride + c0, tile[l], m);
   }
 }
 

@@ -6,6 +6,10 @@
 #include <cstdint>
 #include <cstring>
 
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 namespace convattn_simd {
 
 // Vectors wider than the registers are split by the compiler, and a kernel that holds L vectors of L
@@ -45,6 +49,67 @@ template <typename T>
 inline void storeu(T* p, vec<T> v) {
   std::memcpy(p, &v, sizeof(v));
 }
+// The first n lanes (0 <= n <= L) from p, zeros after them; lanes past n are never read, so the load may
+// end at the last element of a buffer. AVX-512 and AVX2 use masked moves, other targets a loop.
+template <typename T>
+inline vec<T> load_first(const T* p, int64_t n) {
+  vec<T> v = {};
+#if defined(__AVX512F__)
+  const auto m = static_cast<unsigned>((1ull << n) - 1);
+  if constexpr (sizeof(T) == 4) {
+    const __m512 r = _mm512_maskz_loadu_ps(static_cast<__mmask16>(m), p);
+    std::memcpy(&v, &r, sizeof(v));
+  } else {
+    const __m512d r = _mm512_maskz_loadu_pd(static_cast<__mmask8>(m), p);
+    std::memcpy(&v, &r, sizeof(v));
+  }
+#elif defined(__AVX2__)
+  if constexpr (sizeof(T) == 4) {
+    const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    const __m256 r = _mm256_maskload_ps(p, m);
+    std::memcpy(&v, &r, sizeof(v));
+  } else {
+    const __m256i m = _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3));
+    const __m256d r = _mm256_maskload_pd(p, m);
+    std::memcpy(&v, &r, sizeof(v));
+  }
+#else
+  for (int64_t l = 0; l < n; ++l) v[l] = p[l];
+#endif
+  return v;
+}
+
+// Store the first n lanes of v at p (0 <= n <= L), leaving p[n..L) untouched.
+template <typename T>
+inline void store_first(T* p, vec<T> v, int64_t n) {
+#if defined(__AVX512F__)
+  const auto m = static_cast<unsigned>((1ull << n) - 1);
+  if constexpr (sizeof(T) == 4) {
+    __m512 r;
+    std::memcpy(&r, &v, sizeof(v));
+    _mm512_mask_storeu_ps(p, static_cast<__mmask16>(m), r);
+  } else {
+    __m512d r;
+    std::memcpy(&r, &v, sizeof(v));
+    _mm512_mask_storeu_pd(p, static_cast<__mmask8>(m), r);
+  }
+#elif defined(__AVX2__)
+  if constexpr (sizeof(T) == 4) {
+    const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    __m256 r;
+    std::memcpy(&r, &v, sizeof(v));
+    _mm256_maskstore_ps(p, m, r);
+  } else {
+    const __m256i m = _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3));
+    __m256d r;
+    std::memcpy(&r, &v, sizeof(v));
+    _mm256_maskstore_pd(p, m, r);
+  }
+#else
+  for (int64_t l = 0; l < n; ++l) p[l] = v[l];
+#endif
+}
+
 template <typename T>
 inline vec<T> splat(T x) {
   vec<T> v = {};

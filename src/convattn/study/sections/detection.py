@@ -340,7 +340,10 @@ def describe(m: dict[str, Any]) -> Description:
         ("detection_attention.png", "The CNN detector's cross-attention for its most confident queries."),
     ]
     tables = [
-        ("detection.csv", "Each detector: COCO AP on the test scenes, training AP50, size, cost, speed.")
+        (
+            "detection.csv",
+            "Each detector: COCO AP on the test scenes, AP50 on 500 training scenes, size, cost, speed.",
+        )
     ]
     return Description(claim, text, figures, tables)
 
