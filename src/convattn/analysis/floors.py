@@ -12,10 +12,6 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
-from sklearn.neural_network import MLPClassifier
-from threadpoolctl import threadpool_limits
 
 from convattn.data import ImageSet
 
@@ -54,6 +50,11 @@ def pixel_floors(train: ImageSet, test: ImageSet, *, seed: int = 0, mlp_hidden: 
     (x, y), (xt, yt) = _flat(train), _flat(test)
     # One BLAS thread: beside torch's OpenMP threads, more oversubscribe the cores (100× slower here).
     # An iteration cap reached is still a floor; the caller's warning filters stay as they were.
+    from sklearn.exceptions import ConvergenceWarning  # scikit-learn takes a second to import: here only
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neural_network import MLPClassifier
+    from threadpoolctl import threadpool_limits
+
     with threadpool_limits(1), warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         linear = LogisticRegression(C=1.0, max_iter=2000).fit(x, y)

@@ -3,7 +3,7 @@
 `run_training(cfg)` is how every section trains: inside `shared_runs(root)` a run lives in
 root/<model>-<hash of its config>, so two sections that ask for the same run share one; `progress_to`
 sends a line per run to the study's log; `run_trainings` trains several runs at once in worker
-processes inside `parallel(jobs)`.
+processes inside `parallel(jobs)`, and `run_chains` several sequences of runs, each in one worker.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from convattn.utils.checks import check_positive_int
 __all__ = [
     "parallel",
     "progress_to",
+    "run_chains",
     "run_folder",
     "run_training",
     "run_trainings",
@@ -168,28 +169,66 @@ def run_trainings(cfgs: Sequence[TrainConfig]) -> list[list[dict[str, Any]]]:
     its config anywhere.
     On Ctrl-C or SIGTERM the workers checkpoint their runs and stop (`convattn.train.Interrupted`).
     """
-    resolved = [replace(c, out=str(run_folder(c))) for c in cfgs]
-    jobs = min(_JOBS.get(), len({c.out for c in resolved}))
-    if jobs <= 1:
-        return [run_training(c) for c in resolved]
+    unique = list({str(run_folder(c)): c for c in cfgs}.values())
+    histories = _chains([[c] for c in unique])
+    done = {str(run_folder(c)): h[0] for c, h in zip(unique, histories, strict=True)}
+    return [done[str(run_folder(c))] for c in cfgs]
+
+
+def run_chains(chains: Sequence[Sequence[TrainConfig]]) -> list[list[list[dict[str, Any]]]]:
+    """The histories of chains of runs: the runs of a chain train one after the other in one worker, so
+    that a run may start from an earlier one's weights (`TrainConfig.init_from`), and the chains train
+    side by side inside `parallel(jobs)` (longest first) in one pool of workers, which start once.
+
+    Raises:
+        ValueError: a chain is empty, or one run is in two chains (it would train twice at once).
+    """
+    owner: dict[str, int] = {}
+    for i, chain in enumerate(chains):
+        if not chain:
+            raise ValueError(f"chain {i} holds no run")
+        for c in chain:
+            if owner.setdefault(str(run_folder(c)), i) != i:
+                raise ValueError(f"{_run_name(c)} is in chains {owner[str(run_folder(c))]} and {i}")
+    return _chains(chains)
+
+
+def _chains(chains: Sequence[Sequence[TrainConfig]]) -> list[list[list[dict[str, Any]]]]:
+    resolved = [[replace(c, out=str(run_folder(c))) for c in chain] for chain in chains]
+    jobs = min(_JOBS.get(), len(resolved))
     sink = _PROGRESS.get()
-    # Longest first (images seen: epochs x training images; a whole split counts as the largest), so that
-    # no long run starts last and trains alone while the other workers idle.
-    unique = sorted({c.out: c for c in resolved}.values(), key=_work, reverse=True)
-    done: dict[str, list[dict[str, Any]]] = {}
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_init) as pool:
-        futures = {pool.submit(_train_or_reuse, c): c.out for c in unique}
-        try:
-            for future in as_completed(futures):
-                history, line = future.result()
-                done[futures[future]] = history
+    if jobs <= 1:
+        histories: list[list[list[dict[str, Any]]]] = []
+        for chain in resolved:
+            histories.append([])
+            for c in chain:
+                history, line = _train_or_reuse(c)
+                histories[-1].append(history)
                 if sink:
                     sink(line)
+        return histories
+    # Longest first (images seen: epochs x training images; a whole split counts as the largest), so that
+    # no long chain starts last and trains alone while the other workers idle.
+    order = sorted(range(len(resolved)), key=lambda i: sum(map(_work, resolved[i])), reverse=True)
+    done: dict[int, list[list[dict[str, Any]]]] = {}
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_init) as pool:
+        futures = {pool.submit(_train_chain, resolved[i]): i for i in order}
+        try:
+            for future in as_completed(futures):
+                results = future.result()
+                done[futures[future]] = [history for history, _ in results]
+                for _, line in results:
+                    if sink:
+                        sink(line)
         except BaseException:
             _stop_workers(pool)
             raise
-    return [done[c.out] for c in resolved]
+    return [done[i] for i in range(len(resolved))]
+
+
+def _train_chain(chain: Sequence[TrainConfig]) -> list[tuple[list[dict[str, Any]], str]]:
+    return [_train_or_reuse(c) for c in chain]
 
 
 def _stop_workers(pool: ProcessPoolExecutor) -> None:

@@ -28,7 +28,7 @@ from convattn.analysis.flops import count_macs
 from convattn.analysis.summary import count_parameters
 from convattn.data import load_detection
 from convattn.study.budget import DetrBudget
-from convattn.study.runs import run_folder, run_trainings
+from convattn.study.runs import run_chains, run_folder
 from convattn.study.section import Context, Description, Section, register_section
 from convattn.train import TrainConfig, load_weights
 from convattn.utils.records import read_csv, write_csv
@@ -150,8 +150,7 @@ def run(folder: Path, *, budget: DetrBudget, seed: int, quick: bool) -> dict[str
         quick: a smoke-test budget (said in the paragraph).
     """
     folder = Path(folder)
-    # The scenes of the figures are generated here while the workers train (a core idles while the CNN's
-    # short pre-training waits for the attention backbone's).
+    # The scenes of the figures are generated here while the workers train.
     warm = threading.Thread(
         target=lambda: load_detection("detect_shapes", seed=seed, n_train=budget.n_train), daemon=True
     )
@@ -159,13 +158,19 @@ def run(folder: Path, *, budget: DetrBudget, seed: int, quick: bool) -> dict[str
     chosen = [d for d in DETECTORS if budget.plain or d[2].get("spatial_prior", 1) != 0]
     presets = list(dict.fromkeys(preset for _, preset, _, _ in chosen))
     pretrain = {p: _pretrain_config(p, budget, seed) for p in presets}
-    slowest_first = sorted(pretrain.values(), key=lambda c: c.model_options.get("mixer", "conv") == "conv")
-    pre = dict(zip([c.model_options.get("mixer", "conv") for c in slowest_first],
-                   run_trainings(slowest_first), strict=True))  # fmt: skip
     cfgs = [_detr_config(p, o, run_folder(pretrain[p]), budget, seed) for _, p, o, _ in chosen]
-    # the attention detector (the slowest) first, so that the CNN runs share the other worker
-    order = sorted(range(len(cfgs)), key=lambda i: chosen[i][3] != "attention")
-    got = dict(zip(order, run_trainings([cfgs[i] for i in order]), strict=True))
+    # One chain per backbone, in one worker: its pre-training, then the detectors that start from it.
+    members = {p: [i for i, d in enumerate(chosen) if d[1] == p] for p in presets}
+    histories = run_chains([[pretrain[p], *(cfgs[i] for i in members[p])] for p in presets])
+    got = {
+        i: h
+        for p, chain in zip(presets, histories, strict=True)
+        for i, h in zip(members[p], chain[1:], strict=True)
+    }
+    pre = {
+        pretrain[p].model_options.get("mixer", "conv"): chain[0]
+        for p, chain in zip(presets, histories, strict=True)
+    }
     rows = [_row(label, kind, cfgs[i], got[i]) for i, (label, _, _, kind) in enumerate(chosen)]
     pretrained = [
         {"backbone": mixer, "shapes_test_acc": round(h[-1]["test_acc"], 4), "epochs": len(h)}
