@@ -91,3 +91,18 @@ def test_first_keeps_the_leading_images_and_the_split_statistics():
     assert len(train.first(100)) == 12  # fewer images than asked: all of them
     with pytest.raises(ValueError, match="n=0"):
         train.first(0)
+
+
+def test_one_shape_mask_is_that_shape_of_the_four():
+    from convattn.data.generated import SHAPE_CLASSES, _all_masks, shape_mask
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        cy, cx = (4 + 20 * torch.rand(2, generator=g, dtype=torch.float64)).tolist()
+        r = 2 + 6 * float(torch.rand((), generator=g, dtype=torch.float64))
+        every = _all_masks(*(torch.tensor([[[v]]], dtype=torch.float64) for v in (cy, cx, r)), 28)
+        for label in range(len(SHAPE_CLASSES)):
+            assert torch.equal(shape_mask(label, cy, cx, r, 28), every[label, 0])
+        assert len({every[i, 0].sum().item() for i in range(4)}) > 1  # four different shapes
+    with pytest.raises(ValueError, match="label=4"):
+        shape_mask(4, 10.0, 10.0, 3.0, 28)

@@ -52,24 +52,30 @@ def _shape_masks(labels: Tensor, g: torch.Generator) -> Tensor:
 
 def shape_mask(label: int, cy: float, cx: float, r: float, size: int) -> Tensor:
     """(size, size) bool: shape `label` (SHAPE_CLASSES) centred at pixel (cy, cx) with half-size r."""
-    t = torch.tensor([[[cy]]], dtype=torch.float64), torch.tensor([[[cx]]], dtype=torch.float64)
-    return _all_masks(*t, torch.tensor([[[r]]], dtype=torch.float64), size)[label, 0]
+    ty, tx, tr = (torch.tensor([[[v]]], dtype=torch.float64) for v in (cy, cx, r))
+    return _mask(label, ty, tx, tr, size)[0]
+
+
+def _mask(label: int, cy: Tensor, cx: Tensor, r: Tensor, size: int) -> Tensor:
+    """(n, size, size) bool: shape `label` at centres (n, 1, 1) and half-sizes (n, 1, 1)."""
+    grid = torch.arange(size, dtype=torch.float64)
+    dy, dx = grid.view(1, -1, 1) - cy, grid.view(1, 1, -1) - cx  # (n, size, 1), (n, 1, size)
+    ady, adx = dy.abs(), dx.abs()
+    if label == 0:
+        return (ady <= 0.8 * r) & (adx <= 0.8 * r)  # square, side 1.6 r
+    if label == 1:
+        return dy.square() + dx.square() <= r.square()  # circle, radius r
+    if label == 2:
+        return (ady <= r) & (2 * adx <= dy + r)  # triangle, apex up, base 2 r
+    if label == 3:
+        arm = 0.3 * r
+        return ((adx <= arm) & (ady <= r)) | ((ady <= arm) & (adx <= r))  # plus sign, arms 0.6 r wide
+    raise ValueError(f"label must be one of 0..{len(SHAPE_CLASSES) - 1} (SHAPE_CLASSES), got label={label}")
 
 
 def _all_masks(cy: Tensor, cx: Tensor, r: Tensor, size: int) -> Tensor:
     """(4, n, size, size) bool: every shape at centres (n, 1, 1) and half-sizes (n, 1, 1)."""
-    grid = torch.arange(size, dtype=torch.float64)
-    dy, dx = grid.view(1, -1, 1) - cy, grid.view(1, 1, -1) - cx  # (n, size, 1), (n, 1, size)
-    ady, adx = dy.abs(), dx.abs()
-    arm = 0.3 * r
-    return torch.stack(
-        [
-            (ady <= 0.8 * r) & (adx <= 0.8 * r),  # square, side 1.6 r
-            dy.square() + dx.square() <= r.square(),  # circle, radius r
-            (ady <= r) & (2 * adx <= dy + r),  # triangle, apex up, base 2 r
-            ((adx <= arm) & (ady <= r)) | ((ady <= arm) & (adx <= r)),  # plus sign, arms 0.6 r wide
-        ]
-    )  # (4, n, size, size)
+    return torch.stack([_mask(label, cy, cx, r, size) for label in range(len(SHAPE_CLASSES))])
 
 
 def shape_images(n: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
