@@ -53,13 +53,17 @@ def _shape_masks(labels: Tensor, g: torch.Generator) -> Tensor:
 def shape_mask(label: int, cy: float, cx: float, r: float, size: int) -> Tensor:
     """(size, size) bool: shape `label` (SHAPE_CLASSES) centred at pixel (cy, cx) with half-size r."""
     ty, tx, tr = (torch.tensor([[[v]]], dtype=torch.float64) for v in (cy, cx, r))
-    return _mask(label, ty, tx, tr, size)[0]
+    return _mask(label, *_offsets(ty, tx, size), tr)[0]
 
 
-def _mask(label: int, cy: Tensor, cx: Tensor, r: Tensor, size: int) -> Tensor:
-    """(n, size, size) bool: shape `label` at centres (n, 1, 1) and half-sizes (n, 1, 1)."""
+def _offsets(cy: Tensor, cx: Tensor, size: int) -> tuple[Tensor, Tensor]:
+    """Row and column offsets of every pixel from centres (n, 1, 1): (n, size, 1) and (n, 1, size)."""
     grid = torch.arange(size, dtype=torch.float64)
-    dy, dx = grid.view(1, -1, 1) - cy, grid.view(1, 1, -1) - cx  # (n, size, 1), (n, 1, size)
+    return grid.view(1, -1, 1) - cy, grid.view(1, 1, -1) - cx
+
+
+def _mask(label: int, dy: Tensor, dx: Tensor, r: Tensor) -> Tensor:
+    """(n, size, size) bool: shape `label` from the pixels' offsets (`_offsets`) and half-sizes (n, 1, 1)."""
     ady, adx = dy.abs(), dx.abs()
     if label == 0:
         return (ady <= 0.8 * r) & (adx <= 0.8 * r)  # square, side 1.6 r
@@ -75,7 +79,8 @@ def _mask(label: int, cy: Tensor, cx: Tensor, r: Tensor, size: int) -> Tensor:
 
 def _all_masks(cy: Tensor, cx: Tensor, r: Tensor, size: int) -> Tensor:
     """(4, n, size, size) bool: every shape at centres (n, 1, 1) and half-sizes (n, 1, 1)."""
-    return torch.stack([_mask(label, cy, cx, r, size) for label in range(len(SHAPE_CLASSES))])
+    dy, dx = _offsets(cy, cx, size)
+    return torch.stack([_mask(label, dy, dx, r) for label in range(len(SHAPE_CLASSES))])
 
 
 def shape_images(n: int, g: torch.Generator) -> tuple[Tensor, Tensor]:

@@ -474,20 +474,6 @@ void softmax_slots(vec<T>* S, int64_t K) {
   for (int64_t t = 0; t < K; ++t) S[t] *= inv;
 }
 
-template <typename T>
-inline void store_lanes(T* dst, vec<T> v, int64_t n) {
-  if (n == kLanes<T>) {
-    storeu(dst, v);
-  } else {
-    store_first(dst, v, n);
-  }
-}
-
-template <typename T>
-inline vec<T> load_lanes(const T* src, int64_t n) {
-  return n == kLanes<T> ? loadu(src) : load_first(src, n);
-}
-
 // acc[c] (lanes) += sum over slots of w[t] * value of slot t: the weighted sum of values or keys.
 template <typename T>
 void block_gather(const vec<T>* w, const T* slab, int64_t kr0, int64_t C, const Tables& tb, const Geometry& g,
@@ -563,8 +549,8 @@ void forward_impl(const T* q, const T* k, const T* v, const T* rel, const T* bia
             softmax_slots<T>(S2.data(), g.K);
             if (probs)
               for (int64_t t = 0; t < g.K; ++t) {
-                store_lanes(prob_row(probs, g, b, h, i, t) + j0, S[t], n);
-                store_lanes(prob_row(probs, g, b, h, i + 1, t) + j0, S2[t], n);
+                store_first(prob_row(probs, g, b, h, i, t) + j0, S[t], n);
+                store_first(prob_row(probs, g, b, h, i + 1, t) + j0, S2[t], n);
               }
             pair_rows(Vslab.data() + g.PL, kr0, g.DV, tb, g, i, rows.data());
             weigh_slots_pair(S.data(), S2.data(), rows.data(), base, g.KH, g.KW, g.DV, g.Wp, O.data(), O2.data());
@@ -582,7 +568,7 @@ void forward_impl(const T* q, const T* k, const T* v, const T* rel, const T* bia
                        zeros, ptr.data(), S.data());
           softmax_slots<T>(S.data(), g.K);
           if (probs)  // saved for the backward only
-            for (int64_t t = 0; t < g.K; ++t) store_lanes(prob_row(probs, g, b, h, i, t) + j0, S[t], n);
+            for (int64_t t = 0; t < g.K; ++t) store_first(prob_row(probs, g, b, h, i, t) + j0, S[t], n);
           std::fill(O.begin(), O.end(), vec<T>{});
           block_gather(S.data(), Vslab.data() + g.PL, kr0, g.DV, tb, g, i, jb, n, ptr.data(), O.data());
           store_block(O.data(), g.DV, g, b, h, i, j0, n, out);
@@ -622,7 +608,7 @@ void backward_queries(const T* dout, const T* q, const T* k, const T* v, const T
         for (int64_t t = 0; t < g.K; ++t) total += P[t] * dP[t];
         for (int64_t t = 0; t < g.K; ++t) {
           dP[t] = P[t] * (dP[t] - total);
-          store_lanes(prob_row(ds, g, b, h, i, t) + j0, dP[t], n);
+          store_first(prob_row(ds, g, b, h, i, t) + j0, dP[t], n);
         }
       };
       // dq = scale * (sum dS k_t, in dQ) + sum dS rel_t, the rel/bias gradients, and the store.
@@ -675,8 +661,8 @@ void backward_queries(const T* dout, const T* q, const T* k, const T* v, const T
             const int64_t j0 = jb * L, n = std::min(L, g.W - j0);
             const int64_t* base = tb.base.data() + jb * g.KW;
             for (int64_t t = 0; t < g.K; ++t) {
-              P[t] = load_lanes(prob_row(probs, g, b, h, i, t) + j0, n);
-              P2[t] = load_lanes(prob_row(probs, g, b, h, i + 1, t) + j0, n);
+              P[t] = load_first(prob_row(probs, g, b, h, i, t) + j0, n);
+              P2[t] = load_first(prob_row(probs, g, b, h, i + 1, t) + j0, n);
             }
             pair_rows(Vslab.data() + g.PL, kr0, g.DV, tb, g, i, rows.data());
             dot_slots_pair(dOa + j0, dOb + j0, rows.data(), base, g.KH, g.KW, g.DV, g.Wp, dP.data(), dP2.data());
@@ -698,7 +684,7 @@ void backward_queries(const T* dout, const T* q, const T* k, const T* v, const T
         const T* dO0 = dOt.data() + g.PL;
         for (int64_t jb = 0; jb < nb; ++jb) {
           const int64_t j0 = jb * L, n = std::min(L, g.W - j0);
-          for (int64_t t = 0; t < g.K; ++t) P[t] = load_lanes(prob_row(probs, g, b, h, i, t) + j0, n);
+          for (int64_t t = 0; t < g.K; ++t) P[t] = load_first(prob_row(probs, g, b, h, i, t) + j0, n);
           // dP[t] = dout . v_t: regular slots blocked, border lanes one at a time.
           std::fill(dP.begin(), dP.end(), vec<T>{});
           slot_pointers(Vslab.data() + g.PL, kr0, g.DV, tb, g, i, jb, ptr.data());
@@ -907,7 +893,7 @@ void backward_keys(const T* dout, const T* q, const T* probs, const T* ds, const
             const int64_t j0 = jb * L, n = std::min(L, g.W - j0);
             for (int64_t bb = 0; bb < g.KW; ++bb) {
               const int64_t t = a * g.KW + bb, base = tb.base[jb * g.KW + bb];
-              const vec<T> d = load_lanes(dsp + t * g.Wp + j0, n) * scale, p = load_lanes(pp + t * g.Wp + j0, n);
+              const vec<T> d = load_first(dsp + t * g.Wp + j0, n) * scale, p = load_first(pp + t * g.Wp + j0, n);
               if (base != kIrregular) {  // lanes >= n carry zero weights, so full-width updates are harmless
                 for (int64_t c = 0; c < g.D; ++c) {
                   T* dst = dK0 + c * Ws + base;
@@ -1032,7 +1018,7 @@ void apply_forward_impl(const T* w, const T* v, const Tables& tb, const Geometry
       for (int64_t i = i0; i < i1; ++i)
         for (int64_t jb = 0; jb < nb; ++jb) {
           const int64_t j0 = jb * L, n = std::min(L, g.W - j0);
-          for (int64_t t = 0; t < g.K; ++t) P[t] = load_lanes(prob_row(w, g, b, h, i, t) + j0, n);
+          for (int64_t t = 0; t < g.K; ++t) P[t] = load_first(prob_row(w, g, b, h, i, t) + j0, n);
           std::fill(O.begin(), O.end(), vec<T>{});
           block_gather(P.data(), Vslab.data() + g.PL, kr0, g.DV, tb, g, i, jb, n, ptr.data(), O.data());
           store_block(O.data(), g.DV, g, b, h, i, j0, n, out);
@@ -1062,7 +1048,7 @@ void apply_backward_impl(const T* dout, const T* w, const T* v, const Tables& tb
           std::fill(dP.begin(), dP.end(), vec<T>{});
           slot_pointers(Vslab.data() + g.PL, kr0, g.DV, tb, g, i, jb, ptr.data());
           dot_slots(dOt.data() + g.PL + j0, ptr.data(), g.K, g.DV, g.Wp, dP.data());
-          for (int64_t t = 0; t < g.K; ++t) store_lanes(prob_row(dw, g, b, h, i, t) + j0, dP[t], n);
+          for (int64_t t = 0; t < g.K; ++t) store_first(prob_row(dw, g, b, h, i, t) + j0, dP[t], n);
         }
         zero_pads(dw, g, b, h, i);
       }

@@ -162,15 +162,11 @@ def run(folder: Path, *, budget: DetrBudget, seed: int, quick: bool) -> dict[str
     # One chain per backbone, in one worker: its pre-training, then the detectors that start from it.
     members = {p: [i for i, d in enumerate(chosen) if d[1] == p] for p in presets}
     histories = run_chains([[pretrain[p], *(cfgs[i] for i in members[p])] for p in presets])
-    got = {
-        i: h
-        for p, chain in zip(presets, histories, strict=True)
-        for i, h in zip(members[p], chain[1:], strict=True)
-    }
-    pre = {
-        pretrain[p].model_options.get("mixer", "conv"): chain[0]
-        for p, chain in zip(presets, histories, strict=True)
-    }
+    got: dict[int, list[dict[str, Any]]] = {}  # detector index -> its history
+    pre: dict[str, list[dict[str, Any]]] = {}  # backbone mixer -> its pre-training's history
+    for p, (first, *rest) in zip(presets, histories, strict=True):
+        pre[pretrain[p].model_options.get("mixer", "conv")] = first
+        got.update(zip(members[p], rest, strict=True))
     rows = [_row(label, kind, cfgs[i], got[i]) for i, (label, _, _, kind) in enumerate(chosen)]
     pretrained = [
         {"backbone": mixer, "shapes_test_acc": round(h[-1]["test_acc"], 4), "epochs": len(h)}
