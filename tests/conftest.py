@@ -34,7 +34,7 @@ def quick_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def needs_kernel(name: str = "na2d") -> pytest.MarkDecorator:
-    """Skip unless the C++ kernel `name` ("na2d", "window" or "dwconv") builds here (on first use)."""
+    """Skip unless the C++ kernel `name` (one of `KERNELS`) builds here (on first use)."""
     from convattn.layers.kernels import load_kernel
 
     return pytest.mark.skipif(load_kernel(name) is None, reason=f"the {name} C++ kernel did not build here")

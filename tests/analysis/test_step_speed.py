@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from convattn.analysis.step_speed import STEP_MODELS, StepModel, _make, step_speedups
+from convattn.layers.dropout import Dropout
 from convattn.layers.mhsa2d import MultiHeadSelfAttention2d
+from convattn.models.attention_net import AttentionLayer
 
 
 @pytest.mark.parametrize("spec", STEP_MODELS, ids=lambda s: s.name)
@@ -19,6 +22,12 @@ def test_before_and_after_are_the_same_network_on_different_paths(spec):
     mixings = {m.kronecker_pays(side, side) for m in layers}
     assert mixings == {spec.target is not None}  # the digits net takes the single product, the other not
     assert not opt_b.defaults["fused"] and opt_a.defaults["fused"]
+    drops = [
+        (a.drop, b.drop)
+        for a, b in zip(after.modules(), before.modules(), strict=True)
+        if isinstance(a, AttentionLayer)
+    ]
+    assert drops and all(isinstance(a, Dropout) and type(b) is nn.Dropout and a.p == b.p for a, b in drops)
     x = torch.randn(4, spec.channels, spec.size, spec.size)
     before.eval(), after.eval()
     with torch.no_grad():

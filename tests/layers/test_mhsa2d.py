@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch.func import functional_call
 
+from conftest import needs_kernel
 from convattn.layers import reference as ref
-from convattn.layers.mhsa2d import ENCODINGS, MultiHeadSelfAttention2d
+from convattn.layers.mhsa2d import ENCODINGS, MultiHeadSelfAttention2d, position_mix
 
 f64 = torch.float64
 
@@ -286,3 +287,86 @@ def test_top_level_names():
 
     assert convattn.MultiHeadSelfAttention2d is MultiHeadSelfAttention2d
     assert callable(convattn.conv_to_attention) and callable(convattn.attention_to_conv)
+
+
+POSITION_MIX_BACKENDS = ["torch", pytest.param("kernel", marks=needs_kernel("posmix"))]
+
+
+@pytest.mark.parametrize("backend", POSITION_MIX_BACKENDS)
+@pytest.mark.parametrize(
+    "shape",
+    [
+        (2, 8, 8, 9, 64),
+        (3, 5, 7, 4, 37),
+        (1, 1, 1, 1, 1),
+        (2, 3, 2, 2, 5),
+        (1, 4, 9, 3, 17),
+        (2, 2, 3, 1, 130),
+    ],
+    ids=str,
+)
+def test_position_mix_matches_the_reference_forward_and_backward(backend, shape):
+    B, H, W, h, C = shape
+    z = torch.randn(B, H, W, h, C, dtype=f64, requires_grad=True)
+    rows = torch.randn(h, H, H, dtype=f64).softmax(-1).requires_grad_()
+    cols = torch.randn(h, W, W, dtype=f64).softmax(-1).requires_grad_()
+    out, expected = position_mix(z, rows, cols, backend=backend), ref.position_mix(z, rows, cols)
+    assert out.shape == (B, H, W, C)
+    torch.testing.assert_close(out, expected, atol=1e-12, rtol=0)
+    g = torch.randn_like(out)
+    got = torch.autograd.grad(out, (z, rows, cols), g)
+    want = torch.autograd.grad(expected, (z, rows, cols), g)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-11, rtol=0)
+
+
+@needs_kernel("posmix")
+def test_position_mix_kernel_is_repeatable_bit_for_bit_and_agrees_in_float32():
+    z = torch.randn(6, 8, 8, 9, 20, requires_grad=True)
+    rows, cols = (torch.randn(9, 8, 8).softmax(-1).requires_grad_() for _ in range(2))
+    g = torch.randn(6, 8, 8, 20)
+    runs = []
+    for _ in range(2):
+        out = position_mix(z, rows, cols, backend="kernel")
+        runs.append((out, *torch.autograd.grad(out, (z, rows, cols), g)))
+    for a, b in zip(*runs, strict=True):
+        assert torch.equal(a, b)
+    out = position_mix(z, rows, cols, backend="torch")
+    for a, b in zip(runs[0], (out, *torch.autograd.grad(out, (z, rows, cols), g)), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("backend", POSITION_MIX_BACKENDS)
+def test_the_layers_kronecker_mix_is_the_same_on_either_backend(backend):
+    layer = _layer("quadratic", value_proj=False, C=8, C_out=8, heads=9)
+    layer.position_mixing, layer.backend = "kronecker", backend
+    x = torch.randn(3, 8, 6, 5, dtype=f64, requires_grad=True)
+    out, expected = layer(x), ref.mhsa2d(layer, x)
+    torch.testing.assert_close(out, expected, atol=1e-12, rtol=0)
+    g = torch.randn_like(out)
+    inputs = [x, *layer.parameters()]
+    for a, b in zip(
+        torch.autograd.grad(out, inputs, g), torch.autograd.grad(expected, inputs, g), strict=True
+    ):
+        torch.testing.assert_close(a, b, atol=1e-11, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("rows_shape", "cols_shape", "words"),
+    [((2, 3, 3), (2, 5, 5), r"rows must be \(3, 4, 4\)"), ((3, 4, 4), (3, 4, 4), r"cols.shape=\(3, 4, 4\)")],
+)
+def test_position_mix_names_mismatched_shapes(rows_shape, cols_shape, words):
+    with pytest.raises(ValueError, match=words):
+        position_mix(torch.randn(2, 4, 5, 3, 6), torch.randn(rows_shape), torch.randn(cols_shape))
+
+
+def test_position_mix_names_bad_ranks_dtypes_and_backends():
+    z, rows, cols = torch.randn(2, 4, 5, 3, 6), torch.randn(3, 4, 4), torch.randn(3, 5, 5)
+    with pytest.raises(ValueError, match="z"):
+        position_mix(z[0], rows, cols)
+    with pytest.raises(TypeError, match="rows must match z's dtype"):
+        position_mix(z, rows.double(), cols)
+    with pytest.raises(ValueError, match="backend"):
+        position_mix(z, rows, cols, backend="cuda")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        MultiHeadSelfAttention2d(8, num_heads=2, encoding="quadratic", backend="fast")

@@ -1,11 +1,13 @@
 """Training-step speed of the attention-only network, before and after its fast paths, in one process.
 
 "Before" is the network as it first trained here: separable position-only attention mixed as a row
-attention then a column attention (`position_mixing="rows_columns"`) and torch's default AdamW. "After"
-is what the trainer runs now: `position_mixing="auto"` (one T×T product per layer on small maps, output
-projection first) and the fused AdamW. Both start from the same weights and see the same batch; their
-steps alternate, so that the machine's noise falls on both alike, and the speed-up is the median of the
-per-repeat ratios, with their interquartile range over the median as its noise.
+attention then a column attention (`position_mixing="rows_columns"`), torch's dropout and torch's
+default AdamW. "After" is what the trainer runs now: `position_mixing="auto"` (on small maps the output
+projection first, then every head's row-times-column mix summed in one `position_mix`, the C++ kernel
+where it builds), `convattn.layers.dropout` and the fused AdamW. Both start from the same weights and
+see the same batch; their steps alternate, so that the machine's noise falls on both alike, and the
+speed-up is the median of the per-repeat ratios, with their interquartile range over the median as its
+noise.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch import nn
 
 from convattn.analysis.bench import paired_ratios
 from convattn.layers.mhsa2d import MultiHeadSelfAttention2d
+from convattn.models.attention_net import AttentionLayer
 from convattn.models.registry import create_model
 
 __all__ = ["STEP_MODELS", "StepModel", "step_speedups"]
@@ -51,6 +54,8 @@ def _make(spec: StepModel, *, fast: bool, seed: int) -> tuple[nn.Module, torch.o
     for m in model.modules():
         if isinstance(m, MultiHeadSelfAttention2d):
             m.position_mixing = "auto" if fast else "rows_columns"
+        if isinstance(m, AttentionLayer) and not fast:
+            m.drop = nn.Dropout(m.drop.p)  # type: ignore[assignment]  # torch's own dropout, as before
     model.train()
     # The default AdamW (fused=None) as before, the fused one as the trainer now runs it.
     return model, torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True if fast else None)

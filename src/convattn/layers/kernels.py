@@ -47,6 +47,7 @@ __all__ = [
     "load_kernel",
     "na2d_kernel",
     "pixel_dwconv_kernel",
+    "position_mix_kernel",
     "window_kernel",
 ]
 
@@ -58,6 +59,7 @@ _FUNCTIONS = {
     "na2d": ("forward", "backward", "apply_forward", "apply_backward", "vector_bytes"),
     "window": ("forward", "backward"),
     "dwconv": ("forward", "backward"),
+    "posmix": ("forward", "backward"),
 }
 KERNELS = tuple(_FUNCTIONS)
 _SOURCES = tuple(_CSRC / f"{name}.cpp" for name in KERNELS)
@@ -417,3 +419,30 @@ def pixel_dwconv_kernel(x: Tensor, kernels: Tensor, k: int, dilation: int) -> Te
     w = F.pad(w, (pad, pad + wq - W)).contiguous()  # (B, G, H, k², pad + wq + pad)
     out = _PixelDWConvFunction.apply(v, w, k, dilation)  # (B, H, W, G, C/G)
     return cast(Tensor, out).permute(0, 3, 4, 1, 2).reshape(B, C, H, W)
+
+
+# -- separable position-only attention with the heads summed (posmix.cpp) ----------------------------
+
+
+class _PositionMixFunction(torch.autograd.Function):
+    """The C++ row-times-column mix with its hand-written backward (nothing but the inputs saved)."""
+
+    @staticmethod
+    def forward(ctx: Any, z: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+        ctx.save_for_backward(z, rows, cols)
+        return cast(Tensor, _ext("posmix").forward(z, rows, cols))
+
+    @staticmethod
+    def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
+        z, rows, cols = ctx.saved_tensors
+        dz, drows, dcols = _ext("posmix").backward(dy.contiguous(), z, rows, cols)
+        return dz, drows, dcols
+
+
+def position_mix_kernel(z: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """y[b,i,j] = Σ_h Σ_k Σ_l rows[h,i,k] cols[h,j,l] z[b,k,l,h] for checked z (B, H, W, heads, C),
+    rows (heads, H, H) and cols (heads, W, W) of z's dtype: y (B, H, W, C)."""
+    args = (z.contiguous(), rows.contiguous(), cols.contiguous())
+    if _tracks_grad(*args):
+        return cast(Tensor, _PositionMixFunction.apply(*args))
+    return cast(Tensor, _ext("posmix").forward(*args))

@@ -20,7 +20,8 @@ relative one: one-hot rows/columns of q against the embedding scores of k), so a
 `F.scaled_dot_product_attention`, whose CPU kernel never forms the T×T matrix. When only positions
 matter and the score splits into a row part plus a column part (relative without content, isotropic
 quadratic) the softmax over the H×W grid factorises into a row softmax times a column softmax, and the
-layer runs as two small 1-D attentions (exactly, not as an approximation).
+layer runs as two small 1-D attentions (exactly, not as an approximation). On small maps the output
+projection goes first and `position_mix` sums the heads' row-times-column mixes (a C++ kernel on CPU).
 """
 
 from __future__ import annotations
@@ -31,10 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from convattn.layers.kernels import BACKENDS, choose_backend, position_mix_kernel
 from convattn.layers.pos_embed import sinusoidal_2d
 from convattn.utils.checks import check_pair, check_positive_int, check_probability, check_tensor
 
-__all__ = ["ENCODINGS", "POSITION_MIXING", "MultiHeadSelfAttention2d", "pixel_positions"]
+__all__ = ["ENCODINGS", "POSITION_MIXING", "MultiHeadSelfAttention2d", "pixel_positions", "position_mix"]
 
 ENCODINGS = (
     "none",
@@ -55,6 +57,48 @@ def pixel_positions(height: int, width: int, *, dtype: torch.dtype, device: torc
     rows = torch.arange(height, dtype=dtype, device=device)
     cols = torch.arange(width, dtype=dtype, device=device)
     return torch.stack(torch.meshgrid(rows, cols, indexing="ij"), dim=-1).reshape(-1, 2)  # (T, 2)
+
+
+def position_mix(z: Tensor, rows: Tensor, cols: Tensor, *, backend: str = "auto") -> Tensor:
+    """Separable position-only attention with the heads summed, channels last.
+
+        y[b, i, j] = Σ_h Σ_k Σ_l rows[h, i, k] · cols[h, j, l] · z[b, k, l, h]
+
+    Args:
+        z: (B, H, W, heads, C), each head's pixels (already through the output projection).
+        rows: (heads, H, H), every head's row attention (query row i, key row k).
+        cols: (heads, W, W), every head's column attention.
+        backend: 'auto' (the C++ kernel on CPU when it builds: (H + W)·heads·C multiply-adds per pixel),
+            'kernel', or 'torch' (one dense (H·W) × (H·W·heads) product per image, the heads side by side).
+
+    Returns:
+        (B, H, W, C).
+
+    Raises:
+        ValueError: for tensors of the wrong rank or shapes that do not match, or an unknown backend.
+        TypeError: for tensors of different dtypes or devices.
+    """
+    check_tensor("z", z, 5)
+    check_tensor("rows", rows, 3)
+    check_tensor("cols", cols, 3)
+    B, H, W, h, C = z.shape
+    if rows.shape != (h, H, H) or cols.shape != (h, W, W):
+        raise ValueError(
+            f"for z of shape {tuple(z.shape)} (B, H, W, heads, C) rows must be ({h}, {H}, {H}) and cols "
+            f"({h}, {W}, {W}), got rows.shape={tuple(rows.shape)}, cols.shape={tuple(cols.shape)}"
+        )
+    for name, t in (("rows", rows), ("cols", cols)):
+        if t.dtype != z.dtype or t.device != z.device:
+            raise TypeError(
+                f"{name} must match z's dtype and device ({z.dtype}, {z.device}), got {t.dtype}, {t.device}"
+            )
+    if choose_backend(backend, z, "posmix") == "kernel":
+        return position_mix_kernel(z, rows, cols)
+    T = H * W
+    A = rows[:, :, None, :, None] * cols[:, None, :, None, :]  # (h, H, W, H, W): [h, i, j, k, l]
+    A = A.permute(1, 2, 3, 4, 0).reshape(T, T * h)  # (T, T·h): [query t, (key s, head h)]
+    y = torch.bmm(A.expand(B, -1, -1), z.reshape(B, T * h, C))  # (B, T, C)
+    return y.view(B, H, W, C)
 
 
 class MultiHeadSelfAttention2d(nn.Module):
@@ -83,6 +127,7 @@ class MultiHeadSelfAttention2d(nn.Module):
         position_mixing: how separable position-only layers mix: "rows_columns" (a row attention then
             a column attention), "kronecker" (one T×T product per head, output projection first) or
             "auto" (the faster of the two for the map, `kronecker_pays`). The results agree to rounding.
+        backend: what runs the "kronecker" mix (`position_mix`): 'auto', 'kernel' or 'torch'.
     """
 
     def __init__(
@@ -104,6 +149,7 @@ class MultiHeadSelfAttention2d(nn.Module):
         centre_std: float = 2.0,
         spread_std: float = 0.01,
         position_mixing: str = "auto",
+        backend: str = "auto",
     ) -> None:
         super().__init__()
         C = check_positive_int("in_channels", in_channels)
@@ -124,6 +170,9 @@ class MultiHeadSelfAttention2d(nn.Module):
                 f"position_mixing must be one of {', '.join(POSITION_MIXING)}, got {position_mixing!r}"
             )
         self.position_mixing = position_mixing
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        self.backend = backend
         h = self.num_heads
 
         self.content = encoding in ("none", "absolute", "absolute_sinusoidal", "relative_content")
@@ -308,16 +357,15 @@ class MultiHeadSelfAttention2d(nn.Module):
         """Separable position-only layers on small maps: (B, C, H, W) -> (B, T, C_out), W_o included.
 
         The output projection goes first, per head (z_h = v_h W_o^hᵀ, C_out wide), and the heads' T×T
-        attentions A_h = A_r^h ⊗ A_c^h, side by side, mix all of them in one product per image,
-        y = Σ_h A_h z_h: no small batched products and no head permutes, which is where the
-        row-then-column mix spends its time while T is small (see `kronecker_pays`).
+        attentions A_h = A_r^h ⊗ A_c^h sum them, y = Σ_h A_h z_h (`position_mix`): in the C++ kernel as
+        a row mix of a column mix, otherwise as one (T × T·h) product per image. Either way there are
+        no small batched products and no head permutes, which is where the row-then-column mix spends
+        its time while T is small (see `kronecker_pays`).
         """
         B, C, H, W = x.shape
         h, T, Co = self.num_heads, H * W, self.out_channels
         rows, cols = self.axis_scores(H, W, x.dtype)
         A_r, A_c = rows.softmax(-1), cols.softmax(-1)  # (h, H, H), (h, W, W)
-        A = A_r[:, :, None, :, None] * A_c[:, None, :, None, :]  # (h, H, W, H, W): [h, i, j, k, l]
-        A = A.permute(1, 2, 3, 4, 0).reshape(T, T * h)  # (T, T·h): [query t, (key s, head h)]
         tokens = x.permute(0, 2, 3, 1).reshape(B, T, C)  # (B, T, C): a view when x is channels-last
         W_o = self.W_o.weight.view(Co, h, self.value_dim)  # (C_out, h, d_v)
         if self.W_v is None:
@@ -325,7 +373,7 @@ class MultiHeadSelfAttention2d(nn.Module):
         else:
             v = self.W_v(tokens).view(B, T, h, self.value_dim)  # (B, T, h, d_v)
             z = torch.einsum("bthd,ohd->btho", v, W_o)  # (B, T, h, C_out)
-        y = torch.bmm(A.expand(B, -1, -1), z.reshape(B, T * h, Co))  # (B, T, C_out)
+        y = position_mix(z.reshape(B, H, W, h, Co), A_r, A_c, backend=self.backend).view(B, T, Co)
         return y if self.W_o.bias is None else y + self.W_o.bias
 
     def kronecker_pays(self, height: int, width: int) -> bool:

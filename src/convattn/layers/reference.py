@@ -27,6 +27,7 @@ __all__ = [
     "nadaraya_watson",
     "neighborhood_attention2d",
     "pixel_dwconv2d",
+    "position_mix",
     "sasa2d",
     "sinusoidal_1d",
     "window_attention2d",
@@ -230,6 +231,20 @@ def mhsa2d(layer: Any, x: Tensor) -> Tensor:
         heads.append(probs @ values)  # (B, T, d_v)
     out = layer.W_o(torch.cat(heads, dim=-1))  # (B, T, C_out)
     return out.transpose(1, 2).reshape(B, -1, H, W)
+
+
+def position_mix(z: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """y[b, i, j] = Σ_h Σ_k Σ_l rows[h, i, k] cols[h, j, l] z[b, k, l, h], one output pixel at a time.
+
+    z (B, H, W, heads, C), rows (heads, H, H), cols (heads, W, W) -> (B, H, W, C).
+    """
+    B, H, W, _, C = z.shape
+    out = z.new_zeros(B, H, W, C)
+    for i in range(H):
+        for j in range(W):
+            weight = rows[:, i, :, None] * cols[:, j, None, :]  # (h, H, W): head h's weight on key (k, l)
+            out[:, i, j] = torch.einsum("hkl,bklhc->bc", weight, z)
+    return out
 
 
 def _window_1d(i: int, n: int, k: int, dilation: int, border: str) -> list[tuple[int | None, int]]:
