@@ -14,6 +14,7 @@ from convattn.layers import reference as ref
 from convattn.layers.mhsa2d import ENCODINGS, MultiHeadSelfAttention2d, position_mix
 
 f64 = torch.float64
+POSITION_MIX_BACKENDS = ["torch", pytest.param("kernel", marks=needs_kernel("posmix"))]
 
 
 def _layer(encoding, *, value_proj=True, C=8, C_out=6, heads=3, max_size=(4, 5), dropout=0.0):
@@ -85,6 +86,25 @@ def test_auto_mixing_takes_the_single_product_on_small_maps_only():
     assert narrow.kronecker_pays(16, 16) and not narrow.kronecker_pays(17, 16)  # never beyond 256 pixels
     layer.position_mixing = "kronecker"
     assert layer.kronecker_pays(16, 16)
+
+
+def test_with_the_kernel_auto_always_projects_first_and_a_forced_mix_stays_forced():
+    layer = MultiHeadSelfAttention2d(64, num_heads=9, encoding="quadratic", value_proj=False)
+    assert layer.kronecker_pays(16, 16, kernel=True) and layer.kronecker_pays(64, 64, kernel=True)
+    layer.position_mixing = "rows_columns"
+    assert not layer.kronecker_pays(8, 8, kernel=True)
+
+
+@pytest.mark.parametrize("backend", POSITION_MIX_BACKENDS)
+def test_auto_mixing_runs_the_path_its_rule_names(backend, monkeypatch):
+    layer = MultiHeadSelfAttention2d(8, num_heads=3, encoding="quadratic", value_proj=False, backend=backend)
+    calls = []
+    monkeypatch.setattr(
+        layer, "_attend_kronecker", lambda x: calls.append("kronecker") or torch.zeros(1, 256, 8)
+    )
+    monkeypatch.setattr(layer, "_attend_separable", lambda x: calls.append("rows") or torch.zeros(1, 256, 24))
+    layer(torch.randn(1, 8, 16, 16))
+    assert calls == (["kronecker"] if backend == "kernel" else ["rows"])  # 16×16: only the kernel pays
 
 
 @pytest.mark.parametrize(
@@ -287,9 +307,6 @@ def test_top_level_names():
 
     assert convattn.MultiHeadSelfAttention2d is MultiHeadSelfAttention2d
     assert callable(convattn.conv_to_attention) and callable(convattn.attention_to_conv)
-
-
-POSITION_MIX_BACKENDS = ["torch", pytest.param("kernel", marks=needs_kernel("posmix"))]
 
 
 @pytest.mark.parametrize("backend", POSITION_MIX_BACKENDS)
