@@ -20,8 +20,9 @@ relative one: one-hot rows/columns of q against the embedding scores of k), so a
 `F.scaled_dot_product_attention`, whose CPU kernel never forms the T×T matrix. When only positions
 matter and the score splits into a row part plus a column part (relative without content, isotropic
 quadratic) the softmax over the H×W grid factorises into a row softmax times a column softmax, and the
-layer runs as two small 1-D attentions (exactly, not as an approximation). On small maps the output
-projection goes first and `position_mix` sums the heads' row-times-column mixes (a C++ kernel on CPU).
+layer runs as two small 1-D attentions (exactly, not as an approximation). Where the C++ kernel runs
+(and on small maps without it) the output projection goes first, and `position_mix` sums the heads'
+row-times-column mixes.
 """
 
 from __future__ import annotations
@@ -354,13 +355,13 @@ class MultiHeadSelfAttention2d(nn.Module):
         return out.permute(0, 2, 3, 1, 4).reshape(B, H * W, h * d)  # (B, T, h·d_v)
 
     def _attend_kronecker(self, x: Tensor) -> Tensor:
-        """Separable position-only layers on small maps: (B, C, H, W) -> (B, T, C_out), W_o included.
+        """Separable position-only layers, output projection first: (B, C, H, W) -> (B, T, C_out).
 
         The output projection goes first, per head (z_h = v_h W_o^hᵀ, C_out wide), and the heads' T×T
         attentions A_h = A_r^h ⊗ A_c^h sum them, y = Σ_h A_h z_h (`position_mix`): in the C++ kernel as
         a row mix of a column mix, otherwise as one (T × T·h) product per image. Either way there are
         no small batched products and no head permutes, which is where the row-then-column mix spends
-        its time while T is small (see `kronecker_pays`).
+        its time (see `kronecker_pays`).
         """
         B, C, H, W = x.shape
         h, T, Co = self.num_heads, H * W, self.out_channels
