@@ -8,7 +8,7 @@ from convattn.layers.attention import dot_product_attention, masked_softmax
 from convattn.layers.dynamic import image_dwconv2d, pixel_dwconv2d
 from convattn.layers.multihead import multi_head_attention
 from convattn.layers.neighborhood import neighborhood_attention2d
-from convattn.layers.window import window_attention2d
+from convattn.layers.window import window_attention2d, window_attention2d_qkv
 
 __all__ = [
     "dot_product_attention",
@@ -18,4 +18,5 @@ __all__ = [
     "neighborhood_attention2d",
     "pixel_dwconv2d",
     "window_attention2d",
+    "window_attention2d_qkv",
 ]

@@ -10,9 +10,10 @@ from conftest import needs_kernel
 from convattn.layers import reference as ref
 from convattn.layers.dynamic import image_dwconv2d, pixel_dwconv2d
 from convattn.layers.mixers import SASA, create_mixer, list_mixers
-from convattn.layers.window import window_attention2d
+from convattn.layers.window import window_attention2d, window_attention2d_qkv
 
 f64 = torch.float64
+WINDOW_BACKENDS = ["torch", "sdpa", pytest.param("kernel", marks=needs_kernel("window"))]
 OPTIONS = {
     "local_mlp": {"num_heads": 4},
     "sasa": {"num_heads": 4},
@@ -55,7 +56,7 @@ def test_mixers_that_change_width(name):
     assert y.shape == (1, 8, 6, 6)
 
 
-@pytest.mark.parametrize("backend", ["torch", "sdpa", pytest.param("kernel", marks=needs_kernel("window"))])
+@pytest.mark.parametrize("backend", WINDOW_BACKENDS)
 @pytest.mark.parametrize(
     ("size", "window", "shift", "d"),
     [
@@ -108,6 +109,58 @@ def test_window_inference_matches_training_forward():
     with torch.no_grad():
         fast = window_attention2d(q, k, v, 4, shift=2)
     torch.testing.assert_close(fast, window_attention2d(q, k, v.requires_grad_(), 4, shift=2), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("backend", WINDOW_BACKENDS)
+@pytest.mark.parametrize(
+    ("size", "window", "shift", "d"),
+    [((5, 7), (3, 3), (1, 1), 3), ((9, 11), (4, 4), (2, 2), 17), ((1, 1), 7, 3, 2)],
+)
+def test_packed_window_attention_matches_reference(size, window, shift, d, backend):
+    qkv = torch.randn(2, *size, 3, 2, d, dtype=f64, requires_grad=True)
+    w = (window, window) if isinstance(window, int) else window
+    s = (shift, shift) if isinstance(shift, int) else shift
+    bias = torch.randn(2, 2 * w[0] - 1, 2 * w[1] - 1, dtype=f64, requires_grad=True)
+    out = window_attention2d_qkv(qkv, window, shift=shift, bias=bias, backend=backend)
+    expected = ref.window_attention2d(*qkv.unbind(3), w, s, bias)
+    torch.testing.assert_close(out, expected, atol=1e-12, rtol=0)
+    g = torch.randn_like(out)
+    for a, b in zip(
+        torch.autograd.grad(out, [qkv, bias], g), torch.autograd.grad(expected, [qkv, bias], g), strict=True
+    ):
+        torch.testing.assert_close(a, b, atol=1e-11, rtol=0)
+
+
+@needs_kernel("window")
+def test_packed_kernel_computes_the_same_bits_as_separate_q_k_v():
+    qkv = torch.randn(3, 23, 30, 3, 4, 16, requires_grad=True)
+    bias = torch.randn(4, 13, 13, requires_grad=True)
+    g = torch.randn(3, 23, 30, 4, 16)
+    packed = window_attention2d_qkv(qkv, 7, shift=3, bias=bias)
+    apart = window_attention2d(*qkv.unbind(3), 7, shift=3, bias=bias)
+    assert torch.equal(packed, apart)
+    for a, b in zip(
+        torch.autograd.grad(packed, [qkv, bias], g), torch.autograd.grad(apart, [qkv, bias], g), strict=True
+    ):
+        assert torch.equal(a, b)
+    with torch.no_grad():  # inference: no probabilities kept, the same output
+        assert torch.equal(window_attention2d_qkv(qkv, 7, shift=3, bias=bias), packed)
+
+
+def test_window_mixer_runs_packed_and_matches_its_separate_q_k_v():
+    mixer = create_mixer("window", 32, window=4, num_heads=4, shift=2)
+    x = torch.randn(2, 32, 9, 10)
+    q, k, v = mixer.qkv(x).chunk(3, dim=1)
+    torch.testing.assert_close(mixer(x), mixer.proj(mixer._attend(q, k, v)), atol=1e-6, rtol=1e-5)
+
+
+def test_packed_window_attention_rejects_bad_input():
+    with pytest.raises(ValueError, match="qkv"):
+        window_attention2d_qkv(torch.randn(1, 4, 4, 2, 3), 2)
+    with pytest.raises(ValueError, match=r"qkv must be \(B, H, W, 3, heads, d\)"):
+        window_attention2d_qkv(torch.randn(1, 4, 4, 2, 2, 3), 2)
+    with pytest.raises(ValueError, match="shift"):
+        window_attention2d_qkv(torch.randn(1, 4, 4, 3, 2, 3), 2, shift=2)
 
 
 def test_window_attention_rejects_bad_input():
@@ -272,6 +325,7 @@ def test_public_names():
         callable(convattn.create_mixer)
         and callable(cf.neighborhood_attention2d)
         and callable(cf.window_attention2d)
+        and callable(cf.window_attention2d_qkv)
     )
 
 

@@ -49,6 +49,7 @@ __all__ = [
     "pixel_dwconv_kernel",
     "position_mix_kernel",
     "window_kernel",
+    "window_packed_kernel",
 ]
 
 BACKENDS = ("auto", "kernel", "torch")
@@ -332,9 +333,31 @@ class _WindowFunction(torch.autograd.Function):
         segs, window, scale = ctx.geometry
         want_bias = bool(bias.numel()) and ctx.needs_input_grad[3]
         dq, dk, dv, dbias = _ext("window").backward(
-            dout.contiguous(), q, k, v, bias, probs, *segs, *window, scale, want_bias
+            dout.contiguous(), q, k, v, bias, probs, *segs, *window, scale, want_bias, False
         )
         return dq, dk, dv, dbias if want_bias else None, None
+
+
+class _WindowPackedFunction(torch.autograd.Function):
+    """The kernel on the q, k, v views of one qkv tensor: read in place, the gradient written as one."""
+
+    @staticmethod
+    def forward(ctx: Any, qkv: Tensor, bias: Tensor, geometry: Any) -> Tensor:
+        segs, window, scale = geometry
+        out, probs = _ext("window").forward(*qkv.unbind(3), bias, *segs, *window, scale, True)
+        ctx.save_for_backward(qkv, bias, probs)
+        ctx.geometry = geometry
+        return cast(Tensor, out)
+
+    @staticmethod
+    def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:
+        qkv, bias, probs = ctx.saved_tensors
+        segs, window, scale = ctx.geometry
+        want_bias = bool(bias.numel()) and ctx.needs_input_grad[1]
+        dqkv, _, _, dbias = _ext("window").backward(
+            dout.contiguous(), *qkv.unbind(3), bias, probs, *segs, *window, scale, want_bias, True
+        )
+        return dqkv, dbias if want_bias else None, None
 
 
 def window_kernel(
@@ -354,6 +377,20 @@ def window_kernel(
     if _tracks_grad(q, k, v, bias):
         return cast(Tensor, _WindowFunction.apply(*args, (segs, window, scale)))
     out, _ = _ext("window").forward(*args, *segs, *window, scale, False)  # inference: no probabilities
+    return cast(Tensor, out)
+
+
+def window_packed_kernel(
+    qkv: Tensor, bias: Tensor | None, window: tuple[int, int], shift: tuple[int, int], scale: float
+) -> Tensor:
+    """`window_kernel` on a checked qkv (B, H, W, 3, heads, d): q, k and v are read where they lie (a
+    1×1 projection's channels-last output needs no copies) and the backward writes one dqkv."""
+    H, W = qkv.shape[1:3]
+    segs = (window_segments(H, window[0], shift[0]), window_segments(W, window[1], shift[1]))
+    qkv, table = qkv.contiguous(), _contiguous_or_empty(bias, qkv)
+    if _tracks_grad(qkv, bias):
+        return cast(Tensor, _WindowPackedFunction.apply(qkv, table, (segs, window, scale)))
+    out, _ = _ext("window").forward(*qkv.unbind(3), table, *segs, *window, scale, False)
     return cast(Tensor, out)
 
 

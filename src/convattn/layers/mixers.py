@@ -19,7 +19,7 @@ from convattn.layers.dynamic import image_dwconv2d, pixel_dwconv2d
 from convattn.layers.geometry import BORDERS
 from convattn.layers.mhsa2d import MultiHeadSelfAttention2d
 from convattn.layers.neighborhood import neighborhood_attention2d
-from convattn.layers.window import window_attention2d
+from convattn.layers.window import window_attention2d, window_attention2d_qkv
 from convattn.utils.checks import (
     check_heads_divide,
     check_odd,
@@ -452,7 +452,10 @@ class WindowAttention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         check_tensor("x", x, 4)
         x = x.contiguous(memory_format=torch.channels_last)  # heads-last views of the projections: no copies
-        return _pool(self.proj(self._attend(*self.qkv(x).chunk(3, dim=1))), self.stride)
+        B, _, H, W = x.shape
+        qkv = self.qkv(x).permute(0, 2, 3, 1).reshape(B, H, W, 3, self.heads, self.d)  # a view: channels last
+        out = window_attention2d_qkv(qkv, self.w, shift=self.shift, bias=self.bias_table)  # (B, H, W, h, d)
+        return _pool(self.proj(_from_heads(out)), self.stride)
 
 
 @register_mixer("mhsa")

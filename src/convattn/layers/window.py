@@ -25,10 +25,10 @@ from torch import Tensor
 
 from convattn.layers._macs import record
 from convattn.layers.geometry import window_keep_mask, window_offsets, window_segments
-from convattn.layers.kernels import choose_backend, window_kernel
+from convattn.layers.kernels import choose_backend, window_kernel, window_packed_kernel
 from convattn.utils.checks import check_pair, check_tensor
 
-__all__ = ["window_attention2d"]
+__all__ = ["window_attention2d", "window_attention2d_qkv"]
 
 
 def _partition(x: Tensor, w_h: int, w_w: int) -> Tensor:
@@ -113,14 +113,50 @@ def window_attention2d(
     path = choose_backend(backend, q, "window", fused="sdpa")
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if path == "kernel":
-        # q·k and p·v for every (query, key) pair of a window: Σ_windows n² = Σ_rows l² · Σ_cols l².
-        B, H, W, heads = q.shape[:4]
-        pairs = int(window_segments(H, win[0], shifts[0])[:, 1].square().sum()) * int(
-            window_segments(W, win[1], shifts[1])[:, 1].square().sum()
-        )
-        record(B * heads * pairs * (q.shape[-1] + v.shape[-1]))
+        _record_kernel_macs(q.shape, v.shape[-1], win, shifts)
         return window_kernel(q, k, v, bias, win, shifts, scale)
     return _window_attention_torch(q, k, v, bias, win, shifts, scale, fused=path == "sdpa")
+
+
+def window_attention2d_qkv(
+    qkv: Tensor,
+    window: int | tuple[int, int],
+    *,
+    shift: int | tuple[int, int] = 0,
+    bias: Tensor | None = None,
+    scale: float | None = None,
+    backend: str = "auto",
+) -> Tensor:
+    """`window_attention2d` with q, k and v packed in one tensor, qkv (B, H, W, 3, heads, d) ->
+    (B, H, W, heads, d): a 1×1 projection's channels-last output is such a tensor with no copy. The
+    C++ kernel reads q, k and v in place and its backward writes one gradient for qkv, where separate
+    q, k, v would each be copied forward and their gradients joined backward.
+
+    Raises:
+        ValueError: for a qkv that is not (B, H, W, 3, heads, d), and as `window_attention2d`.
+    """
+    check_tensor("qkv", qkv, 6)
+    if qkv.shape[3] != 3:
+        raise ValueError(f"qkv must be (B, H, W, 3, heads, d), got qkv.shape={tuple(qkv.shape)}")
+    q, k, v = qkv.unbind(3)
+    win, shifts = _check_inputs(q, k, v, window, shift, bias)
+    path = choose_backend(backend, qkv, "window", fused="sdpa")
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if path == "kernel":
+        _record_kernel_macs(q.shape, v.shape[-1], win, shifts)
+        return window_packed_kernel(qkv, bias, win, shifts, scale)
+    return _window_attention_torch(q, k, v, bias, win, shifts, scale, fused=path == "sdpa")
+
+
+def _record_kernel_macs(
+    shape: torch.Size, d_v: int, window: tuple[int, int], shift: tuple[int, int]
+) -> None:
+    """q·k and p·v for every (query, key) pair of a window: Σ_windows n² = Σ_rows l² · Σ_cols l²."""
+    B, H, W, heads, d = shape
+    pairs = int(window_segments(H, window[0], shift[0])[:, 1].square().sum()) * int(
+        window_segments(W, window[1], shift[1])[:, 1].square().sum()
+    )
+    record(B * heads * pairs * (d + d_v))
 
 
 def _window_attention_torch(

@@ -115,21 +115,46 @@ struct Window {
   int64_t r0, c0, shape, offset;  // offset of its probabilities within one image (all heads)
 };
 
+// Where the d channels of a head sit in a heads-last tensor: pixels ps elements apart (ps = NH d when
+// the tensor is packed, 3 NH d for the q, k and v views of one qkv tensor), heads d apart.
+struct Pix {
+  int64_t ps, d;
+};
+
 template <typename T>
 struct Layout {
   int64_t B, H, W, NH, D, DV, Dp, DVp, WH, WW;
+  Pix q, k, v, o;  // o: the output and its gradient, always packed
   std::vector<Shape<T>> shapes;
   std::vector<Window> windows;
   int64_t image;  // probability entries per image: (window, head, nq, np), rows n..nq-1 zero
 };
 
+// The pixel stride of x (B, H, W, NH, d), whose heads and channels are packed and whose pixels lie ps apart
+// (strides of dimensions of size 1 say nothing, and are not checked).
+Pix pix_of(const at::Tensor& x) {
+  const int64_t H = x.size(1), W = x.size(2), NH = x.size(3), d = x.size(4);
+  int64_t ps = NH * d;
+  if (W > 1)
+    ps = x.stride(2);
+  else if (H > 1)
+    ps = x.stride(1);
+  else if (x.size(0) > 1)
+    ps = x.stride(0);
+  auto fits = [&](int64_t dim, int64_t want) { return x.size(dim) == 1 || x.stride(dim) == want; };
+  TORCH_CHECK(fits(4, 1) && fits(3, d) && fits(2, ps) && fits(1, W * ps) && fits(0, H * W * ps) && ps >= NH * d,
+              "window kernel: expected heads-last pixels with packed heads, got strides ", x.strides());
+  return {ps, d};
+}
+
 template <typename T>
-Layout<T> make_layout(const at::Tensor& q, const at::Tensor& v, const at::Tensor& rseg,
+Layout<T> make_layout(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& rseg,
                       const at::Tensor& cseg, const T* bias, int64_t wh, int64_t ww) {
   constexpr int64_t L = kLanes<T>;
   Layout<T> lay;
   lay.B = q.size(0), lay.H = q.size(1), lay.W = q.size(2), lay.NH = q.size(3), lay.D = q.size(4);
   lay.DV = v.size(4), lay.Dp = round_up(lay.D, L), lay.DVp = round_up(lay.DV, L), lay.WH = wh, lay.WW = ww;
+  lay.q = pix_of(q), lay.k = pix_of(k), lay.v = pix_of(v), lay.o = {lay.NH * lay.DV, lay.DV};
   const int64_t* rs = rseg.data_ptr<int64_t>();
   const int64_t* cs = cseg.data_ptr<int64_t>();
   const int64_t TW = 2 * ww - 1, TH = 2 * wh - 1;
@@ -159,10 +184,10 @@ Layout<T> make_layout(const at::Tensor& q, const at::Tensor& v, const at::Tensor
   return lay;
 }
 
-// Offset of the d channels of head h at pixel (r, c) of image b in a heads-last tensor.
+// Offset of the d channels of head h at pixel (r, c) of image b in a heads-last tensor laid out as p.
 template <typename T>
-inline int64_t pixel(const Layout<T>& lay, int64_t d, int64_t b, int64_t r, int64_t c, int64_t h) {
-  return (((b * lay.H + r) * lay.W + c) * lay.NH + h) * d;
+inline int64_t pixel(const Layout<T>& lay, Pix p, int64_t b, int64_t r, int64_t c, int64_t h) {
+  return ((b * lay.H + r) * lay.W + c) * p.ps + h * p.d;
 }
 
 // dst[0..d) = src[0..d) * mul, vector by vector.
@@ -176,11 +201,12 @@ inline void copy_scaled(const T* src, int64_t d, T mul, T* dst) {
 
 // Rows t < n of a window into buf[t][ld] (times `mul`); rows n..rows-1 and columns d..ld-1 are zero.
 template <typename T>
-void gather_rows(const T* x, int64_t d, const Layout<T>& lay, const Window& w, const Shape<T>& s, int64_t b,
+void gather_rows(const T* x, Pix p, const Layout<T>& lay, const Window& w, const Shape<T>& s, int64_t b,
                  int64_t h, T mul, int64_t rows, int64_t ld, T* buf) {
+  const int64_t d = p.d;
   for (int64_t t = 0; t < s.n; ++t) {
     T* dst = buf + t * ld;
-    copy_scaled(x + pixel(lay, d, b, w.r0 + t / s.lc, w.c0 + t % s.lc, h), d, mul, dst);
+    copy_scaled(x + pixel(lay, p, b, w.r0 + t / s.lc, w.c0 + t % s.lc, h), d, mul, dst);
     std::fill(dst + d, dst + ld, T(0));
   }
   std::fill(buf + s.n * ld, buf + rows * ld, T(0));
@@ -189,14 +215,15 @@ void gather_rows(const T* x, int64_t d, const Layout<T>& lay, const Window& w, c
 // Columns t < n of a window into buf[c][np] (transposed, L x L tiles in registers); columns n..np-1
 // are zero.
 template <typename T>
-void gather_cols(const T* x, int64_t d, const Layout<T>& lay, const Window& w, const Shape<T>& s, int64_t b,
+void gather_cols(const T* x, Pix p, const Layout<T>& lay, const Window& w, const Shape<T>& s, int64_t b,
                  int64_t h, T* buf) {
   constexpr int64_t L = kLanes<T>;
+  const int64_t d = p.d;
   const T* src[L];
   const int64_t ct = (d / L) * L;
   for (int64_t t0 = 0; t0 < s.n; t0 += L) {
     const int64_t m = std::min(L, s.n - t0);
-    for (int64_t l = 0; l < m; ++l) src[l] = x + pixel(lay, d, b, w.r0 + (t0 + l) / s.lc, w.c0 + (t0 + l) % s.lc, h);
+    for (int64_t l = 0; l < m; ++l) src[l] = x + pixel(lay, p, b, w.r0 + (t0 + l) / s.lc, w.c0 + (t0 + l) % s.lc, h);
     int64_t c = 0;
     if (m == L)
       for (; c < ct; c += L) {
@@ -213,10 +240,10 @@ void gather_cols(const T* x, int64_t d, const Layout<T>& lay, const Window& w, c
 
 // Rows t < n of buf[t][ld] (times `mul`) back to their pixels.
 template <typename T>
-void scatter_rows(const T* buf, int64_t ld, int64_t d, T mul, const Layout<T>& lay, const Window& w,
+void scatter_rows(const T* buf, int64_t ld, Pix p, T mul, const Layout<T>& lay, const Window& w,
                   const Shape<T>& s, int64_t b, int64_t h, T* x) {
   for (int64_t t = 0; t < s.n; ++t)
-    copy_scaled(buf + t * ld, d, mul, x + pixel(lay, d, b, w.r0 + t / s.lc, w.c0 + t % s.lc, h));
+    copy_scaled(buf + t * ld, p.d, mul, x + pixel(lay, p, b, w.r0 + t / s.lc, w.c0 + t % s.lc, h));
 }
 
 template <typename T>
@@ -324,14 +351,14 @@ void forward_impl(const T* q, const T* k, const T* v, const Layout<T>& lay, T sc
       const Window& w = lay.windows[(task / lay.NH) % nwin];
       const Shape<T>& s = lay.shapes[w.shape];
       Qb.resize(s.nq * lay.Dp), KT.resize(lay.D * s.np), Vb.resize(s.np * lay.DVp), Ob.resize(s.nq * lay.DVp);
-      gather_rows(q, lay.D, lay, w, s, b, h, scale, s.nq, lay.Dp, Qb.data());  // (nq, Dp), scaled
-      gather_cols(k, lay.D, lay, w, s, b, h, KT.data());                        // (D, np)
-      gather_rows(v, lay.DV, lay, w, s, b, h, T(1), s.n, lay.DVp, Vb.data());  // (n, DVp)
+      gather_rows(q, lay.q, lay, w, s, b, h, scale, s.nq, lay.Dp, Qb.data());  // (nq, Dp), scaled
+      gather_cols(k, lay.k, lay, w, s, b, h, KT.data());                        // (D, np)
+      gather_rows(v, lay.v, lay, w, s, b, h, T(1), s.n, lay.DVp, Vb.data());   // (n, DVp)
       if (!probs) scratch.resize(s.nq * s.np);  // inference: probabilities are not kept
       T* P = probs ? probs + b * lay.image + w.offset + h * s.nq * s.np : scratch.data();  // (nq, np)
       probabilities(Qb.data(), lay.Dp, lay.D, KT.data(), s, s.bias.data() + h * s.nq * s.np, P);
       weighted_rows(P, s.np, 1, s.n, Vb.data(), lay.DVp, s.nq, lay.DVp, Ob.data(), lay.DVp);  // (nq, DVp)
-      scatter_rows(Ob.data(), lay.DVp, lay.DV, T(1), lay, w, s, b, h, out);
+      scatter_rows(Ob.data(), lay.DVp, lay.o, T(1), lay, w, s, b, h, out);
     }
   });
 }
@@ -358,10 +385,10 @@ void backward_impl(const T* dout, const T* q, const T* k, const T* v, const T* p
       const int64_t np = s.np, nq = s.nq, n = s.n;
       Qb.resize(nq * lay.Dp), Kb.resize(n * lay.Dp), VT.resize(lay.DV * np), dOb.resize(nq * lay.DVp);
       dS.resize(nq * np), G.resize(nq * std::max(lay.Dp, lay.DVp));
-      gather_rows(q, lay.D, lay, w, s, b, h, scale, nq, lay.Dp, Qb.data());       // (nq, Dp), scaled
-      gather_rows(k, lay.D, lay, w, s, b, h, T(1), n, lay.Dp, Kb.data());         // (n, Dp)
-      gather_cols(v, lay.DV, lay, w, s, b, h, VT.data());                          // (DV, np)
-      gather_rows(dout, lay.DV, lay, w, s, b, h, T(1), nq, lay.DVp, dOb.data());  // (nq, DVp)
+      gather_rows(q, lay.q, lay, w, s, b, h, scale, nq, lay.Dp, Qb.data());      // (nq, Dp), scaled
+      gather_rows(k, lay.k, lay, w, s, b, h, T(1), n, lay.Dp, Kb.data());        // (n, Dp)
+      gather_cols(v, lay.v, lay, w, s, b, h, VT.data());                          // (DV, np)
+      gather_rows(dout, lay.o, lay, w, s, b, h, T(1), nq, lay.DVp, dOb.data());  // (nq, DVp)
       const T* P = probs + b * lay.image + w.offset + h * nq * np;  // (nq, np), rows n.. zero
       matmul_rows(dOb.data(), lay.DVp, lay.DV, VT.data(), np, nq, np, dS.data(), np);  // dP (nq, np)
       constexpr int64_t L = kLanes<T>;
@@ -379,11 +406,11 @@ void backward_impl(const T* dout, const T* q, const T* k, const T* v, const T* p
         for (int64_t x = 0; x < n * np; x += L) storeu(a + x, loadu(a + x) + loadu(dS.data() + x));
       }
       weighted_rows(dS.data(), np, 1, n, Kb.data(), lay.Dp, nq, lay.Dp, G.data(), lay.Dp);  // dS K
-      scatter_rows(G.data(), lay.Dp, lay.D, scale, lay, w, s, b, h, dq);
+      scatter_rows(G.data(), lay.Dp, lay.q, scale, lay, w, s, b, h, dq);  // each gradient laid out as its input
       weighted_rows(dS.data(), 1, np, n, Qb.data(), lay.Dp, nq, lay.Dp, G.data(), lay.Dp);  // dS^T (scale Q)
-      scatter_rows(G.data(), lay.Dp, lay.D, T(1), lay, w, s, b, h, dk);
+      scatter_rows(G.data(), lay.Dp, lay.k, T(1), lay, w, s, b, h, dk);
       weighted_rows(P, 1, np, n, dOb.data(), lay.DVp, nq, lay.DVp, G.data(), lay.DVp);  // P^T dO
-      scatter_rows(G.data(), lay.DVp, lay.DV, T(1), lay, w, s, b, h, dv);
+      scatter_rows(G.data(), lay.DVp, lay.v, T(1), lay, w, s, b, h, dv);
     }
   });
   if (!want_bias) return;
@@ -414,8 +441,8 @@ std::vector<at::Tensor> window_forward(at::Tensor q, at::Tensor k, at::Tensor v,
                                           double scale, bool save) {
   at::Tensor out, probs;
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "window_forward", [&] {
-    const auto lay = make_layout<scalar_t>(q, v, rseg, cseg, optional_ptr<scalar_t>(bias), wh, ww);
-    out = at::empty_like(v);
+    const auto lay = make_layout<scalar_t>(q, k, v, rseg, cseg, optional_ptr<scalar_t>(bias), wh, ww);
+    out = at::empty(v.sizes(), v.options());  // packed, whatever v's pixel stride
     probs = at::empty({save ? lay.B : 0, lay.image}, q.options());
     forward_impl<scalar_t>(q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), lay,
                            static_cast<scalar_t>(scale), out.data_ptr<scalar_t>(),
@@ -424,20 +451,40 @@ std::vector<at::Tensor> window_forward(at::Tensor q, at::Tensor k, at::Tensor v,
   return {out, probs};
 }
 
+// q, k and v are packed tensors, or (packed=true) the three views of one qkv (B, H, W, 3, NH, d) tensor:
+// then the gradient comes back as one such tensor (the first output), in place of three.
 std::vector<at::Tensor> window_backward(at::Tensor dout, at::Tensor q, at::Tensor k, at::Tensor v,
                                            at::Tensor bias, at::Tensor probs, at::Tensor rseg,
                                            at::Tensor cseg, int64_t wh, int64_t ww, double scale,
-                                           bool want_bias) {
-  auto dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
-  at::Tensor dbias;
+                                           bool want_bias, bool packed) {
+  at::Tensor dq, dk, dv, dqkv, dbias;
+  if (packed) {
+    const int64_t third = q.size(3) * q.size(4) * q.element_size();  // bytes from q to k, k to v
+    const bool one_pixel = q.size(0) * q.size(1) * q.size(2) == 1;
+    TORCH_CHECK(k.data_ptr() == static_cast<char*>(q.data_ptr()) + third &&
+                    v.data_ptr() == static_cast<char*>(k.data_ptr()) + third && v.sizes() == q.sizes() &&
+                    (one_pixel || (pix_of(q).ps == 3 * q.size(3) * q.size(4) && pix_of(k).ps == pix_of(q).ps &&
+                                   pix_of(v).ps == pix_of(q).ps)),
+                "window kernel: packed=true needs the q, k, v views of one (B, H, W, 3, heads, d) tensor");
+    dqkv = at::empty({q.size(0), q.size(1), q.size(2), 3, q.size(3), q.size(4)}, q.options());
+  } else {
+    TORCH_CHECK(q.is_contiguous() && k.is_contiguous() && v.is_contiguous(),
+                "window kernel: packed=false needs contiguous q, k, v");
+    dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
+  }
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "window_backward", [&] {
-    const auto lay = make_layout<scalar_t>(q, v, rseg, cseg, optional_ptr<scalar_t>(bias), wh, ww);
+    const auto lay = make_layout<scalar_t>(q, k, v, rseg, cseg, optional_ptr<scalar_t>(bias), wh, ww);
     dbias = at::zeros({want_bias ? lay.NH : 0, 2 * wh - 1, 2 * ww - 1}, q.options());
+    scalar_t* base = packed ? dqkv.data_ptr<scalar_t>() : nullptr;
+    const int64_t third = lay.NH * lay.D;  // one of q, k, v per pixel of dqkv
     backward_impl<scalar_t>(dout.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
                             v.data_ptr<scalar_t>(), probs.data_ptr<scalar_t>(), lay, static_cast<scalar_t>(scale),
-                            want_bias, dq.data_ptr<scalar_t>(), dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>(),
+                            want_bias, packed ? base : dq.data_ptr<scalar_t>(),
+                            packed ? base + third : dk.data_ptr<scalar_t>(),
+                            packed ? base + 2 * third : dv.data_ptr<scalar_t>(),
                             want_bias ? dbias.data_ptr<scalar_t>() : nullptr);
   });
+  if (packed) return {dqkv, at::empty({0}, q.options()), at::empty({0}, q.options()), dbias};
   return {dq, dk, dv, dbias};
 }
 
