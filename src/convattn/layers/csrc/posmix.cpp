@@ -6,8 +6,9 @@
 //     y[b,i,j,:] = sum_h sum_k rows[h,i,k] sum_l cols[h,j,l] z[b,k,l,h,:]            y (B, H, W, C)
 //
 // One image is one task. The column mix t[k,j,h,:] = sum_l cols[h,j,l] z[k,l,h,:] goes into the task's
-// buffer, then the row mix adds every head into y: (H + W) h C multiply-adds per pixel, where the dense
-// (H W) x (H W h) product costs H W h C. Backward, with s[h,k,j,:] = sum_i rows[h,i,k] dy[i,j,:]:
+// buffer, then the row mix adds every head into y, one column of y at a time: (H + W) h C multiply-adds
+// per pixel, where the dense (H W) x (H W h) product costs H W h C. The backward runs head by head in
+// buffers of one head's map (the column mix recomputed), with s[h,k,j,:] = sum_i rows[h,i,k] dy[i,j,:]:
 //
 //     dz[k,l,h,:] = sum_j cols[h,j,l] s[h,k,j,:]
 //     drows[h,i,k] = sum_{j,c} dy[i,j,c] t[k,j,h,c]        dcols[h,j,l] = sum_{k,c} s[h,k,j,c] z[k,l,h,c]
@@ -28,34 +29,65 @@ namespace {
 using namespace convattn_simd;
 
 constexpr int64_t kBlock = 4;  // output vectors per register block
+constexpr int64_t kRowsAtOnce = 1;  // output rows per register block: each b vector loaded once for both
+
+// out[m0.., n0..] (+)= a @ b for MB rows and NV full vectors (+ one vector of `rem` lanes when TAIL), every
+// index a constant so that the accumulators stay in registers.
+template <typename T, int MB, int NV, bool TAIL>
+inline void gemm_block(int64_t K, const T* a, int64_t am, int64_t ak, const T* b, int64_t ldb, T* out, int64_t ldo,
+                       bool accumulate, int64_t rem) {
+  constexpr int64_t L = kLanes<T>;
+  constexpr int NT = NV + (TAIL ? 1 : 0);
+  vec<T> acc[MB][NT] = {};
+  for (int64_t k = 0; k < K; ++k) {
+    const T* row = b + k * ldb;
+    vec<T> bv[NT];
+    for (int v = 0; v < NV; ++v) bv[v] = loadu(row + v * L);
+    if constexpr (TAIL) bv[NV] = load_first(row + NV * L, rem);
+    for (int r = 0; r < MB; ++r) {
+      const vec<T> w = splat(a[r * am + k * ak]);
+      for (int v = 0; v < NT; ++v) acc[r][v] += w * bv[v];
+    }
+  }
+  for (int r = 0; r < MB; ++r) {
+    T* dst = out + r * ldo;
+    for (int v = 0; v < NV; ++v) storeu(dst + v * L, accumulate ? acc[r][v] + loadu(dst + v * L) : acc[r][v]);
+    if constexpr (TAIL) {
+      const vec<T> t = accumulate ? acc[r][NV] + load_first(dst + NV * L, rem) : acc[r][NV];
+      store_first(dst + NV * L, t, rem);
+    }
+  }
+}
+
+// All M rows of one block of NV (+ TAIL) vectors, kRowsAtOnce rows at a time.
+template <typename T, int NV, bool TAIL>
+void gemm_rows(int64_t M, int64_t K, const T* a, int64_t am, int64_t ak, const T* b, int64_t ldb, T* out,
+               int64_t ldo, bool accumulate, int64_t rem) {
+  int64_t m = 0;
+  for (; m + kRowsAtOnce <= M; m += kRowsAtOnce)
+    gemm_block<T, kRowsAtOnce, NV, TAIL>(K, a + m * am, am, ak, b, ldb, out + m * ldo, ldo, accumulate, rem);
+  for (; m < M; ++m) gemm_block<T, 1, NV, TAIL>(K, a + m * am, am, ak, b, ldb, out + m * ldo, ldo, accumulate, rem);
+}
 
 // out[m, :N] (+)= sum_k a[m*am + k*ak] * b[k*ldb + :N] for m < M, out rows ldo apart. a's two strides let
-// one routine take a table or its transpose.
+// one routine take a table or its transpose. Each output sums over k in order, whatever the blocking.
 template <typename T>
 void small_gemm(int64_t M, int64_t K, int64_t N, const T* a, int64_t am, int64_t ak, const T* b, int64_t ldb,
                 T* out, int64_t ldo, bool accumulate) {
   constexpr int64_t L = kLanes<T>;
   for (int64_t n0 = 0; n0 < N; n0 += kBlock * L) {
-    const int64_t nn = std::min(kBlock * L, N - n0), full = nn / L, rem = nn % L;
-    for (int64_t m = 0; m < M; ++m) {
-      vec<T> acc[kBlock] = {};
-      for (int64_t k = 0; k < K; ++k) {
-        const vec<T> w = splat(a[m * am + k * ak]);
-        const T* row = b + k * ldb + n0;
-#pragma GCC unroll 4
-        for (int64_t v = 0; v < kBlock; ++v) {
-          if (v < full) acc[v] += w * loadu(row + v * L);
-        }
-        if (rem) acc[full] += w * load_first(row + full * L, rem);
-      }
-      T* dst = out + m * ldo + n0;
-#pragma GCC unroll 4
-      for (int64_t v = 0; v < kBlock; ++v) {
-        if (v < full) storeu(dst + v * L, accumulate ? acc[v] + loadu(dst + v * L) : acc[v]);
-      }
-      if (rem) {
-        store_first(dst + full * L, accumulate ? acc[full] + load_first(dst + full * L, rem) : acc[full], rem);
-      }
+    const int64_t nn = std::min(kBlock * L, N - n0), rem = nn % L;
+    const T* bb = b + n0;
+    T* o = out + n0;
+    switch (nn / L * 2 + (rem ? 1 : 0)) {  // full vectors, and whether a partial one follows
+      case 8: gemm_rows<T, 4, false>(M, K, a, am, ak, bb, ldb, o, ldo, accumulate, rem); break;
+      case 7: gemm_rows<T, 3, true>(M, K, a, am, ak, bb, ldb, o, ldo, accumulate, rem); break;
+      case 6: gemm_rows<T, 3, false>(M, K, a, am, ak, bb, ldb, o, ldo, accumulate, rem); break;
+      case 5: gemm_rows<T, 2, true>(M, K, a, am, ak, bb, ldb, o, ldo, accumulate, rem); break;
+      case 4: gemm_rows<T, 2, false>(M, K, a, am, ak, bb, ldb, o, ldo, accumulate, rem); break;
+      case 3: gemm_rows<T, 1, true>(M, K, a, am, ak, bb, ldb, o, ldo, accumulate, rem); break;
+      case 2: gemm_rows<T, 1, false>(M, K, a, am, ak, bb, ldb, o, ldo, accumulate, rem); break;
+      default: gemm_rows<T, 0, true>(M, K, a, am, ak, bb, ldb, o, ldo, accumulate, rem); break;
     }
   }
 }
@@ -81,7 +113,10 @@ void dots(int64_t n, int64_t R, int64_t C, const T* x, int64_t xs, const T* y, i
           if (o < m) acc[o] += xv * (w == L ? loadu(yr + o * yo) : load_first(yr + o * yo, w));
         }
       }
-    for (int64_t o = 0; o < m; ++o) out[o0 + o] += acc[o];
+#pragma GCC unroll 8
+    for (int64_t o = 0; o < kDots; ++o) {
+      if (o < m) out[o0 + o] += acc[o];
+    }
   }
 }
 
@@ -92,28 +127,28 @@ struct Shape {
 
 Shape shape_of(const at::Tensor& z) { return {z.size(0), z.size(1), z.size(2), z.size(3), z.size(4)}; }
 
-// t[k,j,hh,:] = sum_l cols[hh,j,l] z[k,l,hh,:] for one image.
+// t[k*tk + j*tj + :C] = sum_l cols[hh,j,l] z[k,l,hh,:]: head hh's column mix of one image.
 template <typename T>
-void column_mix(const Shape& s, const T* z, const T* cols, T* t) {
+void column_mix(const Shape& s, const T* z, const T* cols, int64_t hh, T* t, int64_t tk, int64_t tj) {
   const int64_t rowlen = s.W * s.h * s.C;
   for (int64_t k = 0; k < s.H; ++k)
-    for (int64_t hh = 0; hh < s.h; ++hh)
-      small_gemm(s.W, s.W, s.C, cols + hh * s.W * s.W, s.W, int64_t{1}, z + k * rowlen + hh * s.C, s.h * s.C,
-                 t + k * rowlen + hh * s.C, s.h * s.C, false);
+    small_gemm(s.W, s.W, s.C, cols + hh * s.W * s.W, s.W, int64_t{1}, z + k * rowlen + hh * s.C, s.h * s.C,
+               t + k * tk, tj, false);
 }
 
 template <typename T>
 void forward_impl(const Shape& s, const T* z, const T* rows, const T* cols, T* y) {
+  const int64_t rowlen = s.W * s.h * s.C;
   at::parallel_for(0, s.B, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> t(s.image());
+    std::vector<T> t(s.image());  // t[k][j][hh][:], every head's column mix
     for (int64_t b = begin; b < end; ++b) {
       const T* zb = z + b * s.image();
       T* yb = y + b * s.H * s.W * s.C;
-      column_mix(s, zb, cols, t.data());
-      for (int64_t j = 0; j < s.W; ++j)  // y[:, j, :] = sum_hh rows[hh] @ t[:, j, hh, :]
+      for (int64_t hh = 0; hh < s.h; ++hh) column_mix(s, zb, cols, hh, t.data() + hh * s.C, rowlen, s.h * s.C);
+      for (int64_t j = 0; j < s.W; ++j)  // y[:, j, :] = sum_hh rows[hh] @ t[:, j, hh, :]: y's column stays in cache
         for (int64_t hh = 0; hh < s.h; ++hh)
-          small_gemm(s.H, s.H, s.C, rows + hh * s.H * s.H, s.H, int64_t{1}, t.data() + (j * s.h + hh) * s.C,
-                     s.W * s.h * s.C, yb + j * s.C, s.W * s.C, hh > 0);
+          small_gemm(s.H, s.H, s.C, rows + hh * s.H * s.H, s.H, int64_t{1}, t.data() + (j * s.h + hh) * s.C, rowlen,
+                     yb + j * s.C, s.W * s.C, hh > 0);
     }
   });
 }
@@ -121,36 +156,34 @@ void forward_impl(const Shape& s, const T* z, const T* rows, const T* cols, T* y
 template <typename T>
 void backward_impl(const Shape& s, const T* dy, const T* z, const T* rows, const T* cols, T* dz, T* drows,
                    T* dcols) {
-  const int64_t HH = s.h * s.H * s.H, WW = s.h * s.W * s.W, rowlen = s.W * s.h * s.C;
+  const int64_t HH = s.h * s.H * s.H, WW = s.h * s.W * s.W, rowlen = s.W * s.h * s.C, plane = s.H * s.W * s.C;
   // The table gradients of each chunk of images, lane by lane, kept by the chunk's first image and summed
   // in image order below: the same bits in every run with the same number of threads.
   std::vector<std::vector<vec<T>>> part(s.B);
   at::parallel_for(0, s.B, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> t(s.image()), sb(s.image());  // sb[hh][k][j][:]
+    std::vector<T> th(plane), sh(plane);  // one head's column mix of z and row mix of dy: cache-sized
     std::vector<vec<T>>& acc = part[begin];
     acc.assign(HH + WW, vec<T>{});
     vec<T>* pr = acc.data();
     vec<T>* pc = pr + HH;
     for (int64_t b = begin; b < end; ++b) {
       const T* zb = z + b * s.image();
-      const T* dyb = dy + b * s.H * s.W * s.C;
+      const T* dyb = dy + b * plane;
       T* dzb = dz + b * s.image();
-      for (int64_t hh = 0; hh < s.h; ++hh)  // s[hh] = rows[hh]^T @ dy (H x W C)
-        small_gemm(s.H, s.H, s.W * s.C, rows + hh * s.H * s.H, int64_t{1}, s.H, dyb, s.W * s.C,
-                   sb.data() + hh * s.H * s.W * s.C, s.W * s.C, false);
       for (int64_t hh = 0; hh < s.h; ++hh) {
-        const T* sh = sb.data() + hh * s.H * s.W * s.C;
-        for (int64_t k = 0; k < s.H; ++k)  // dz[k, :, hh, :] = cols[hh]^T @ s[hh, k]
-          small_gemm(s.W, s.W, s.C, cols + hh * s.W * s.W, int64_t{1}, s.W, sh + k * s.W * s.C, s.C,
+        // sh = rows[hh]^T @ dy (H x W C): sh[k][j][:] = sum_i rows[hh,i,k] dy[i,j,:]
+        small_gemm(s.H, s.H, s.W * s.C, rows + hh * s.H * s.H, int64_t{1}, s.H, dyb, s.W * s.C, sh.data(), s.W * s.C,
+                   false);
+        for (int64_t k = 0; k < s.H; ++k)  // dz[k, :, hh, :] = cols[hh]^T @ sh[k]
+          small_gemm(s.W, s.W, s.C, cols + hh * s.W * s.W, int64_t{1}, s.W, sh.data() + k * s.W * s.C, s.C,
                      dzb + k * rowlen + hh * s.C, s.h * s.C, false);
-        for (int64_t j = 0; j < s.W; ++j)  // dcols[hh, j, l] = sum_{k,c} s[hh,k,j,c] z[k,l,hh,c]
-          dots(s.W, s.H, s.C, sh + j * s.C, s.W * s.C, zb + hh * s.C, s.h * s.C, rowlen, pc + (hh * s.W + j) * s.W);
+        for (int64_t j = 0; j < s.W; ++j)  // dcols[hh, j, l] = sum_{k,c} sh[k,j,c] z[k,l,hh,c]
+          dots(s.W, s.H, s.C, sh.data() + j * s.C, s.W * s.C, zb + hh * s.C, s.h * s.C, rowlen,
+               pc + (hh * s.W + j) * s.W);
+        column_mix(s, zb, cols, hh, th.data(), s.W * s.C, s.C);
+        for (int64_t i = 0; i < s.H; ++i)  // drows[hh, i, k] = sum_{j,c} dy[i,j,c] th[k,j,c]
+          dots(s.H, s.W, s.C, dyb + i * s.W * s.C, s.C, th.data(), s.W * s.C, s.C, pr + (hh * s.H + i) * s.H);
       }
-      column_mix(s, zb, cols, t.data());
-      for (int64_t hh = 0; hh < s.h; ++hh)  // drows[hh, i, k] = sum_{j,c} dy[i,j,c] t[k,j,hh,c]
-        for (int64_t i = 0; i < s.H; ++i)
-          dots(s.H, s.W, s.C, dyb + i * s.W * s.C, s.C, t.data() + hh * s.C, rowlen, s.h * s.C,
-               pr + (hh * s.H + i) * s.H);
     }
   });
   std::vector<vec<T>> total(HH + WW, vec<T>{});
