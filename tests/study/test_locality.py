@@ -89,10 +89,17 @@ def test_the_paragraph_follows_the_numbers():
     assert "the CNN leads by 4.0 points" in text
     assert "CNN fits its training images but tests at chance" in text
     text = locality.describe(_metrics((1.0, 0.96), (0.53, 0.54), cnn_fit=0.9)).text
-    assert "does not support the claim" in text and "level within the spread" in text
+    assert "cannot judge the claim" in text and "level within the spread" in text  # both at chance
+    assert "does not support the claim" in locality.describe(_metrics((1.0, 0.96), (0.8, 0.62))).text
     assert "CNN reaches 90.0% on its training images but tests at chance" in text
     m = _metrics((0.9, 0.97), (0.6, 0.9))
     assert "no advantage of locality" in locality.describe(m).text
+    both = locality.describe(_metrics((1.0, 0.94), (0.49, 0.51))).text
+    assert "cannot judge the claim" in both and "supports the claim" not in both
+    shrug = copy.deepcopy(_metrics((1.0, 0.94), (0.49, 0.51)))
+    shrug["rows"][3]["train_acc_mean"] = shrug["rows"][3]["train_acc_min"] = 0.5  # the ViT learned nothing
+    text = locality.describe(shrug).text
+    assert "ViT is at chance on its training images too (50.0%)" in text and "ViT reaches" not in text
     short = copy.deepcopy(m)
     short["rows"][1]["train_acc_min"] = 0.8  # the ViT did not fit shapes
     assert "ViT did not fit its training images (80.0% on its worst seed" in locality.describe(short).text

@@ -148,9 +148,7 @@ def window_attention2d_qkv(
     return _window_attention_torch(q, k, v, bias, win, shifts, scale, fused=path == "sdpa")
 
 
-def _record_kernel_macs(
-    shape: torch.Size, d_v: int, window: tuple[int, int], shift: tuple[int, int]
-) -> None:
+def _record_kernel_macs(shape: torch.Size, d_v: int, window: tuple[int, int], shift: tuple[int, int]) -> None:
     """q·k and p·v for every (query, key) pair of a window: Σ_windows n² = Σ_rows l² · Σ_cols l²."""
     B, H, W, heads, d = shape
     pairs = int(window_segments(H, window[0], shift[0])[:, 1].square().sum()) * int(

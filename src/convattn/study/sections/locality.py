@@ -197,7 +197,12 @@ def _task_sentence(m: dict[str, Any], task: str) -> str:
     )
     for r in (cnn, att):
         fitted = r["train_acc_min"] >= m["fitted_threshold"]
-        if _at_chance(r, chance):
+        if _at_chance(r, chance) and r["train_acc_mean"] < chance + CHANCE_MARGIN:
+            text += (
+                f" {r['model']} is at chance on its training images too ({r['train_acc_mean']:.1%}): it "
+                "learned nothing of the task at this budget."
+            )
+        elif _at_chance(r, chance):
             how = (
                 "fits its training images"
                 if fitted
@@ -222,7 +227,13 @@ def describe(m: dict[str, Any]) -> Description:
     )
 
     (local, local_noise), (far, far_noise) = _gap(m, "shapes"), _gap(m, "long_range")
-    if far > far_noise and local <= local_noise:
+    far_rows = _pair(m, "long_range")
+    if all(_at_chance(r, m["chance"]["long_range"]) for r in far_rows):
+        verdict = (
+            "Both models test at chance on long_range, so neither lead there measures anything: the run "
+            "cannot judge the claim at this budget."
+        )
+    elif far > far_noise and local <= local_noise:
         verdict = (
             "The run supports the claim: global attention wins where the label depends on far-apart "
             "pixels, and not where nearby pixels decide."
