@@ -1,10 +1,11 @@
 """The C++ CPU kernels: how they are built, when they run, and the autograd Functions around them.
 
 The kernels are one library of torch operators (torch.ops.convattn.*), built on the first use of any of
-them, once per machine, into torch's extension cache: one translation unit per kernel file, compiled in
-parallel, each including only the ATen headers it needs (`csrc/common.h`; torch/extension.h would
-double the time spent parsing headers, most of a build). The name carries a hash of the sources, the
-torch and Python versions and the CPU, so a changed source or machine rebuilds. The build runs under an
+them, once per machine, into torch's extension cache: three translation units (na2d, window, and the two
+small kernel files together), compiled in parallel, each including only the ATen headers it needs
+(`csrc/common.h`; torch/extension.h would double the time spent parsing headers, most of a build).
+The name carries a hash of the sources, the torch and Python versions and the CPU, so a changed source
+or machine rebuilds. The build runs under an
 OS lock that recovers torch's own lock file when a killed build left it behind. If no compiler is
 available the build fails once, a warning says so, and callers use the PyTorch path.
 Set CONVATTN_NO_KERNEL=1 to skip the kernels altogether.
@@ -63,8 +64,9 @@ _FUNCTIONS = {
     "posmix": ("forward", "backward"),
 }
 KERNELS = tuple(_FUNCTIONS)
-_SOURCES = tuple(_CSRC / f"{name}.cpp" for name in KERNELS)
-_HEADERS = (_CSRC / "common.h", _CSRC / "simd.h")
+# The translation units: the two small kernel files compile as one (small_kernels.cpp includes them).
+_SOURCES = (_CSRC / "na2d.cpp", _CSRC / "window.cpp", _CSRC / "small_kernels.cpp")
+_HEADERS = (_CSRC / "common.h", _CSRC / "simd.h", _CSRC / "dwconv.cpp", _CSRC / "posmix.cpp")
 
 
 def _cpu_id() -> str:
@@ -137,7 +139,7 @@ def _build() -> bool:
 
         folder = build_directory(name)
         with _build_lock(folder):
-            load(  # one translation unit per kernel file, compiled in parallel; registers torch.ops.convattn
+            load(  # three translation units, compiled in parallel; registers torch.ops.convattn
                 name=name,
                 sources=[str(path) for path in _SOURCES],
                 extra_cflags=["-O3", "-march=native", "-fopenmp", "-fopenmp-simd"],

@@ -168,7 +168,7 @@ std::vector<at::Tensor> image_dwconv_backward(at::Tensor dout, at::Tensor x, at:
 
 }  // namespace convattn_dwconv
 
-// torch.ops.convattn.dwconv_*: one translation unit per kernel file, built in parallel.
+// torch.ops.convattn.dwconv_*: compiled within small_kernels.cpp.
 TORCH_LIBRARY_FRAGMENT(convattn, m) {
   m.def("dwconv_forward", &convattn_dwconv::image_dwconv_forward);
   m.def("dwconv_backward", &convattn_dwconv::image_dwconv_backward);

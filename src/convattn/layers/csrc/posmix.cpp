@@ -223,7 +223,7 @@ std::vector<at::Tensor> posmix_backward(at::Tensor dy, at::Tensor z, at::Tensor 
 
 }  // namespace convattn_posmix
 
-// torch.ops.convattn.posmix_*: one translation unit per kernel file, built in parallel.
+// torch.ops.convattn.posmix_*: compiled within small_kernels.cpp.
 TORCH_LIBRARY_FRAGMENT(convattn, m) {
   m.def("posmix_forward", &convattn_posmix::posmix_forward);
   m.def("posmix_backward", &convattn_posmix::posmix_backward);
