@@ -362,6 +362,12 @@ class _WindowPackedFunction(torch.autograd.Function):
         return dqkv, dbias if want_bias else None, None
 
 
+def _segments(x: Tensor, window: tuple[int, int], shift: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """The row and column segments of the windows on x's (B, H, W, ...) map."""
+    H, W = x.shape[1:3]
+    return window_segments(H, window[0], shift[0]), window_segments(W, window[1], shift[1])
+
+
 def window_kernel(
     q: Tensor,
     k: Tensor,
@@ -373,8 +379,7 @@ def window_kernel(
 ) -> Tensor:
     """Swin window attention on checked (B, H, W, heads, d) tensors: attends within the per-axis
     segments directly, with no padding, roll or mask."""
-    H, W = q.shape[1:3]
-    segs = (window_segments(H, window[0], shift[0]), window_segments(W, window[1], shift[1]))
+    segs = _segments(q, window, shift)
     args = (q.contiguous(), k.contiguous(), v.contiguous(), _contiguous_or_empty(bias, q))
     if _tracks_grad(q, k, v, bias):
         return cast(Tensor, _WindowFunction.apply(*args, (segs, window, scale)))
@@ -387,8 +392,7 @@ def window_packed_kernel(
 ) -> Tensor:
     """`window_kernel` on a checked qkv (B, H, W, 3, heads, d): q, k and v are read where they lie (a
     1×1 projection's channels-last output needs no copies) and the backward writes one dqkv."""
-    H, W = qkv.shape[1:3]
-    segs = (window_segments(H, window[0], shift[0]), window_segments(W, window[1], shift[1]))
+    segs = _segments(qkv, window, shift)
     qkv, table = qkv.contiguous(), _contiguous_or_empty(bias, qkv)
     if _tracks_grad(qkv, bias):
         return cast(Tensor, _WindowPackedFunction.apply(qkv, table, (segs, window, scale)))

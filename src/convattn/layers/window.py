@@ -109,13 +109,7 @@ def window_attention2d(
             'torch' (batched matmuls, the oracle) or 'sdpa' (`scaled_dot_product_attention` with an
             additive mask: the fused path on accelerators).
     """
-    win, shifts = _check_inputs(q, k, v, window, shift, bias)
-    path = choose_backend(backend, q, "window", fused="sdpa")
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    if path == "kernel":
-        _record_kernel_macs(q.shape, v.shape[-1], win, shifts)
-        return window_kernel(q, k, v, bias, win, shifts, scale)
-    return _window_attention_torch(q, k, v, bias, win, shifts, scale, fused=path == "sdpa")
+    return _window_attention(q, k, v, None, window, shift, bias, scale, backend)
 
 
 def window_attention2d_qkv(
@@ -139,22 +133,35 @@ def window_attention2d_qkv(
     if qkv.shape[3] != 3:
         raise ValueError(f"qkv must be (B, H, W, 3, heads, d), got qkv.shape={tuple(qkv.shape)}")
     q, k, v = qkv.unbind(3)
+    return _window_attention(q, k, v, qkv, window, shift, bias, scale, backend)
+
+
+def _window_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    qkv: Tensor | None,
+    window: int | tuple[int, int],
+    shift: int | tuple[int, int],
+    bias: Tensor | None,
+    scale: float | None,
+    backend: str,
+) -> Tensor:
+    """Check, choose the path and run it; the kernel reads `qkv` in place when q, k, v are its views."""
     win, shifts = _check_inputs(q, k, v, window, shift, bias)
-    path = choose_backend(backend, qkv, "window", fused="sdpa")
+    path = choose_backend(backend, q, "window", fused="sdpa")
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if path == "kernel":
-        _record_kernel_macs(q.shape, v.shape[-1], win, shifts)
-        return window_packed_kernel(qkv, bias, win, shifts, scale)
+        # q·k and p·v for every (query, key) pair of a window: Σ_windows n² = Σ_rows l² · Σ_cols l².
+        B, H, W, heads = q.shape[:4]
+        pairs = int(window_segments(H, win[0], shifts[0])[:, 1].square().sum()) * int(
+            window_segments(W, win[1], shifts[1])[:, 1].square().sum()
+        )
+        record(B * heads * pairs * (q.shape[-1] + v.shape[-1]))
+        if qkv is not None:
+            return window_packed_kernel(qkv, bias, win, shifts, scale)
+        return window_kernel(q, k, v, bias, win, shifts, scale)
     return _window_attention_torch(q, k, v, bias, win, shifts, scale, fused=path == "sdpa")
-
-
-def _record_kernel_macs(shape: torch.Size, d_v: int, window: tuple[int, int], shift: tuple[int, int]) -> None:
-    """q·k and p·v for every (query, key) pair of a window: Σ_windows n² = Σ_rows l² · Σ_cols l²."""
-    B, H, W, heads, d = shape
-    pairs = int(window_segments(H, window[0], shift[0])[:, 1].square().sum()) * int(
-        window_segments(W, window[1], shift[1])[:, 1].square().sum()
-    )
-    record(B * heads * pairs * (d + d_v))
 
 
 def _window_attention_torch(
