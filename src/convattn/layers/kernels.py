@@ -1,7 +1,7 @@
 """The C++ CPU kernels: how they are built, when they run, and the autograd Functions around them.
 
 The kernels are one library of torch operators (torch.ops.convattn.*), built on the first use of any of
-them, once per machine, into torch's extension cache: three translation units (na2d, window, and the two
+them, once per machine, into torch's extension cache: three translation units (na2d, window, and the
 small kernel files together), compiled in parallel, each including only the ATen headers it needs
 (`csrc/common.h`; torch/extension.h would double the time spent parsing headers, most of a build).
 The name carries a hash of the sources, the torch and Python versions and the CPU, so a changed source
@@ -43,6 +43,7 @@ __all__ = [
     "KERNEL_DTYPES",
     "build_directory",
     "choose_backend",
+    "dropout_kernel",
     "image_dwconv_kernel",
     "library_name",
     "load_kernel",
@@ -62,11 +63,16 @@ _FUNCTIONS = {
     "window": ("forward", "backward"),
     "dwconv": ("forward", "backward"),
     "posmix": ("forward", "backward"),
+    "dropout": ("apply",),
 }
 KERNELS = tuple(_FUNCTIONS)
-# The translation units: the two small kernel files compile as one (small_kernels.cpp includes them).
+# The translation units: the small kernel files compile as one (small_kernels.cpp includes them).
 _SOURCES = (_CSRC / "na2d.cpp", _CSRC / "window.cpp", _CSRC / "small_kernels.cpp")
-_HEADERS = (_CSRC / "common.h", _CSRC / "simd.h", _CSRC / "dwconv.cpp", _CSRC / "posmix.cpp")
+_HEADERS = (
+    _CSRC / "common.h",
+    _CSRC / "simd.h",
+    *(_CSRC / f"{name}.cpp" for name in ("dwconv", "posmix", "dropout")),
+)
 
 
 def _cpu_id() -> str:
@@ -489,3 +495,28 @@ def position_mix_kernel(z: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
     if _tracks_grad(*args):
         return cast(Tensor, _PositionMixFunction.apply(*args))
     return cast(Tensor, _ext("posmix").forward(*args))
+
+
+# -- dropout with a counter-based mask (dropout.cpp) -------------------------------------------------
+
+
+class _DropoutFunction(torch.autograd.Function):
+    """The mask is a function of (seed, index): the backward applies it again to the output gradient."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, seed: int, threshold: int, scale: float, offset: int) -> Tensor:
+        ctx.mask = (seed, threshold, scale, offset)
+        return cast(Tensor, _ext("dropout").apply(x, seed, threshold, scale, offset))
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None, None]:
+        return dropout_kernel(grad, *ctx.mask), None, None, None, None
+
+
+def dropout_kernel(x: Tensor, seed: int, threshold: int, scale: float, offset: int = 0) -> Tensor:
+    """x * (scale where draw(seed, offset + i) >= threshold, else 0) for a checked float CPU x, element i
+    counted in x's row-major order (the draws of `convattn.layers.dropout`)."""
+    x = x.contiguous()
+    if _tracks_grad(x):
+        return cast(Tensor, _DropoutFunction.apply(x, seed, threshold, scale, offset))
+    return cast(Tensor, _ext("dropout").apply(x, seed, threshold, scale, offset))

@@ -20,6 +20,7 @@ from convattn.layers.pos_embed import sinusoidal_2d
 __all__ = [
     "additive_attention",
     "dot_product_attention",
+    "dropout_draw",
     "image_dwconv2d",
     "masked_softmax",
     "mhsa2d",
@@ -245,6 +246,21 @@ def position_mix(z: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
             weight = rows[:, i, :, None] * cols[:, j, None, :]  # (h, H, W): head h's weight on key (k, l)
             out[:, i, j] = torch.einsum("hkl,bklhc->bc", weight, z)
     return out
+
+
+def dropout_draw(index: int, seed: int) -> int:
+    """The 32-bit draw of element `index` in a dropout call with `seed`, in Python integers:
+    mix(mix(lo32(index) ^ s0) ^ hi32(index) ^ s1), mix being lowbias32 (xor-shift-multiply) mod 2³²."""
+
+    def mix(x: int) -> int:
+        x ^= x >> 16
+        x = (x * 0x7FEB352D) % 2**32
+        x ^= x >> 15
+        x = (x * 0x846CA68B) % 2**32
+        return x ^ (x >> 16)
+
+    s0, s1 = seed % 2**32, (seed >> 32) % 2**32
+    return mix(mix(index % 2**32 ^ s0) ^ (index >> 32) ^ s1)
 
 
 def _window_1d(i: int, n: int, k: int, dilation: int, border: str) -> list[tuple[int | None, int]]:
