@@ -105,6 +105,22 @@ def test_the_paragraph_follows_the_numbers():
     assert "ViT did not fit its training images (80.0% on its worst seed" in locality.describe(short).text
 
 
+def test_seeds_that_split_are_named_and_a_lead_within_their_spread_only_leans_toward_the_claim():
+    m = _metrics((1.0, 0.96), (0.5, 0.7))
+    cnn, vit = m["rows"][2], m["rows"][3]
+    cnn.update(test_acc_std=0.02, test_acc_min=0.48, test_acc_max=0.52, seeds_above_chance=0)
+    vit.update(test_acc_std=0.26, test_acc_min=0.5, test_acc_max=1.0, seeds_above_chance=2)
+    text = locality.describe(m).text
+    assert "ViT left chance on 2 of its 3 seeds (test 50.0% to 100.0%)" in text
+    assert "CNN left chance" not in text  # none of its seeds did: no split to name
+    assert "leans toward the claim without settling it" in text and "supports the claim" not in text
+    assert "within the spread over seeds (52.2)" in text  # 2·sqrt(0.02² + 0.26²)
+    cnn["seeds_above_chance"] = 1  # the CNN, too, left chance once: no lean
+    assert "does not support the claim" in locality.describe(m).text
+    vit.update(test_acc_std=0.01, seeds_above_chance=3)  # every seed learned, a lead beyond the spread
+    assert "supports the claim" in locality.describe(m).text
+
+
 def test_every_task_needs_seeds(tmp_path):
     with pytest.raises(ValueError, match="at least one seed for each"):
         locality.run(tmp_path, **CURVE, seeds={"shapes": (0,)}, quick=True)
