@@ -65,20 +65,22 @@ void matmul_rows(const T* A, int64_t lda, int64_t D, const T* BT, int64_t ldb, i
     }
 }
 
-// O[r][u*L..] = sum_{t < n} Wt[r*wr + t*wt] * X[t*ldx + u*L..] for r < kRows, u < NV.
-template <typename T, int NV>
+// O[r][u*L..] = sum_{t < n} Wt[r*wr + t*wt] * X[t*ldx + u*L..] for r < R, u < NV. The R * NV accumulators
+// are carried from one t to the next, so R * NV must cover the multiply-add's latency times its ports
+// (8 on current x86): one vector wide (NV = 1), blocks take 8 rows, where 4 ran at half the rate.
+template <typename T, int NV, int R = kRows>
 inline void wsum_block(const T* Wt, int64_t wr, int64_t wt, int64_t n, const T* X, int64_t ldx, T* O, int64_t ldo) {
   constexpr int64_t L = kLanes<T>;
-  vec<T> acc[kRows][NV] = {};
+  vec<T> acc[R][NV] = {};
   for (int64_t t = 0; t < n; ++t) {
     vec<T> x[NV];
     for (int u = 0; u < NV; ++u) x[u] = loadu(X + t * ldx + u * L);
-    for (int r = 0; r < kRows; ++r) {
+    for (int r = 0; r < R; ++r) {
       const vec<T> w = splat(Wt[r * wr + t * wt]);
       for (int u = 0; u < NV; ++u) acc[r][u] += w * x[u];
     }
   }
-  for (int r = 0; r < kRows; ++r)
+  for (int r = 0; r < R; ++r)
     for (int u = 0; u < NV; ++u) storeu(O + r * ldo + u * L, acc[r][u]);
 }
 
@@ -89,6 +91,13 @@ void weighted_rows(const T* Wt, int64_t wr, int64_t wt, int64_t n, const T* X, i
                    int64_t width, T* O, int64_t ldo) {
   constexpr int64_t L = kLanes<T>;
   const int64_t nv = width / L;
+  if (nv == 1) {  // one vector wide: 8-row blocks, then a 4-row one (nrows is a multiple of kRows)
+    int64_t i0 = 0;
+    for (; i0 + 2 * kRows <= nrows; i0 += 2 * kRows)
+      wsum_block<T, 1, 2 * kRows>(Wt + i0 * wr, wr, wt, n, X, ldx, O + i0 * ldo, ldo);
+    for (; i0 < nrows; i0 += kRows) wsum_block<T, 1>(Wt + i0 * wr, wr, wt, n, X, ldx, O + i0 * ldo, ldo);
+    return;
+  }
   for (int64_t i0 = 0; i0 < nrows; i0 += kRows)
     for (int64_t v0 = 0; v0 < nv; v0 += 4) {
       const T* w = Wt + i0 * wr;
@@ -108,7 +117,8 @@ void weighted_rows(const T* Wt, int64_t wr, int64_t wt, int64_t n, const T* X, i
 template <typename T>
 struct Shape {
   int64_t lr, lc, n, np, nq;
-  std::vector<T> bias;  // (NH, nq, np)
+  std::vector<T> bias;     // (NH, nq, np)
+  std::vector<int64_t> at;  // pixel t of the window, counted in pixels from its first: (t / lc) W + t % lc
 };
 
 struct Window {
@@ -165,7 +175,8 @@ Layout<T> make_layout(const at::Tensor& q, const at::Tensor& k, const at::Tensor
       int64_t id = 0;
       while (id < static_cast<int64_t>(lay.shapes.size()) && (lay.shapes[id].lr != lr || lay.shapes[id].lc != lc)) ++id;
       if (id == static_cast<int64_t>(lay.shapes.size())) {
-        Shape<T> s{lr, lc, lr * lc, round_up(lr * lc, L), round_up(lr * lc, kRows), {}};
+        Shape<T> s{lr, lc, lr * lc, round_up(lr * lc, L), round_up(lr * lc, kRows), {}, {}};
+        for (int64_t t = 0; t < s.n; ++t) s.at.push_back(t / lc * lay.W + t % lc);
         s.bias.assign(lay.NH * s.nq * s.np, T(0));
         for (int64_t h = 0; h < lay.NH; ++h)
           for (int64_t i = 0; i < s.n; ++i) {
@@ -204,10 +215,11 @@ template <typename T>
 void gather_rows(const T* x, Pix p, const Layout<T>& lay, const Window& w, const Shape<T>& s, int64_t b,
                  int64_t h, T mul, int64_t rows, int64_t ld, T* buf) {
   const int64_t d = p.d;
+  const T* first = x + pixel(lay, p, b, w.r0, w.c0, h);
   for (int64_t t = 0; t < s.n; ++t) {
     T* dst = buf + t * ld;
-    copy_scaled(x + pixel(lay, p, b, w.r0 + t / s.lc, w.c0 + t % s.lc, h), d, mul, dst);
-    std::fill(dst + d, dst + ld, T(0));
+    copy_scaled(first + s.at[t] * p.ps, d, mul, dst);
+    if (ld > d) std::fill(dst + d, dst + ld, T(0));  // (an empty fill still called memset, per pixel)
   }
   std::fill(buf + s.n * ld, buf + rows * ld, T(0));
 }
@@ -221,9 +233,10 @@ void gather_cols(const T* x, Pix p, const Layout<T>& lay, const Window& w, const
   const int64_t d = p.d;
   const T* src[L];
   const int64_t ct = (d / L) * L;
+  const T* first = x + pixel(lay, p, b, w.r0, w.c0, h);
   for (int64_t t0 = 0; t0 < s.n; t0 += L) {
     const int64_t m = std::min(L, s.n - t0);
-    for (int64_t l = 0; l < m; ++l) src[l] = x + pixel(lay, p, b, w.r0 + (t0 + l) / s.lc, w.c0 + (t0 + l) % s.lc, h);
+    for (int64_t l = 0; l < m; ++l) src[l] = first + s.at[t0 + l] * p.ps;
     int64_t c = 0;
     if (m == L)
       for (; c < ct; c += L) {
@@ -242,8 +255,8 @@ void gather_cols(const T* x, Pix p, const Layout<T>& lay, const Window& w, const
 template <typename T>
 void scatter_rows(const T* buf, int64_t ld, Pix p, T mul, const Layout<T>& lay, const Window& w,
                   const Shape<T>& s, int64_t b, int64_t h, T* x) {
-  for (int64_t t = 0; t < s.n; ++t)
-    copy_scaled(buf + t * ld, p.d, mul, x + pixel(lay, p, b, w.r0 + t / s.lc, w.c0 + t % s.lc, h));
+  T* first = x + pixel(lay, p, b, w.r0, w.c0, h);
+  for (int64_t t = 0; t < s.n; ++t) copy_scaled(buf + t * ld, p.d, mul, first + s.at[t] * p.ps);
 }
 
 template <typename T>
