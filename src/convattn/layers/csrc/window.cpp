@@ -118,7 +118,8 @@ template <typename T>
 struct Shape {
   int64_t lr, lc, n, np, nq;
   std::vector<T> bias;     // (NH, nq, np)
-  std::vector<int64_t> at;  // pixel t of the window, counted in pixels from its first: (t / lc) W + t % lc
+  std::vector<int64_t> row, col;  // pixel t of the window: its row t / lc and column t % lc in the window
+  std::vector<int64_t> at;        // ... and its offset in pixels of the image from the window's first
 };
 
 struct Window {
@@ -175,14 +176,15 @@ Layout<T> make_layout(const at::Tensor& q, const at::Tensor& k, const at::Tensor
       int64_t id = 0;
       while (id < static_cast<int64_t>(lay.shapes.size()) && (lay.shapes[id].lr != lr || lay.shapes[id].lc != lc)) ++id;
       if (id == static_cast<int64_t>(lay.shapes.size())) {
-        Shape<T> s{lr, lc, lr * lc, round_up(lr * lc, L), round_up(lr * lc, kRows), {}, {}};
-        for (int64_t t = 0; t < s.n; ++t) s.at.push_back(t / lc * lay.W + t % lc);
+        Shape<T> s{lr, lc, lr * lc, round_up(lr * lc, L), round_up(lr * lc, kRows), {}, {}, {}, {}};
+        for (int64_t r = 0; r < lr; ++r)
+          for (int64_t c = 0; c < lc; ++c) s.row.push_back(r), s.col.push_back(c), s.at.push_back(r * lay.W + c);
         s.bias.assign(lay.NH * s.nq * s.np, T(0));
         for (int64_t h = 0; h < lay.NH; ++h)
           for (int64_t i = 0; i < s.n; ++i) {
             T* row = s.bias.data() + (h * s.nq + i) * s.np;
             for (int64_t t = 0; t < s.n; ++t) {
-              const int64_t dr = t / lc - i / lc + wh - 1, dc = t % lc - i % lc + ww - 1;
+              const int64_t dr = s.row[t] - s.row[i] + wh - 1, dc = s.col[t] - s.col[i] + ww - 1;
               row[t] = bias ? bias[(h * TH + dr) * TW + dc] : T(0);
             }
             for (int64_t t = s.n; t < s.np; ++t) row[t] = -std::numeric_limits<T>::infinity();
@@ -216,9 +218,12 @@ void gather_rows(const T* x, Pix p, const Layout<T>& lay, const Window& w, const
                  int64_t h, T mul, int64_t rows, int64_t ld, T* buf) {
   const int64_t d = p.d;
   const T* first = x + pixel(lay, p, b, w.r0, w.c0, h);
+  const bool next = h + 1 < lay.NH;  // the next task is the next head: its channels follow these
   for (int64_t t = 0; t < s.n; ++t) {
     T* dst = buf + t * ld;
-    copy_scaled(first + s.at[t] * p.ps, d, mul, dst);
+    const T* src = first + s.at[t] * p.ps;
+    if (next) __builtin_prefetch(src + d);
+    copy_scaled(src, d, mul, dst);
     if (ld > d) std::fill(dst + d, dst + ld, T(0));  // (an empty fill still called memset, per pixel)
   }
   std::fill(buf + s.n * ld, buf + rows * ld, T(0));
@@ -237,6 +242,8 @@ void gather_cols(const T* x, Pix p, const Layout<T>& lay, const Window& w, const
   for (int64_t t0 = 0; t0 < s.n; t0 += L) {
     const int64_t m = std::min(L, s.n - t0);
     for (int64_t l = 0; l < m; ++l) src[l] = first + s.at[t0 + l] * p.ps;
+    if (h + 1 < lay.NH)
+      for (int64_t l = 0; l < m; ++l) __builtin_prefetch(src[l] + d);  // the next task's head
     int64_t c = 0;
     if (m == L)
       for (; c < ct; c += L) {
@@ -435,7 +442,7 @@ void backward_impl(const T* dout, const T* q, const T* k, const T* v, const T* p
         for (int64_t i = 0; i < s.n; ++i) {
           const T* row = per_thread[id].data() + (h * s.nq + i) * s.np;
           for (int64_t t = 0; t < s.n; ++t) {
-            const int64_t dr = t / s.lc - i / s.lc + lay.WH - 1, dc = t % s.lc - i % s.lc + lay.WW - 1;
+            const int64_t dr = s.row[t] - s.row[i] + lay.WH - 1, dc = s.col[t] - s.col[i] + lay.WW - 1;
             dbias[(h * TH + dr) * TW + dc] += row[t];
           }
         }
