@@ -130,7 +130,7 @@ BUDGETS = {
         centre_images=256,
         fit_conv_steps=2000,
         fit_conv_seeds=5,
-        # The ViT learns long_range after a plateau whose length depends on the seed (at chance for 4-13
+        # The ViT learns long_range after a plateau whose length depends on the seed (at chance for 4-12
         # epochs, then 65-100% at 16): one seed judged the seed, not the model.
         locality_seeds=3,
         bench=BenchConfig(sizes=(32,), repeats=7, warmup=2),
