@@ -50,6 +50,7 @@ from pathlib import Path
 
 import torch
 
+from convattn.data import coco_map as coco_map  # the module (its function shares its name), an attribute
 from convattn.data.augment import (
     Augment,
     augment_batch,
