@@ -38,3 +38,13 @@ def needs_kernel(name: str = "na2d") -> pytest.MarkDecorator:
     from convattn.layers.kernels import load_kernel
 
     return pytest.mark.skipif(load_kernel(name) is None, reason=f"the {name} C++ kernel did not build here")
+
+
+def assert_same_gradients(out: torch.Tensor, expected: torch.Tensor, inputs, atol: float) -> None:
+    """The gradients of `out` and `expected` with respect to `inputs`, under one random output
+    gradient, agree to within `atol` (absolute)."""
+    g = torch.randn_like(out)
+    got = torch.autograd.grad(out, inputs, g)
+    want = torch.autograd.grad(expected, inputs, g)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, atol=atol, rtol=0)

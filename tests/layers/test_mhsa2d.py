@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from conftest import needs_kernel
+from conftest import assert_same_gradients, needs_kernel
 from convattn.layers import reference as ref
 from convattn.layers.mhsa2d import ENCODINGS, MultiHeadSelfAttention2d, position_mix
 
@@ -333,11 +333,7 @@ def test_position_mix_matches_the_reference_forward_and_backward(backend, shape)
     out, expected = position_mix(z, rows, cols, backend=backend), ref.position_mix(z, rows, cols)
     assert out.shape == (B, H, W, C)
     torch.testing.assert_close(out, expected, atol=1e-12, rtol=0)
-    g = torch.randn_like(out)
-    got = torch.autograd.grad(out, (z, rows, cols), g)
-    want = torch.autograd.grad(expected, (z, rows, cols), g)
-    for a, b in zip(got, want, strict=True):
-        torch.testing.assert_close(a, b, atol=1e-11, rtol=0)
+    assert_same_gradients(out, expected, (z, rows, cols), atol=1e-11)
 
 
 @needs_kernel("posmix")

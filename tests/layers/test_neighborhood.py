@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 
-from conftest import needs_kernel
+from conftest import assert_same_gradients, needs_kernel
 from convattn.layers import reference as ref
 from convattn.layers.geometry import axis_windows
 from convattn.layers.kernels import choose_backend, load_kernel
@@ -50,12 +50,7 @@ def test_paths_match_reference_forward_and_backward(backend, border, size, kerne
     )
     expected = ref.neighborhood_attention2d(q, k, v, kernel, dilation, border, None, rel, bias)
     torch.testing.assert_close(out, expected, atol=1e-12, rtol=0)
-    g = torch.randn_like(out)
-    inputs = [q, k, v, rel, bias]
-    got = torch.autograd.grad(out, inputs, g)
-    want = torch.autograd.grad(expected, inputs, g)
-    for a, b in zip(got, want, strict=True):
-        torch.testing.assert_close(a, b, atol=1e-11, rtol=0)
+    assert_same_gradients(out, expected, (q, k, v, rel, bias), atol=1e-11)
 
 
 def test_shift_windows_stay_inside_and_mask_windows_centre_on_the_query():
