@@ -103,7 +103,7 @@ def test_auto_mixing_runs_the_path_its_rule_names(backend, monkeypatch):
     layer = MultiHeadSelfAttention2d(8, num_heads=3, encoding="quadratic", value_proj=False, backend=backend)
     calls = []
     monkeypatch.setattr(
-        layer, "_attend_kronecker", lambda x: calls.append("kronecker") or torch.zeros(1, 256, 8)
+        layer, "_attend_kronecker", lambda x, path: calls.append("kronecker") or torch.zeros(1, 256, 8)
     )
     monkeypatch.setattr(layer, "_attend_separable", lambda x: calls.append("rows") or torch.zeros(1, 256, 24))
     layer(torch.randn(1, 8, 16, 16))

@@ -5,9 +5,9 @@ them, once per machine, into torch's extension cache: three translation units (n
 small kernel files together), compiled in parallel, each including only the ATen headers it needs
 (`csrc/common.h`; torch/extension.h would double the time spent parsing headers, most of a build).
 The name carries a hash of the sources, the torch and Python versions and the CPU, so a changed source
-or machine rebuilds. The build runs under an
-OS lock that recovers torch's own lock file when a killed build left it behind. If no compiler is
-available the build fails once, a warning says so, and callers use the PyTorch path.
+or machine rebuilds. The build runs under an OS lock that recovers torch's own lock file when a killed
+build left it behind. If no compiler is available the build fails once, a warning says so, and callers
+use the PyTorch path.
 Set CONVATTN_NO_KERNEL=1 to skip the kernels altogether.
 
 Every operator with a kernel takes `backend=`: 'auto', 'kernel', 'torch', and for some an accelerator

@@ -354,14 +354,14 @@ class MultiHeadSelfAttention2d(nn.Module):
         out = torch.matmul(A_c[:, None], u)  # (h, 1, W, W) @ (B, h, H, W, d) -> (B, h, H, W, d): columns
         return out.permute(0, 2, 3, 1, 4).reshape(B, H * W, h * d)  # (B, T, h·d_v)
 
-    def _attend_kronecker(self, x: Tensor) -> Tensor:
+    def _attend_kronecker(self, x: Tensor, path: str) -> Tensor:
         """Separable position-only layers, output projection first: (B, C, H, W) -> (B, T, C_out).
 
         The output projection goes first, per head (z_h = v_h W_o^hᵀ, C_out wide), and the heads' T×T
         attentions A_h = A_r^h ⊗ A_c^h sum them, y = Σ_h A_h z_h (`position_mix`): in the C++ kernel as
         a row mix of a column mix, otherwise as one (T × T·h) product per image. Either way there are
         no small batched products and no head permutes, which is where the row-then-column mix spends
-        its time (see `kronecker_pays`).
+        its time (see `kronecker_pays`). `path` is the mix's backend, as `forward` chose it.
         """
         B, C, H, W = x.shape
         h, T, Co = self.num_heads, H * W, self.out_channels
@@ -374,7 +374,7 @@ class MultiHeadSelfAttention2d(nn.Module):
         else:
             v = self.W_v(tokens).view(B, T, h, self.value_dim)  # (B, T, h, d_v)
             z = torch.einsum("bthd,ohd->btho", v, W_o)  # (B, T, h, C_out)
-        y = position_mix(z.reshape(B, H, W, h, Co), A_r, A_c, backend=self.backend).view(B, T, Co)
+        y = position_mix(z.reshape(B, H, W, h, Co), A_r, A_c, backend=path).view(B, T, Co)
         return y if self.W_o.bias is None else y + self.W_o.bias
 
     def kronecker_pays(self, height: int, width: int, *, kernel: bool = False) -> bool:
@@ -403,9 +403,9 @@ class MultiHeadSelfAttention2d(nn.Module):
         B, _, H, W = x.shape
         separable = self.encoding in ("relative", "quadratic")
         if separable and not (self.training and self.attn_dropout > 0):
-            kernel = choose_backend(self.backend, x, "posmix") == "kernel"
-            if self.kronecker_pays(H, W, kernel=kernel):
-                out = self._attend_kronecker(x)  # (B, T, C_out)
+            path = choose_backend(self.backend, x, "posmix")  # chosen once, for the rule and the mix
+            if self.kronecker_pays(H, W, kernel=path == "kernel"):
+                out = self._attend_kronecker(x, path)  # (B, T, C_out)
             else:
                 out = self.W_o(self._attend_separable(x))  # (B, T, h·d_v) -> (B, T, C_out)
         else:
