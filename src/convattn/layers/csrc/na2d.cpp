@@ -97,6 +97,10 @@ void to_slab(const T* x, int64_t C, const Geometry& g, int64_t b, int64_t h, int
       const int64_t n = std::min(L, g.W - j0);
       for (int64_t c0 = 0; c0 < C; c0 += L) {
         const int64_t m = std::min(L, C - c0);
+        if (n == L && m == L) {  // a full tile: plain loads and stores
+          transpose_copy(src + j0 * stride + c0, stride, dst + c0 * g.Wp + j0, g.Wp);
+          continue;
+        }
         // Loops of constant length with the bounds as conditions: the tile stays in registers.
 #pragma GCC unroll 16
         for (int64_t l = 0; l < L; ++l) tile[l] = l < n ? load_first(src + (j0 + l) * stride + c0, m) : vec<T>{};
@@ -147,12 +151,16 @@ std::pair<int64_t, int64_t> key_rows(const Tables& tb, const Geometry& g, int64_
 struct Task {
   int64_t b, h, i0, i1, kr0;
 };
+Task task_of(const Tables& tb, const Geometry& g, const Split& sp, int64_t task) {
+  const int64_t b = task / (g.NH * sp.nchunks), h = (task / sp.nchunks) % g.NH;
+  const int64_t i0 = (task % sp.nchunks) * sp.chunk, i1 = std::min(g.H, i0 + sp.chunk);
+  return {b, h, i0, i1, key_rows(tb, g, i0, i1).first};
+}
 template <typename T>
 Task load_key_slabs(const T* k, const T* v, const Tables& tb, const Geometry& g, const Split& sp, int64_t task,
                     std::vector<T>& Kslab, std::vector<T>& Vslab) {
-  const int64_t b = task / (g.NH * sp.nchunks), h = (task / sp.nchunks) % g.NH;
-  const int64_t i0 = (task % sp.nchunks) * sp.chunk, i1 = std::min(g.H, i0 + sp.chunk);
-  const auto [kr0, kr1] = key_rows(tb, g, i0, i1);
+  const auto [b, h, i0, i1, kr0] = task_of(tb, g, sp, task);
+  const int64_t kr1 = key_rows(tb, g, i0, i1).second;
   if (k) {  // null for the weighted sums with given weights, which read values only
     prepare_slab(Kslab, kr1 - kr0, g.D, g);
     to_slab(k, g.D, g, b, h, kr0, kr1, Kslab.data());
@@ -161,6 +169,40 @@ Task load_key_slabs(const T* k, const T* v, const Tables& tb, const Geometry& g,
   to_slab(v, g.DV, g, b, h, kr0, kr1, Vslab.data());
   return {b, h, i0, i1, kr0};
 }
+
+// Software prefetch of the next task's rows of head h, spread over this task's blocks. The kernel reads each
+// input element once, so its rows come from memory, not cache: on their own the slab copies stall on
+// every load (to_slab ran 4x slower from memory than from cache). Requested a few pixels per block, the
+// next task's rows load while this task computes.
+template <typename T>
+struct RowPrefetch {
+  struct Stream {
+    const char* first;  // head h of the first pixel
+    int64_t pixels, done;
+  };
+  Stream streams[3] = {};
+  int64_t nstreams = 0, stride = 0, lines = 0;  // pixel stride in bytes; cache lines per pixel's head
+
+  // Rows [r0, r1) of head h of image b of heads-last x (B, H, W, NH, C); null x adds nothing.
+  void add(const T* x, int64_t C, const Geometry& g, int64_t b, int64_t h, int64_t r0, int64_t r1) {
+    if (!x || r1 <= r0) return;
+    stride = g.NH * C * static_cast<int64_t>(sizeof(T));
+    lines = (C * static_cast<int64_t>(sizeof(T)) + 63) / 64;
+    const T* first = x + ((b * g.H + r0) * g.W * g.NH + h) * C;
+    streams[nstreams++] = {reinterpret_cast<const char*>(first), (r1 - r0) * g.W, 0};
+  }
+  // Request the next `count` pixels of every stream.
+  void advance(int64_t count) {
+    for (int64_t s = 0; s < nstreams; ++s) {
+      Stream& st = streams[s];
+      const int64_t end = std::min(st.pixels, st.done + count);
+      for (int64_t p = st.done; p < end; ++p)
+        for (int64_t l = 0; l < lines; ++l) __builtin_prefetch(st.first + p * stride + l * 64, 0, 2);
+      st.done = end;
+    }
+  }
+  int64_t pixels() const { return nstreams ? streams[0].pixels : 0; }
+};
 
 // Query rows [lo, hi) whose windows reach key rows [k0, k1), from the inverse row table.
 std::pair<int64_t, int64_t> query_rows(const int64_t* r_inv, int64_t mr, int64_t H, int64_t k0, int64_t k1) {
@@ -532,6 +574,15 @@ void forward_impl(const T* q, const T* k, const T* v, const T* rel, const T* bia
     std::vector<const T*> ptr(g.K), rows(g.KH + 1);
     for (int64_t task = begin; task < end; ++task) {
       const auto [b, h, i0, i1, kr0] = load_key_slabs(k, v, tb, g, sp, task, Kslab, Vslab);
+      RowPrefetch<T> pf;
+      if (task + 1 < end) {  // the next task's queries, keys and values
+        const Task nx = task_of(tb, g, sp, task + 1);
+        const auto [nk0, nk1] = key_rows(tb, g, nx.i0, nx.i1);
+        pf.add(k, g.D, g, nx.b, nx.h, nk0, nk1);
+        pf.add(v, g.DV, g, nx.b, nx.h, nk0, nk1);
+        pf.add(q, g.D, g, nx.b, nx.h, nx.i0, nx.i1);
+      }
+      const int64_t pf_step = (pf.pixels() + (i1 - i0) * nb - 1) / ((i1 - i0) * nb);  // per row and block
       for (int64_t i = i0; i < i1; ++i) {
         if (pairable(tb, g, fixed, i, i1)) {  // rows i and i + 1 together
           to_slab(q, g.D, g, b, h, i, i + 2, Qt.data());
@@ -556,6 +607,7 @@ void forward_impl(const T* q, const T* k, const T* v, const T* rel, const T* bia
             weigh_slots_pair(S.data(), S2.data(), rows.data(), base, g.KH, g.KW, g.DV, g.Wp, O.data(), O2.data());
             store_block(O.data(), g.DV, g, b, h, i, j0, n, out);
             store_block(O2.data(), g.DV, g, b, h, i + 1, j0, n, out);
+            pf.advance(2 * pf_step);
           }
           if (probs) zero_pads(probs, g, b, h, i), zero_pads(probs, g, b, h, i + 1);
           ++i;
@@ -572,6 +624,7 @@ void forward_impl(const T* q, const T* k, const T* v, const T* rel, const T* bia
           std::fill(O.begin(), O.end(), vec<T>{});
           block_gather(S.data(), Vslab.data() + g.PL, kr0, g.DV, tb, g, i, jb, n, ptr.data(), O.data());
           store_block(O.data(), g.DV, g, b, h, i, j0, n, out);
+          pf.advance(pf_step);
         }
         if (probs) zero_pads(probs, g, b, h, i);
       }

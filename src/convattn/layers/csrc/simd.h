@@ -196,12 +196,80 @@ inline void swap_blocks(vec<T>* r) {
     r[i + B] = __builtin_shuffle(a, b, hi);
   }
 }
+#if defined(__AVX512F__)
+// 16x16 floats with AVX-512: in-lane unpacks and shuffles for the first two stages, 128-bit lane
+// shuffles for the last two. Every instruction takes two sources and writes a third register, so the
+// tile and its temporaries stay in registers (the generic stages compile to vpermt2ps, which overwrites
+// a source, plus register copies and spills). Column n ends in a[4 (n / 4) + s(n % 4)], s swapping 1
+// and 2: the second stage's shuffles put columns 1 and 2 of every 4 in each other's places.
+inline void transpose16x16(__m512* a) {
+  __m512 b[16];
+#pragma GCC unroll 16
+  for (int i = 0; i < 16; i += 2) {  // pairs of rows: 2x2 blocks of single floats
+    b[i] = _mm512_unpacklo_ps(a[i], a[i + 1]);
+    b[i + 1] = _mm512_unpackhi_ps(a[i], a[i + 1]);
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < 16; i += 4)  // 2x2 blocks of float pairs
+#pragma GCC unroll 2
+    for (int j = 0; j < 2; ++j) {
+      a[i + j] = _mm512_shuffle_ps(b[i + j], b[i + j + 2], 0x44);
+      a[i + j + 2] = _mm512_shuffle_ps(b[i + j], b[i + j + 2], 0xEE);
+    }
+#pragma GCC unroll 16
+  for (int i = 0; i < 16; i += 8)  // 2x2 blocks of 128-bit lanes
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j) {
+      b[i + j] = _mm512_shuffle_f32x4(a[i + j], a[i + j + 4], 0x88);
+      b[i + j + 4] = _mm512_shuffle_f32x4(a[i + j], a[i + j + 4], 0xDD);
+    }
+#pragma GCC unroll 8
+  for (int j = 0; j < 8; ++j) {  // 2x2 blocks of 256-bit halves
+    a[j] = _mm512_shuffle_f32x4(b[j], b[j + 8], 0x88);
+    a[j + 8] = _mm512_shuffle_f32x4(b[j], b[j + 8], 0xDD);
+  }
+}
+constexpr int kTransposedRow[16] = {0, 2, 1, 3, 4, 6, 5, 7, 8, 10, 9, 11, 12, 14, 13, 15};
+#endif
+
 template <typename T>
 inline void transpose_tile(vec<T>* r) {
+#if defined(__AVX512F__)
+  if constexpr (sizeof(T) == 4) {
+    __m512 a[16];
+    for (int i = 0; i < 16; ++i) std::memcpy(&a[i], &r[i], sizeof(__m512));
+    transpose16x16(a);
+    for (int i = 0; i < 16; ++i) std::memcpy(&r[i], &a[kTransposedRow[i]], sizeof(__m512));
+    return;
+  }
+#endif
   if constexpr (kLanes<T> >= 16) swap_blocks<T, 8>(r);
   if constexpr (kLanes<T> >= 8) swap_blocks<T, 4>(r);
   if constexpr (kLanes<T> >= 4) swap_blocks<T, 2>(r);
   swap_blocks<T, 1>(r);
+}
+
+// dst[c * dst_stride + l] = src[l * src_stride + c] for a full L×L tile, the tile in registers.
+template <typename T>
+inline void transpose_copy(const T* src, int64_t src_stride, T* dst, int64_t dst_stride) {
+#if defined(__AVX512F__)
+  if constexpr (sizeof(T) == 4) {
+    __m512 a[16];
+#pragma GCC unroll 16
+    for (int l = 0; l < 16; ++l) a[l] = _mm512_loadu_ps(src + l * src_stride);
+    transpose16x16(a);
+#pragma GCC unroll 16
+    for (int c = 0; c < 16; ++c) _mm512_storeu_ps(dst + c * dst_stride, a[kTransposedRow[c]]);
+    return;
+  }
+#endif
+  constexpr int64_t L = kLanes<T>;
+  vec<T> tile[L];
+#pragma GCC unroll 16
+  for (int64_t l = 0; l < L; ++l) tile[l] = loadu(src + l * src_stride);
+  transpose_tile<T>(tile);
+#pragma GCC unroll 16
+  for (int64_t c = 0; c < L; ++c) storeu(dst + c * dst_stride, tile[c]);
 }
 
 }  // namespace convattn_simd
