@@ -307,7 +307,10 @@ def na2d_kernel(
     border: str,
     scale: float,
 ) -> Tensor:
-    """Neighbourhood attention on checked heads-last (B, H, W, heads, d) tensors, by the C++ kernel."""
+    """Neighbourhood attention on checked heads-last (B, H, W, heads, d) tensors, by the C++ kernel.
+
+    rel is a full (2k_h-1, 2k_w-1, heads, d) table or a split one, (2k_h-1 + 2k_w-1, heads, d): its
+    rows then its columns, the embedding of an offset the sum of its row and its column."""
     geometry = (kernel_size, dilation, border, scale)
     args = (
         q.contiguous(),

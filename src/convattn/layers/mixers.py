@@ -330,14 +330,17 @@ class SASA(nn.Module):
 
     def rel_table(self) -> Tensor:
         """(2k-1, 2k-1, heads, d) table of [row(δ_r), col(δ_c)], zero at offsets the border never uses."""
+        rel_h, rel_w = self.rel_hw()
+        return rel_h[:, None] + rel_w[None, :]
+
+    def rel_hw(self) -> tuple[Tensor, Tensor]:
+        """The table's rows and columns, each (2k-1, heads, d): [row(δ_r), 0] and [0, col(δ_c)]: the
+        decomposed form `neighborhood_attention2d` takes (k + k dot products per query, not k²)."""
         k, n = self.k, self.rel_row.shape[0]
-        pad = (2 * k - 1 - n) // 2
-        rows = F.pad(self.rel_row, (0, 0, pad, pad))  # (2k-1, out/2)
-        cols = F.pad(self.rel_col, (0, 0, pad, pad))
-        table = torch.cat(
-            [rows[:, None].expand(-1, 2 * k - 1, -1), cols[None, :].expand(2 * k - 1, -1, -1)], dim=-1
-        )  # (2k-1, 2k-1, out)
-        return table.reshape(2 * k - 1, 2 * k - 1, self.heads, self.d)
+        pad, half, rest = (2 * k - 1 - n) // 2, self.rel_row.shape[1], self.rel_col.shape[1]
+        rows = F.pad(self.rel_row, (0, rest, pad, pad))  # (2k-1, out): the column half zero
+        cols = F.pad(self.rel_col, (half, 0, pad, pad))  # (2k-1, out): the row half zero
+        return rows.view(2 * k - 1, self.heads, self.d), cols.view(2 * k - 1, self.heads, self.d)
 
     def aggregate(self, xw: Tensor, xv: Tensor) -> Tensor:
         """Attention weights from xw's queries and keys, applied to xv as the values."""
@@ -350,7 +353,7 @@ class SASA(nn.Module):
             _to_heads(v, self.heads),
             self.k,
             dilation=self.dilation,
-            rel=self.rel_table(),
+            rel_hw=self.rel_hw(),
             border=self.border,
             scale=self.scale,
         )

@@ -104,6 +104,7 @@ def _check_inputs(
     rel: Tensor | None,
     bias: Tensor | None,
     border: str,
+    rel_hw: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[tuple[int, int], tuple[int, int]]:
     for name, x in (("q", q), ("k", k), ("v", v)):
         check_tensor(name, x, 5)
@@ -130,6 +131,17 @@ def _check_inputs(
         raise ValueError(
             f"rel must be (2k_h-1, 2k_w-1, heads, d)={(*table, heads, d)}, got rel.shape={tuple(rel.shape)}"
         )
+    if rel_hw is not None:
+        if rel is not None:
+            raise ValueError("give rel (a full table) or rel_hw (its rows and columns), not both")
+        if not isinstance(rel_hw, (tuple, list)) or len(rel_hw) != 2:
+            raise TypeError(f"rel_hw must be a pair (rel_h, rel_w) of tensors, got {type(rel_hw).__name__}")
+        for name, t, n in (("rel_h", rel_hw[0], table[0]), ("rel_w", rel_hw[1], table[1])):
+            check_tensor(name, t, 3)
+            if tuple(t.shape) != (n, heads, d):
+                raise ValueError(f"{name} must be ({n}, heads, d)={(n, heads, d)}, got {name}.shape={tuple(t.shape)}")
+            if t.dtype != q.dtype:
+                raise TypeError(f"{name} must have q's dtype {q.dtype}, got {t.dtype}")
     if bias is not None and tuple(bias.shape) != (heads, *table):
         raise ValueError(
             f"bias must be (heads, 2k_h-1, 2k_w-1)={(heads, *table)}, got bias.shape={tuple(bias.shape)}"
@@ -211,6 +223,7 @@ def neighborhood_attention2d(
     *,
     dilation: int | tuple[int, int] = 1,
     rel: Tensor | None = None,
+    rel_hw: tuple[Tensor, Tensor] | None = None,
     bias: Tensor | None = None,
     border: str = "mask",
     scale: float | None = None,
@@ -225,6 +238,10 @@ def neighborhood_attention2d(
         kernel_size: odd k or (k_h, k_w): the window.
         dilation: δ or (δ_h, δ_w): spacing of the window's keys.
         rel: optional (2k_h-1, 2k_w-1, heads, d) relative embeddings: adds q·rel[offset] (SASA).
+        rel_hw: optional decomposed embeddings (rel_h, rel_w), (2k_h-1, heads, d) and (2k_w-1, heads, d):
+            the table rel[δ_r, δ_c] = rel_h[δ_r] + rel_w[δ_c] (MViTv2's decomposed form; SASA's row and
+            column halves are the case where they fill disjoint channels). The kernel then computes
+            k_h + k_w dot products per query for it, not k_h·k_w. Not together with rel.
         bias: optional (heads, 2k_h-1, 2k_w-1) relative position bias (Swin / NATTEN).
         border: 'mask', 'zeros' or 'shift' (see `convattn.layers.geometry`).
         scale: multiplies q·k (default d^-0.5); rel and bias terms are not scaled.
@@ -234,14 +251,18 @@ def neighborhood_attention2d(
     Returns:
         (B, H, W, heads, d_v).
     """
-    ks, dil = _check_inputs(q, k, v, kernel_size, dilation, rel, bias, border)
+    ks, dil = _check_inputs(q, k, v, kernel_size, dilation, rel, bias, border, rel_hw)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     B, H, W, heads, d = q.shape
     slots = ks[0] * ks[1]
-    record(B * H * W * heads * slots * (d + v.shape[-1] + (d if rel is not None else 0)))
+    rel_macs = slots * d if rel is not None else (ks[0] + ks[1]) * d if rel_hw is not None else 0
+    record(B * H * W * heads * (slots * (d + v.shape[-1]) + rel_macs))
     path = choose_backend(backend, q, "na2d", fused="flex", fused_auto=border != "zeros")
+    if path == "kernel":  # a split table, (2k_h-1 + 2k_w-1, heads, d): the kernel adds its rows and columns
+        split = None if rel_hw is None else torch.cat(list(rel_hw))
+        return na2d_kernel(q, k, v, rel if split is None else split, bias, ks, dil, border, scale)
+    if rel_hw is not None:
+        rel = rel_hw[0][:, None] + rel_hw[1][None, :]  # (2k_h-1, 2k_w-1, heads, d)
     if path == "flex":
         return neighborhood_attention2d_flex(q, k, v, ks, dil, border, scale, rel, bias)
-    if path == "kernel":
-        return na2d_kernel(q, k, v, rel, bias, ks, dil, border, scale)
     return neighborhood_attention2d_torch(q, k, v, ks, dil, border, scale, rel, bias)

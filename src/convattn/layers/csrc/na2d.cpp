@@ -27,6 +27,10 @@ using namespace convattn_simd;
 struct Geometry {
   int64_t B, H, W, NH, D, DV, KH, KW, K, TH, TW;  // TH, TW: rel/bias table sides (2k - 1)
   int64_t PL, Wp;  // left padding and row stride of the transposed slabs (column j at j + PL)
+  // rel is (TH, TW, NH, D), or split into rows and columns: (TH + TW, NH, D), the embedding of offset
+  // (oa, ob) the sum of its rows oa and TH + ob (decomposed relative embeddings).
+  bool split_rel = false;
+  int64_t rel_numel() const { return (split_rel ? TH + TW : TH * TW) * NH * D; }
 };
 
 struct Tables {
@@ -220,6 +224,35 @@ inline const T* rel_at(const T* rel, const Geometry& g, int64_t oa, int64_t ob, 
   return rel + ((oa * g.TW + ob) * g.NH + h) * g.D;
 }
 
+// Element offsets in rel of the rows whose sum is the embedding of offset (oa, ob) for head h: one in a
+// full table, two (its row and its column) in a split one. Returns how many.
+inline int rel_rows(const Geometry& g, int64_t oa, int64_t ob, int64_t h, int64_t* at) {
+  if (!g.split_rel) {
+    at[0] = ((oa * g.TW + ob) * g.NH + h) * g.D;
+    return 1;
+  }
+  at[0] = (oa * g.NH + h) * g.D;
+  at[1] = ((g.TH + ob) * g.NH + h) * g.D;
+  return 2;
+}
+
+// Fixed windows (slot a, b at offset a + KH / 2, b + KW / 2): where embedding term u of head h starts, u
+// a slot of a full table, or a row (u < KH) or column (KH + b) of a split one.
+inline int64_t fixed_rel_at(const Geometry& g, int64_t u, int64_t h) {
+  if (g.split_rel) return ((u < g.KH ? u + g.KH / 2 : g.TH + u - g.KH + g.KW / 2) * g.NH + h) * g.D;
+  return (((u / g.KW + g.KH / 2) * g.TW + u % g.KW + g.KW / 2) * g.NH + h) * g.D;
+}
+
+// q . rel(oa, ob) for one query whose channel c is at Q[c * Wp] (the per-lane paths at the borders).
+template <typename T>
+T rel_dot(const T* rel, const Geometry& g, int64_t oa, int64_t ob, int64_t h, const T* Q) {
+  int64_t at[2];
+  T acc = 0;
+  for (int r = 0, n = rel_rows(g, oa, ob, h, at); r < n; ++r)
+    for (int64_t c = 0; c < g.D; ++c) acc += Q[c * g.Wp] * rel[at[r] + c];
+  return acc;
+}
+
 // Slots of one block of queries: the slab row pointer of each slot's keys/values at lane 0, or null where
 // the block reads nothing contiguous (row outside the image, or a border block of border='shift').
 template <typename T>
@@ -399,15 +432,53 @@ void pair_rows(const T* slab, int64_t kr0, int64_t C, const Tables& tb, const Ge
   }
 }
 
+// R[t] += q . r[t] for the n rows r[t] of a table that are not null (lanes = the block's queries). The
+// channels go in chunks held in registers, each table value broadcast once per row: a row at a time,
+// every product would reload its query channel (three loads per multiply-add).
+template <typename T>
+void table_dots(const T* Qt, const T* const* r, int64_t n, const Geometry& g, int64_t j0, vec<T>* R) {
+  for (int64_t c0 = 0; c0 < g.D; c0 += kChunk) {
+    const int64_t cn = std::min(kChunk, g.D - c0);
+    vec<T> xv[kChunk] = {};
+    for (int64_t u = 0; u < cn; ++u) xv[u] = loadu(Qt + (c0 + u) * g.Wp + j0);
+    for (int64_t t = 0; t < n; ++t) {
+      const T* rt = r[t];
+      if (!rt) continue;
+      vec<T> acc = R[t];
+      if (cn == kChunk) {
+#pragma GCC unroll 8
+        for (int64_t u = 0; u < kChunk; ++u) acc += xv[u] * rt[c0 + u];
+      } else {
+        for (int64_t u = 0; u < cn; ++u) acc += xv[u] * rt[c0 + u];
+      }
+      R[t] = acc;
+    }
+  }
+}
+
 // R[t] = q . rel(offset of slot t) for the regular slots of one block (lanes = its queries), the rest
-// left as they are. The channels go in chunks held in registers, each rel value broadcast once per slot:
-// a slot at a time, every product would reload its query channel (three loads per multiply-add).
+// left as they are. A split table costs k_h + k_w dot products per query, not k_h k_w: one per row
+// offset and one per column offset, summed per slot.
 template <typename T>
 void rel_scores(const T* Qt, const T* rel, const Tables& tb, const Geometry& g, int64_t h, int64_t i, int64_t jb,
                 bool zeros, vec<T>* R) {
   thread_local std::vector<const T*> rp;
-  rp.assign(g.K, nullptr);
+  thread_local std::vector<vec<T>> parts;
   const int64_t j0 = jb * kLanes<T>;
+  if (g.split_rel) {  // parts: KH row terms, then KW column terms
+    rp.assign(g.KH + g.KW, nullptr);
+    parts.assign(g.KH + g.KW, vec<T>{});
+    for (int64_t a = 0; a < g.KH; ++a)
+      if (tb.r_ok[i * g.KH + a] || zeros) rp[a] = rel + (tb.r_off[i * g.KH + a] * g.NH + h) * g.D;
+    for (int64_t b = 0; b < g.KW; ++b)
+      if (tb.base[jb * g.KW + b] != kIrregular) rp[g.KH + b] = rel + ((g.TH + tb.c_off[j0 * g.KW + b]) * g.NH + h) * g.D;
+    table_dots(Qt, rp.data(), g.KH + g.KW, g, j0, parts.data());
+    for (int64_t a = 0; a < g.KH; ++a)
+      for (int64_t b = 0; b < g.KW; ++b)
+        if (rp[a] && rp[g.KH + b]) R[a * g.KW + b] = parts[a] + parts[g.KH + b];
+    return;
+  }
+  rp.assign(g.K, nullptr);
   for (int64_t a = 0; a < g.KH; ++a) {
     if (!tb.r_ok[i * g.KH + a] && !zeros) continue;
     const int64_t oa = tb.r_off[i * g.KH + a];
@@ -416,23 +487,7 @@ void rel_scores(const T* Qt, const T* rel, const Tables& tb, const Geometry& g, 
   }
   for (int64_t t = 0; t < g.K; ++t)
     if (rp[t]) R[t] = vec<T>{};
-  for (int64_t c0 = 0; c0 < g.D; c0 += kChunk) {
-    const int64_t cn = std::min(kChunk, g.D - c0);
-    vec<T> xv[kChunk] = {};
-    for (int64_t u = 0; u < cn; ++u) xv[u] = loadu(Qt + (c0 + u) * g.Wp + j0);
-    for (int64_t t = 0; t < g.K; ++t) {
-      const T* r = rp[t];
-      if (!r) continue;
-      vec<T> acc = R[t];
-      if (cn == kChunk) {
-#pragma GCC unroll 8
-        for (int64_t u = 0; u < kChunk; ++u) acc += xv[u] * r[c0 + u];
-      } else {
-        for (int64_t u = 0; u < cn; ++u) acc += xv[u] * r[c0 + u];
-      }
-      R[t] = acc;
-    }
-  }
+  table_dots(Qt, rp.data(), g.K, g, j0, R);
 }
 
 // Scores from the dot products of the regular slots already in S[t]: scale, rel, bias and border mask;
@@ -480,10 +535,7 @@ void finish_scores(const T* Qt, const T* Kslab, int64_t kr0, const T* rel, const
         if (inside)
           for (int64_t c = 0; c < g.D; ++c) acc += Qt[c * g.Wp + j] * Krow[c * g.Wp + cb];
         acc *= scale;
-        if (rel) {
-          const T* rv = rel_at(rel, g, oa, ob, h);
-          for (int64_t c = 0; c < g.D; ++c) acc += Qt[c * g.Wp + j] * rv[c];
-        }
+        if (rel) acc += rel_dot(rel, g, oa, ob, h, Qt + j);
         if (bias) acc += bias[(h * g.TH + oa) * g.TW + ob];
         s[l] = acc;
       }
@@ -640,7 +692,7 @@ void backward_queries(const T* dout, const T* q, const T* k, const T* v, const T
   constexpr int64_t L = kLanes<T>;
   const Split sp = split_rows(g);
   const int64_t nb = (g.W + L - 1) / L;
-  const int64_t nrel = drel ? g.TH * g.TW * g.NH * g.D : 0, nbias = dbias ? g.NH * g.TH * g.TW : 0;
+  const int64_t nrel = drel ? g.rel_numel() : 0, nbias = dbias ? g.NH * g.TH * g.TW : 0;
   std::vector<std::vector<T>> rel_parts(at::get_num_threads(), std::vector<T>(nrel, T(0)));
   std::vector<std::vector<T>> bias_parts(at::get_num_threads(), std::vector<T>(nbias, T(0)));
   at::parallel_for(0, g.B * g.NH * sp.nchunks, 1, [&](int64_t begin, int64_t end) {
@@ -651,7 +703,8 @@ void backward_queries(const T* dout, const T* q, const T* k, const T* v, const T
     std::vector<const T*> ptr(g.K), rows(g.KH + 1);
     // Fixed windows: every slot has one rel/bias offset, so their gradients are summed lane-wise over
     // the task and reduced across lanes once at its end.
-    std::vector<vec<T>> rel_acc(fixed && my_rel ? g.K * g.D : 0), bias_acc(fixed && my_bias ? g.K : 0);
+    const int64_t rel_terms = g.split_rel ? g.KH + g.KW : g.K;  // embeddings a block's scores use
+    std::vector<vec<T>> rel_acc(fixed && my_rel ? rel_terms * g.D : 0), bias_acc(fixed && my_bias ? g.K : 0);
     for (int64_t task = begin; task < end; ++task) {
       const Task tk = load_key_slabs(k, v, tb, g, sp, task, Kslab, Vslab);
       const int64_t b = tk.b, h = tk.h, i0 = tk.i0, i1 = tk.i1, kr0 = tk.kr0;  // named for the lambdas
@@ -669,16 +722,28 @@ void backward_queries(const T* dout, const T* q, const T* k, const T* v, const T
         const int64_t j0 = jb * L;
         for (int64_t c = 0; c < g.D; ++c) dQ[c] *= scale;
         if (fixed && (rel || my_bias)) {
-          for (int64_t t = 0; t < g.K; ++t) {
-            const int64_t oa = t / g.KW + g.KH / 2, ob = t % g.KW + g.KW / 2;
-            const vec<T> d = dS[t];
-            if (rel) {
-              const T* rv = rel_at(rel, g, oa, ob, h);
-              for (int64_t c = 0; c < g.D; ++c) dQ[c] += d * rv[c];
-              if (my_rel)
-                for (int64_t c = 0; c < g.D; ++c) rel_acc[t * g.D + c] += d * loadu(Q0 + c * g.Wp + j0);
+          // Embedding term u with score gradient d (lanes): its share of dq and of its gradient.
+          auto rel_term = [&](int64_t u, const vec<T>& d) {
+            const T* rv = rel + fixed_rel_at(g, u, h);
+            for (int64_t c = 0; c < g.D; ++c) dQ[c] += d * rv[c];
+            if (my_rel)
+              for (int64_t c = 0; c < g.D; ++c) rel_acc[u * g.D + c] += d * loadu(Q0 + c * g.Wp + j0);
+          };
+          if (rel && g.split_rel) {  // a row's term takes the dS of its slots, and so does a column's
+            for (int64_t a = 0; a < g.KH; ++a) {
+              vec<T> d = {};
+              for (int64_t bb = 0; bb < g.KW; ++bb) d += dS[a * g.KW + bb];
+              rel_term(a, d);
             }
-            if (my_bias) bias_acc[t] += d;
+            for (int64_t bb = 0; bb < g.KW; ++bb) {
+              vec<T> d = {};
+              for (int64_t a = 0; a < g.KH; ++a) d += dS[a * g.KW + bb];
+              rel_term(g.KH + bb, d);
+            }
+          }
+          for (int64_t t = 0; t < g.K; ++t) {
+            if (rel && !g.split_rel) rel_term(t, dS[t]);
+            if (my_bias) bias_acc[t] += dS[t];
           }
         } else if (rel || my_bias) {
           for (int64_t a = 0; a < g.KH; ++a) {
@@ -690,11 +755,11 @@ void backward_queries(const T* dout, const T* q, const T* k, const T* v, const T
                 if (d == T(0)) continue;
                 const int64_t j = j0 + l, ob = tb.c_off[j * g.KW + bb];
                 if (rel) {
-                  const T* rv = rel_at(rel, g, oa, ob, h);
-                  for (int64_t c = 0; c < g.D; ++c) dQ[c][l] += d * rv[c];
-                  if (my_rel) {
-                    T* gr = my_rel + ((oa * g.TW + ob) * g.NH + h) * g.D;
-                    for (int64_t c = 0; c < g.D; ++c) gr[c] += d * Q0[c * g.Wp + j];
+                  int64_t at[2];
+                  for (int r = 0, nr = rel_rows(g, oa, ob, h, at); r < nr; ++r) {
+                    for (int64_t c = 0; c < g.D; ++c) dQ[c][l] += d * rel[at[r] + c];
+                    if (my_rel)
+                      for (int64_t c = 0; c < g.D; ++c) my_rel[at[r] + c] += d * Q0[c * g.Wp + j];
                   }
                 }
                 if (my_bias) my_bias[(h * g.TH + oa) * g.TW + ob] += d;
@@ -764,19 +829,17 @@ void backward_queries(const T* dout, const T* q, const T* k, const T* v, const T
         }
         zero_pads(ds, g, b, h, i);
       }
-      for (int64_t t = 0; t < g.K && (!rel_acc.empty() || !bias_acc.empty()); ++t) {  // reduce lanes
+      for (int64_t u = 0; u < rel_terms && !rel_acc.empty(); ++u) {  // reduce lanes
+        T* gr = my_rel + fixed_rel_at(g, u, h);
+        for (int64_t c = 0; c < g.D; ++c) {
+          for (int64_t l = 0; l < L; ++l) gr[c] += rel_acc[u * g.D + c][l];
+          rel_acc[u * g.D + c] = vec<T>{};
+        }
+      }
+      for (int64_t t = 0; t < g.K && !bias_acc.empty(); ++t) {
         const int64_t oa = t / g.KW + g.KH / 2, ob = t % g.KW + g.KW / 2;
-        if (!rel_acc.empty()) {
-          T* gr = my_rel + ((oa * g.TW + ob) * g.NH + h) * g.D;
-          for (int64_t c = 0; c < g.D; ++c) {
-            for (int64_t l = 0; l < L; ++l) gr[c] += rel_acc[t * g.D + c][l];
-            rel_acc[t * g.D + c] = vec<T>{};
-          }
-        }
-        if (!bias_acc.empty()) {
-          for (int64_t l = 0; l < L; ++l) my_bias[(h * g.TH + oa) * g.TW + ob] += bias_acc[t][l];
-          bias_acc[t] = vec<T>{};
-        }
+        for (int64_t l = 0; l < L; ++l) my_bias[(h * g.TH + oa) * g.TW + ob] += bias_acc[t][l];
+        bias_acc[t] = vec<T>{};
       }
     }
   });
@@ -1015,7 +1078,8 @@ std::vector<at::Tensor> na2d_forward(at::Tensor q, at::Tensor k, at::Tensor v, a
                                         int64_t col_dilation, bool save) {
   at::Tensor out, probs;
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "na2d_forward", [&] {
-    const Geometry g = geometry<scalar_t>(q, v, r_idx, c_idx, fixed, col_dilation);
+    Geometry g = geometry<scalar_t>(q, v, r_idx, c_idx, fixed, col_dilation);
+    g.split_rel = rel.dim() == 3;
     const Tables tb = make_tables<scalar_t>(r_idx, r_ok, r_off, c_idx, c_ok, c_off, g, fixed, col_dilation);
     out = at::empty({g.B, g.H, g.W, g.NH, g.DV}, v.options());
     probs = at::empty({save ? g.B : 0, g.NH, g.H, g.K, g.Wp}, q.options());
@@ -1037,9 +1101,10 @@ std::vector<at::Tensor> na2d_backward(at::Tensor dout, at::Tensor q, at::Tensor 
   auto ds = at::empty_like(probs);
   at::Tensor drel, dbias;
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "na2d_backward", [&] {
-    const Geometry g = geometry<scalar_t>(q, v, r_idx, c_idx, fixed, col_dilation);
+    Geometry g = geometry<scalar_t>(q, v, r_idx, c_idx, fixed, col_dilation);
+    g.split_rel = rel.dim() == 3;
     const Tables tb = make_tables<scalar_t>(r_idx, r_ok, r_off, c_idx, c_ok, c_off, g, fixed, col_dilation);
-    drel = at::zeros({want_rel ? g.TH : 0, g.TW, g.NH, g.D}, q.options());
+    drel = want_rel ? at::zeros(rel.sizes(), q.options()) : at::zeros({0}, q.options());
     dbias = at::zeros({want_bias ? g.NH : 0, g.TH, g.TW}, q.options());
     const auto s = static_cast<scalar_t>(scale);
     backward_queries<scalar_t>(dout.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
