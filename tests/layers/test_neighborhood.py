@@ -12,7 +12,7 @@ from conftest import assert_same_gradients, needs_kernel
 from convattn.layers import reference as ref
 from convattn.layers.geometry import axis_windows
 from convattn.layers.kernels import choose_backend, load_kernel
-from convattn.layers.neighborhood import neighborhood_attention2d
+from convattn.layers.neighborhood import neighborhood_attention2d, neighborhood_attention2d_qkv
 
 f64 = torch.float64
 
@@ -51,6 +51,92 @@ def test_paths_match_reference_forward_and_backward(backend, border, size, kerne
     expected = ref.neighborhood_attention2d(q, k, v, kernel, dilation, border, None, rel, bias)
     torch.testing.assert_close(out, expected, atol=1e-12, rtol=0)
     assert_same_gradients(out, expected, (q, k, v, rel, bias), atol=1e-11)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("border", ["mask", "zeros", "shift"])
+@pytest.mark.parametrize(("size", "kernel", "dilation"), CASES)
+def test_decomposed_embeddings_are_the_table_of_their_sums(backend, border, size, kernel, dilation):
+    """rel_hw=(rel_h, rel_w) is rel[δ_r, δ_c] = rel_h[δ_r] + rel_w[δ_c]: the kernel's k_h + k_w dot
+    products per query against the reference on that table, forward and backward, in float64."""
+    q, k, v, _, bias = _inputs(size, kernel)
+    heads, d = q.shape[3:]
+    rel_h = torch.randn(2 * kernel[0] - 1, heads, d, dtype=f64, requires_grad=True)
+    rel_w = torch.randn(2 * kernel[1] - 1, heads, d, dtype=f64, requires_grad=True)
+    out = neighborhood_attention2d(
+        q, k, v, kernel, dilation=dilation, rel_hw=(rel_h, rel_w), bias=bias, border=border, backend=backend
+    )
+    table = rel_h[:, None] + rel_w[None, :]
+    expected = ref.neighborhood_attention2d(q, k, v, kernel, dilation, border, None, table, bias)
+    torch.testing.assert_close(out, expected, atol=1e-12, rtol=0)
+    assert_same_gradients(out, expected, (q, k, v, rel_h, rel_w, bias), atol=1e-11)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("border", ["mask", "zeros", "shift"])
+@pytest.mark.parametrize(("size", "kernel", "dilation"), CASES[1:4])
+def test_packed_qkv_matches_the_reference(backend, border, size, kernel, dilation):
+    """qkv (B, H, W, 3, heads, d) read in place, its gradient written as one tensor."""
+    qkv = torch.randn(2, *size, 3, 2, 3, dtype=f64, requires_grad=True)
+    _, _, _, rel, bias = _inputs(size, kernel)
+    out = neighborhood_attention2d_qkv(
+        qkv, kernel, dilation=dilation, rel=rel, bias=bias, border=border, backend=backend
+    )
+    expected = ref.neighborhood_attention2d(*qkv.unbind(3), kernel, dilation, border, None, rel, bias)
+    torch.testing.assert_close(out, expected, atol=1e-12, rtol=0)
+    assert_same_gradients(out, expected, (qkv, rel, bias), atol=1e-11)
+
+
+@needs_kernel()
+@pytest.mark.parametrize("border", ["mask", "shift"])
+def test_packed_and_strided_views_compute_the_same_bits_as_contiguous_inputs(border):
+    """The kernel reads q, k, v where they lie (views of one qkv, or channel slices of a projection):
+    the same bits as contiguous copies, forward, backward and inference."""
+    qkv = torch.randn(3, 11, 37, 3, 4, 16, requires_grad=True)
+    rel_h, rel_w = (torch.randn(13, 4, 16, requires_grad=True) for _ in range(2))
+    g = torch.randn(3, 11, 37, 4, 16)
+    args = {"rel_hw": (rel_h, rel_w), "border": border, "scale": 1.0}
+    packed = neighborhood_attention2d_qkv(qkv, 7, **args)
+    views = neighborhood_attention2d(*qkv.unbind(3), 7, **args)
+    copies = neighborhood_attention2d(*(t.contiguous() for t in qkv.unbind(3)), 7, **args)
+    assert torch.equal(packed, copies) and torch.equal(views, copies)
+    grads = [torch.autograd.grad(y, [qkv, rel_h, rel_w], g) for y in (packed, views, copies)]
+    for a, b, c in zip(*grads, strict=True):
+        assert torch.equal(a, c) and torch.equal(b, c)
+    with torch.no_grad():  # inference: no probabilities kept, the same output
+        assert torch.equal(neighborhood_attention2d_qkv(qkv, 7, **args), packed)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "words"),
+    [
+        ({"rel": torch.zeros(5, 5, 2, 3), "rel_hw": (torch.zeros(5, 2, 3),) * 2}, ValueError, "not both"),
+        ({"rel_hw": torch.zeros(5, 2, 3)}, TypeError, "rel_hw must be a pair"),
+        (
+            {"rel_hw": (torch.zeros(5, 2, 3), torch.zeros(3, 2, 3))},
+            ValueError,
+            r"rel_w must be \(5, heads, d\)",
+        ),
+        (
+            {"rel_hw": (torch.zeros(5, 2, 3).double(), torch.zeros(5, 2, 3))},
+            TypeError,
+            "rel_h must have q's dtype",
+        ),
+    ],
+)
+def test_bad_decomposed_embeddings_are_named(kwargs, error, words):
+    q = torch.randn(1, 4, 4, 2, 3)
+    with pytest.raises(error, match=words):
+        neighborhood_attention2d(q, q, q, 3, **kwargs)
+
+
+def test_bad_packed_qkv_is_named():
+    with pytest.raises(ValueError, match="qkv"):
+        neighborhood_attention2d_qkv(torch.randn(1, 4, 4, 2, 3), 3)
+    with pytest.raises(ValueError, match=r"qkv must be \(B, H, W, 3, heads, d\)"):
+        neighborhood_attention2d_qkv(torch.randn(1, 4, 4, 2, 2, 3), 3)
+    with pytest.raises(ValueError, match="kernel_size must be odd"):
+        neighborhood_attention2d_qkv(torch.randn(1, 4, 4, 3, 2, 3), 4)
 
 
 def test_shift_windows_stay_inside_and_mask_windows_centre_on_the_query():
@@ -154,7 +240,7 @@ import ctypes, sys, torch
 torch.set_num_threads(1)
 ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # large blocks are mmapped: freed memory leaves the RSS
 from convattn.analysis.bench import unfold_local_attention
-from convattn.layers.neighborhood import neighborhood_attention2d
+from convattn.layers.neighborhood import neighborhood_attention2d, neighborhood_attention2d_qkv
 
 def status(key):
     with open("/proc/self/status") as f:

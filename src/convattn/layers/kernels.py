@@ -48,6 +48,7 @@ __all__ = [
     "library_name",
     "load_kernel",
     "na2d_kernel",
+    "na2d_packed_kernel",
     "pixel_dwconv_kernel",
     "position_mix_kernel",
     "window_kernel",
@@ -255,6 +256,39 @@ def _na2d_forward(
     return out, probs
 
 
+def _na2d_backward(
+    ctx: Any, dout: Tensor, qkv: tuple[Tensor, Tensor, Tensor], rel: Tensor, bias: Tensor, packed: bool
+) -> tuple[Tensor | None, ...]:
+    """(dq, dk, dv, drel, dbias) by the kernel, rel and bias as needed; packed: q, k, v are the views
+    of one qkv tensor, and dq is its gradient (dk and dv empty)."""
+    q, k, v = qkv
+    kernel_size, dilation, border, scale = ctx.geometry
+    H, W = q.shape[1:3]
+    rows, cols = grid_windows(H, W, kernel_size, dilation, border)
+    want_rel = bool(rel.numel()) and ctx.needs_input_grad[-3]  # rel, bias, geometry: the last inputs
+    want_bias = bool(bias.numel()) and ctx.needs_input_grad[-2]
+    dq, dk, dv, drel, dbias = _ext("na2d").backward(
+        dout.contiguous(),
+        q,
+        k,
+        v,
+        rel,
+        bias,
+        ctx.probs,
+        *rows.tensors(),
+        *cols.tensors(),
+        inverse_windows(H, kernel_size[0], dilation[0], border),
+        inverse_windows(W, kernel_size[1], dilation[1], border),
+        scale,
+        want_rel,
+        want_bias,
+        border != "shift",
+        dilation[1],
+        packed,
+    )
+    return dq, dk, dv, drel if want_rel else None, dbias if want_bias else None
+
+
 class _NA2dFunction(torch.autograd.Function):
     """The C++ kernel with its hand-written backward (probabilities saved, no k² copies)."""
 
@@ -269,31 +303,38 @@ class _NA2dFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:
-        q, k, v, rel, bias, probs = ctx.saved_tensors
-        kernel_size, dilation, border, scale = ctx.geometry
-        H, W = q.shape[1:3]
-        rows, cols = grid_windows(H, W, kernel_size, dilation, border)
-        want_rel = bool(rel.numel()) and ctx.needs_input_grad[3]
-        want_bias = bool(bias.numel()) and ctx.needs_input_grad[4]
-        dq, dk, dv, drel, dbias = _ext("na2d").backward(
-            dout.contiguous(),
-            q,
-            k,
-            v,
-            rel,
-            bias,
-            probs,
-            *rows.tensors(),
-            *cols.tensors(),
-            inverse_windows(H, kernel_size[0], dilation[0], border),
-            inverse_windows(W, kernel_size[1], dilation[1], border),
-            scale,
-            want_rel,
-            want_bias,
-            border != "shift",
-            dilation[1],
-        )
-        return dq, dk, dv, drel if want_rel else None, dbias if want_bias else None, None
+        q, k, v, rel, bias, ctx.probs = ctx.saved_tensors
+        return (*_na2d_backward(ctx, dout, (q, k, v), rel, bias, packed=False), None)
+
+
+class _NA2dPackedFunction(torch.autograd.Function):
+    """The kernel on the q, k, v views of one qkv tensor: read in place, the gradient written as one."""
+
+    @staticmethod
+    def forward(ctx: Any, qkv: Tensor, rel: Tensor, bias: Tensor, geometry: Any) -> Tensor:
+        q, k, v = qkv.unbind(3)
+        out, probs = _na2d_forward(q, k, v, rel, bias, geometry, save=True)
+        ctx.save_for_backward(qkv, rel, bias, probs)
+        ctx.geometry = geometry
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:
+        qkv, rel, bias, ctx.probs = ctx.saved_tensors
+        q, k, v = qkv.unbind(3)
+        dqkv, _, _, drel, dbias = _na2d_backward(ctx, dout, (q, k, v), rel, bias, packed=True)
+        return dqkv, drel, dbias, None
+
+
+def _heads_last(x: Tensor) -> Tensor:
+    """x (B, H, W, heads, d) as the kernel reads it, heads and channels packed and pixels evenly apart
+    (a contiguous tensor, or a channel slice of one such as a chunk of a 1×1 projection's
+    channels-last output): x itself when it is laid out so, else a contiguous copy."""
+    _, H, W, heads, d = x.shape
+    s = x.stride()
+    if s[4] == 1 and s[3] == d and s[2] >= heads * d and s[1] == W * s[2] and s[0] == H * s[1]:
+        return x
+    return x.contiguous()
 
 
 def na2d_kernel(
@@ -313,15 +354,35 @@ def na2d_kernel(
     rows then its columns, the embedding of an offset the sum of its row and its column."""
     geometry = (kernel_size, dilation, border, scale)
     args = (
-        q.contiguous(),
-        k.contiguous(),
-        v.contiguous(),
+        _heads_last(q),
+        _heads_last(k),
+        _heads_last(v),
         _contiguous_or_empty(rel, q),
         _contiguous_or_empty(bias, q),
     )
     if _tracks_grad(q, k, v, rel, bias):
         return cast(Tensor, _NA2dFunction.apply(*args, geometry))
     return _na2d_forward(*args, geometry, save=False)[0]  # inference: no probabilities kept
+
+
+def na2d_packed_kernel(
+    qkv: Tensor,
+    rel: Tensor | None,
+    bias: Tensor | None,
+    kernel_size: tuple[int, int],
+    dilation: tuple[int, int],
+    border: str,
+    scale: float,
+) -> Tensor:
+    """`na2d_kernel` on a checked qkv (B, H, W, 3, heads, d): q, k and v are read where they lie (a 1×1
+    projection's channels-last output needs no copies) and the backward writes one dqkv."""
+    geometry = (kernel_size, dilation, border, scale)
+    qkv = qkv.contiguous()  # a projection's channels-last output already is: no copy
+    table, bias_t = _contiguous_or_empty(rel, qkv), _contiguous_or_empty(bias, qkv)
+    if _tracks_grad(qkv, rel, bias):
+        return cast(Tensor, _NA2dPackedFunction.apply(qkv, table, bias_t, geometry))
+    q, k, v = qkv.unbind(3)
+    return _na2d_forward(q, k, v, table, bias_t, geometry, save=False)[0]
 
 
 # -- window attention (window.cpp) ------------------------------------------------------------------

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from convattn.layers.dynamic import image_dwconv2d, pixel_dwconv2d
 from convattn.layers.geometry import BORDERS
 from convattn.layers.mhsa2d import MultiHeadSelfAttention2d
-from convattn.layers.neighborhood import neighborhood_attention2d
+from convattn.layers.neighborhood import neighborhood_attention2d, neighborhood_attention2d_qkv
 from convattn.layers.window import window_attention2d, window_attention2d_qkv
 from convattn.utils.checks import (
     check_heads_divide,
@@ -362,8 +362,18 @@ class SASA(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         check_tensor("x", x, 4)
         x = x.contiguous(memory_format=torch.channels_last)  # heads-last views of the projections: no copies
-        k, v = self.kv(x).chunk(2, dim=1)
-        return _pool(self._attend(self.q(x), k, v), self.stride)
+        B, _, H, W = x.shape
+        weight = torch.cat([self.q.weight, self.kv.weight])  # (3 out, dim, 1, 1): q, k, v in one 1×1 conv
+        qkv = F.conv2d(x, weight).permute(0, 2, 3, 1).reshape(B, H, W, 3, self.heads, self.d)  # a view
+        out = neighborhood_attention2d_qkv(
+            qkv,
+            self.k,
+            dilation=self.dilation,
+            rel_hw=self.rel_hw(),
+            border=self.border,
+            scale=self.scale,
+        )  # (B, H, W, heads, d)
+        return _pool(_from_heads(out), self.stride)
 
 
 @register_mixer("sasa_stem")

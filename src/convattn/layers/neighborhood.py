@@ -26,10 +26,15 @@ from torch import Tensor
 
 from convattn.layers._macs import record
 from convattn.layers.geometry import BORDERS, AxisWindows, axis_membership, grid_windows
-from convattn.layers.kernels import choose_backend, na2d_kernel
+from convattn.layers.kernels import choose_backend, na2d_kernel, na2d_packed_kernel
 from convattn.utils.checks import check_odd, check_pair, check_tensor
 
-__all__ = ["neighborhood_attention2d", "neighborhood_attention2d_flex", "neighborhood_attention2d_torch"]
+__all__ = [
+    "neighborhood_attention2d",
+    "neighborhood_attention2d_flex",
+    "neighborhood_attention2d_qkv",
+    "neighborhood_attention2d_torch",
+]
 
 
 @cache
@@ -139,7 +144,9 @@ def _check_inputs(
         for name, t, n in (("rel_h", rel_hw[0], table[0]), ("rel_w", rel_hw[1], table[1])):
             check_tensor(name, t, 3)
             if tuple(t.shape) != (n, heads, d):
-                raise ValueError(f"{name} must be ({n}, heads, d)={(n, heads, d)}, got {name}.shape={tuple(t.shape)}")
+                raise ValueError(
+                    f"{name} must be ({n}, heads, d)={(n, heads, d)}, got {name}.shape={tuple(t.shape)}"
+                )
             if t.dtype != q.dtype:
                 raise TypeError(f"{name} must have q's dtype {q.dtype}, got {t.dtype}")
     if bias is not None and tuple(bias.shape) != (heads, *table):
@@ -251,6 +258,55 @@ def neighborhood_attention2d(
     Returns:
         (B, H, W, heads, d_v).
     """
+    return _neighborhood_attention(
+        q, k, v, None, kernel_size, dilation, rel, rel_hw, bias, border, scale, backend
+    )
+
+
+def neighborhood_attention2d_qkv(
+    qkv: Tensor,
+    kernel_size: int | tuple[int, int],
+    *,
+    dilation: int | tuple[int, int] = 1,
+    rel: Tensor | None = None,
+    rel_hw: tuple[Tensor, Tensor] | None = None,
+    bias: Tensor | None = None,
+    border: str = "mask",
+    scale: float | None = None,
+    backend: str = "auto",
+) -> Tensor:
+    """`neighborhood_attention2d` with q, k and v packed in one tensor, qkv (B, H, W, 3, heads, d) ->
+    (B, H, W, heads, d): a 1×1 projection's channels-last output is such a tensor with no copy. The
+    C++ kernel reads q, k and v in place and its backward writes one gradient for qkv, where separate
+    views would have their gradients joined by a copy.
+
+    Raises:
+        ValueError: for a qkv that is not (B, H, W, 3, heads, d), and as `neighborhood_attention2d`.
+    """
+    check_tensor("qkv", qkv, 6)
+    if qkv.shape[3] != 3:
+        raise ValueError(f"qkv must be (B, H, W, 3, heads, d), got qkv.shape={tuple(qkv.shape)}")
+    q, k, v = qkv.unbind(3)
+    return _neighborhood_attention(
+        q, k, v, qkv, kernel_size, dilation, rel, rel_hw, bias, border, scale, backend
+    )
+
+
+def _neighborhood_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    qkv: Tensor | None,
+    kernel_size: int | tuple[int, int],
+    dilation: int | tuple[int, int],
+    rel: Tensor | None,
+    rel_hw: tuple[Tensor, Tensor] | None,
+    bias: Tensor | None,
+    border: str,
+    scale: float | None,
+    backend: str,
+) -> Tensor:
+    """Check, choose the path and run it; the kernel reads `qkv` in place when q, k, v are its views."""
     ks, dil = _check_inputs(q, k, v, kernel_size, dilation, rel, bias, border, rel_hw)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     B, H, W, heads, d = q.shape
@@ -259,8 +315,10 @@ def neighborhood_attention2d(
     record(B * H * W * heads * (slots * (d + v.shape[-1]) + rel_macs))
     path = choose_backend(backend, q, "na2d", fused="flex", fused_auto=border != "zeros")
     if path == "kernel":  # a split table, (2k_h-1 + 2k_w-1, heads, d): the kernel adds its rows and columns
-        split = None if rel_hw is None else torch.cat(list(rel_hw))
-        return na2d_kernel(q, k, v, rel if split is None else split, bias, ks, dil, border, scale)
+        table = rel if rel_hw is None else torch.cat(list(rel_hw))
+        if qkv is not None:
+            return na2d_packed_kernel(qkv, table, bias, ks, dil, border, scale)
+        return na2d_kernel(q, k, v, table, bias, ks, dil, border, scale)
     if rel_hw is not None:
         rel = rel_hw[0][:, None] + rel_hw[1][None, :]  # (2k_h-1, 2k_w-1, heads, d)
     if path == "flex":

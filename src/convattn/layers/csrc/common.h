@@ -10,3 +10,35 @@
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
+
+namespace convattn_common {
+
+// The pixel stride of heads-last x (B, H, W, NH, d) whose heads and channels are packed and whose pixels
+// lie ps apart: NH d for a contiguous tensor, 3 NH d for the q, k and v views of one (B, H, W, 3, NH, d)
+// tensor. Strides of dimensions of size 1 say nothing, and are not checked.
+inline int64_t pixel_stride(const at::Tensor& x, const char* kernel) {
+  const int64_t H = x.size(1), W = x.size(2), NH = x.size(3), d = x.size(4);
+  int64_t ps = NH * d;
+  if (W > 1)
+    ps = x.stride(2);
+  else if (H > 1)
+    ps = x.stride(1);
+  else if (x.size(0) > 1)
+    ps = x.stride(0);
+  auto fits = [&](int64_t dim, int64_t want) { return x.size(dim) == 1 || x.stride(dim) == want; };
+  TORCH_CHECK(fits(4, 1) && fits(3, d) && fits(2, ps) && fits(1, W * ps) && fits(0, H * W * ps) && ps >= NH * d,
+              kernel, " kernel: expected heads-last pixels with packed heads, got strides ", x.strides());
+  return ps;
+}
+
+// Whether q, k, v are the three views of one (B, H, W, 3, NH, d) tensor, in that order.
+inline bool packed_views(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const char* kernel) {
+  const int64_t third = q.size(3) * q.size(4) * q.element_size();  // bytes from q to k, k to v
+  const bool one_pixel = q.size(0) * q.size(1) * q.size(2) == 1;
+  const int64_t ps = 3 * q.size(3) * q.size(4);
+  return k.data_ptr() == static_cast<char*>(q.data_ptr()) + third &&
+         v.data_ptr() == static_cast<char*>(k.data_ptr()) + third && v.sizes() == q.sizes() && k.sizes() == q.sizes() &&
+         (one_pixel || (pixel_stride(q, kernel) == ps && pixel_stride(k, kernel) == ps && pixel_stride(v, kernel) == ps));
+}
+
+}  // namespace convattn_common

@@ -30,6 +30,9 @@ struct Geometry {
   // rel is (TH, TW, NH, D), or split into rows and columns: (TH + TW, NH, D), the embedding of offset
   // (oa, ob) the sum of its rows oa and TH + ob (decomposed relative embeddings).
   bool split_rel = false;
+  // Pixel strides: of the q, k and v read, and of the dq and dk, and dv, written (NH d, or 3 NH d for
+  // the views of one (B, H, W, 3, NH, d) tensor). The output and its gradient are always packed.
+  int64_t qs, ks, vs, gqk, gv;
   int64_t rel_numel() const { return (split_rel ? TH + TW : TH * TW) * NH * D; }
 };
 
@@ -85,17 +88,19 @@ std::vector<vec<T>> lane_masks(const Tables& tb, const Geometry& g) {
   return masks;
 }
 
-// Copy rows [r0, r1) of head h of image b from heads-last x (B, H, W, NH, C) into slab[row][c][Wp].
+// Copy rows [r0, r1) of head h of image b from heads-last x (B, H, W, NH, C), pixels ps apart, into
+// slab[row][c][Wp].
 // Blocks of up to L pixels × L channels go through an in-register transpose: masked loads of a pixel's
 // channels, masked stores of a channel's pixels (the lanes past the row's last pixel are zeros and land in
 // the slab's zero padding, which stays zero).
 template <typename T>
-void to_slab(const T* x, int64_t C, const Geometry& g, int64_t b, int64_t h, int64_t r0, int64_t r1, T* slab) {
+void to_slab(const T* x, int64_t C, int64_t ps, const Geometry& g, int64_t b, int64_t h, int64_t r0, int64_t r1,
+             T* slab) {
   constexpr int64_t L = kLanes<T>;
-  const int64_t stride = g.NH * C;  // between neighbouring pixels
+  const int64_t stride = ps;  // between neighbouring pixels
   vec<T> tile[L];
   for (int64_t r = r0; r < r1; ++r) {
-    const T* src = x + ((b * g.H + r) * g.W * g.NH + h) * C;
+    const T* src = x + (b * g.H + r) * g.W * ps + h * C;
     T* dst = slab + (r - r0) * C * g.Wp + g.PL;
     for (int64_t j0 = 0; j0 < g.W; j0 += L) {
       const int64_t n = std::min(L, g.W - j0);
@@ -167,10 +172,10 @@ Task load_key_slabs(const T* k, const T* v, const Tables& tb, const Geometry& g,
   const int64_t kr1 = key_rows(tb, g, i0, i1).second;
   if (k) {  // null for the weighted sums with given weights, which read values only
     prepare_slab(Kslab, kr1 - kr0, g.D, g);
-    to_slab(k, g.D, g, b, h, kr0, kr1, Kslab.data());
+    to_slab(k, g.D, g.ks, g, b, h, kr0, kr1, Kslab.data());
   }
   prepare_slab(Vslab, kr1 - kr0, g.DV, g);
-  to_slab(v, g.DV, g, b, h, kr0, kr1, Vslab.data());
+  to_slab(v, g.DV, g.vs, g, b, h, kr0, kr1, Vslab.data());
   return {b, h, i0, i1, kr0};
 }
 
@@ -182,18 +187,17 @@ template <typename T>
 struct RowPrefetch {
   struct Stream {
     const char* first;  // head h of the first pixel
-    int64_t pixels, done;
+    int64_t pixels, done, stride, lines;  // pixel stride in bytes; cache lines per pixel's head
   };
   Stream streams[3] = {};
-  int64_t nstreams = 0, stride = 0, lines = 0;  // pixel stride in bytes; cache lines per pixel's head
+  int64_t nstreams = 0;
 
-  // Rows [r0, r1) of head h of image b of heads-last x (B, H, W, NH, C); null x adds nothing.
-  void add(const T* x, int64_t C, const Geometry& g, int64_t b, int64_t h, int64_t r0, int64_t r1) {
+  // Rows [r0, r1) of head h of image b of heads-last x (B, H, W, NH, C), pixels ps apart; null x adds nothing.
+  void add(const T* x, int64_t C, int64_t ps, const Geometry& g, int64_t b, int64_t h, int64_t r0, int64_t r1) {
     if (!x || r1 <= r0) return;
-    stride = g.NH * C * static_cast<int64_t>(sizeof(T));
-    lines = (C * static_cast<int64_t>(sizeof(T)) + 63) / 64;
-    const T* first = x + ((b * g.H + r0) * g.W * g.NH + h) * C;
-    streams[nstreams++] = {reinterpret_cast<const char*>(first), (r1 - r0) * g.W, 0};
+    const T* first = x + (b * g.H + r0) * g.W * ps + h * C;
+    streams[nstreams++] = {reinterpret_cast<const char*>(first), (r1 - r0) * g.W, 0,
+                           ps * static_cast<int64_t>(sizeof(T)), (C * static_cast<int64_t>(sizeof(T)) + 63) / 64};
   }
   // Request the next `count` pixels of every stream.
   void advance(int64_t count) {
@@ -201,7 +205,7 @@ struct RowPrefetch {
       Stream& st = streams[s];
       const int64_t end = std::min(st.pixels, st.done + count);
       for (int64_t p = st.done; p < end; ++p)
-        for (int64_t l = 0; l < lines; ++l) __builtin_prefetch(st.first + p * stride + l * 64, 0, 2);
+        for (int64_t l = 0; l < st.lines; ++l) __builtin_prefetch(st.first + p * st.stride + l * 64, 0, 2);
       st.done = end;
     }
   }
@@ -595,12 +599,12 @@ void block_gather(const vec<T>* w, const T* slab, int64_t kr0, int64_t C, const 
 // Write acc[c] (lanes = columns j0..j0+n) of head h, row i into heads-last y: blocks of L channels go
 // through an in-register transpose and masked stores of each pixel's channels.
 template <typename T>
-void store_block(const vec<T>* acc, int64_t C, const Geometry& g, int64_t b, int64_t h, int64_t i, int64_t j0,
-                 int64_t n, T* y) {
+void store_block(const vec<T>* acc, int64_t C, int64_t ps, const Geometry& g, int64_t b, int64_t h, int64_t i,
+                 int64_t j0, int64_t n, T* y) {
   constexpr int64_t L = kLanes<T>;
   vec<T> tile[L];
-  T* dst = y + (((b * g.H + i) * g.W + j0) * g.NH + h) * C;
-  const int64_t stride = g.NH * C;
+  T* dst = y + ((b * g.H + i) * g.W + j0) * ps + h * C;
+  const int64_t stride = ps;
   for (int64_t c0 = 0; c0 < C; c0 += L) {
     const int64_t m = std::min(L, C - c0);
     // Loops of constant length with the bounds as conditions: the tile stays in registers.
@@ -630,14 +634,14 @@ void forward_impl(const T* q, const T* k, const T* v, const T* rel, const T* bia
       if (task + 1 < end) {  // the next task's queries, keys and values
         const Task nx = task_of(tb, g, sp, task + 1);
         const auto [nk0, nk1] = key_rows(tb, g, nx.i0, nx.i1);
-        pf.add(k, g.D, g, nx.b, nx.h, nk0, nk1);
-        pf.add(v, g.DV, g, nx.b, nx.h, nk0, nk1);
-        pf.add(q, g.D, g, nx.b, nx.h, nx.i0, nx.i1);
+        pf.add(k, g.D, g.ks, g, nx.b, nx.h, nk0, nk1);
+        pf.add(v, g.DV, g.vs, g, nx.b, nx.h, nk0, nk1);
+        pf.add(q, g.D, g.qs, g, nx.b, nx.h, nx.i0, nx.i1);
       }
       const int64_t pf_step = (pf.pixels() + (i1 - i0) * nb - 1) / ((i1 - i0) * nb);  // per row and block
       for (int64_t i = i0; i < i1; ++i) {
         if (pairable(tb, g, fixed, i, i1)) {  // rows i and i + 1 together
-          to_slab(q, g.D, g, b, h, i, i + 2, Qt.data());
+          to_slab(q, g.D, g.qs, g, b, h, i, i + 2, Qt.data());
           const T* Qa = Qt.data() + g.PL;
           const T* Qb = Qa + g.D * g.Wp;
           for (int64_t jb = 0; jb < nb; ++jb) {
@@ -657,15 +661,15 @@ void forward_impl(const T* q, const T* k, const T* v, const T* rel, const T* bia
               }
             pair_rows(Vslab.data() + g.PL, kr0, g.DV, tb, g, i, rows.data());
             weigh_slots_pair(S.data(), S2.data(), rows.data(), base, g.KH, g.KW, g.DV, g.Wp, O.data(), O2.data());
-            store_block(O.data(), g.DV, g, b, h, i, j0, n, out);
-            store_block(O2.data(), g.DV, g, b, h, i + 1, j0, n, out);
+            store_block(O.data(), g.DV, g.NH * g.DV, g, b, h, i, j0, n, out);
+            store_block(O2.data(), g.DV, g.NH * g.DV, g, b, h, i + 1, j0, n, out);
             pf.advance(2 * pf_step);
           }
           if (probs) zero_pads(probs, g, b, h, i), zero_pads(probs, g, b, h, i + 1);
           ++i;
           continue;
         }
-        to_slab(q, g.D, g, b, h, i, i + 1, Qt.data());
+        to_slab(q, g.D, g.qs, g, b, h, i, i + 1, Qt.data());
         for (int64_t jb = 0; jb < nb; ++jb) {
           const int64_t j0 = jb * L, n = std::min(L, g.W - j0);
           block_scores(Qt.data() + g.PL, Kslab.data() + g.PL, kr0, rel, bias, tb, masks, g, h, i, jb, n, scale,
@@ -675,7 +679,7 @@ void forward_impl(const T* q, const T* k, const T* v, const T* rel, const T* bia
             for (int64_t t = 0; t < g.K; ++t) store_first(prob_row(probs, g, b, h, i, t) + j0, S[t], n);
           std::fill(O.begin(), O.end(), vec<T>{});
           block_gather(S.data(), Vslab.data() + g.PL, kr0, g.DV, tb, g, i, jb, n, ptr.data(), O.data());
-          store_block(O.data(), g.DV, g, b, h, i, j0, n, out);
+          store_block(O.data(), g.DV, g.NH * g.DV, g, b, h, i, j0, n, out);
           pf.advance(pf_step);
         }
         if (probs) zero_pads(probs, g, b, h, i);
@@ -767,12 +771,12 @@ void backward_queries(const T* dout, const T* q, const T* k, const T* v, const T
             }
           }
         }
-        store_block(dQ, g.D, g, b, h, i, j0, n, dq);
+        store_block(dQ, g.D, g.gqk, g, b, h, i, j0, n, dq);
       };
       for (int64_t i = i0; i < i1; ++i) {
         if (pairable(tb, g, fixed, i, i1)) {  // rows i and i + 1 together (see dot_slots_pair)
-          to_slab(q, g.D, g, b, h, i, i + 2, Qt.data());
-          to_slab(dout, g.DV, g, b, h, i, i + 2, dOt.data());
+          to_slab(q, g.D, g.qs, g, b, h, i, i + 2, Qt.data());
+          to_slab(dout, g.DV, g.NH * g.DV, g, b, h, i, i + 2, dOt.data());
           const T *Qa = Qt.data() + g.PL, *Qb = Qa + g.D * g.Wp;
           const T *dOa = dOt.data() + g.PL, *dOb = dOa + g.DV * g.Wp;
           for (int64_t jb = 0; jb < nb; ++jb) {
@@ -796,8 +800,8 @@ void backward_queries(const T* dout, const T* q, const T* k, const T* v, const T
           ++i;
           continue;
         }
-        to_slab(q, g.D, g, b, h, i, i + 1, Qt.data());
-        to_slab(dout, g.DV, g, b, h, i, i + 1, dOt.data());
+        to_slab(q, g.D, g.qs, g, b, h, i, i + 1, Qt.data());
+        to_slab(dout, g.DV, g.NH * g.DV, g, b, h, i, i + 1, dOt.data());
         const T* Q0 = Qt.data() + g.PL;  // column j of the row at [c * Wp + j]
         const T* dO0 = dOt.data() + g.PL;
         for (int64_t jb = 0; jb < nb; ++jb) {
@@ -958,8 +962,8 @@ void backward_keys(const T* dout, const T* q, const T* probs, const T* ds, const
       if (qr1 > qr0) {
         prepare_slab(Qslab, qr1 - qr0, g.D, g);
         prepare_slab(dOslab, qr1 - qr0, g.DV, g);
-        to_slab(q, g.D, g, b, h, qr0, qr1, Qslab.data());
-        to_slab(dout, g.DV, g, b, h, qr0, qr1, dOslab.data());
+        to_slab(q, g.D, g.qs, g, b, h, qr0, qr1, Qslab.data());
+        to_slab(dout, g.DV, g.NH * g.DV, g, b, h, qr0, qr1, dOslab.data());
       }
       const int64_t Ws = g.Wp;
       T* dK0 = dKt.data() + g.PL;  // column j (negative: padding) at [c * Ws + j]
@@ -971,12 +975,12 @@ void backward_keys(const T* dout, const T* q, const T* probs, const T* ds, const
               const int64_t kc0 = kb * L, n = std::min(L, g.W - kc0);
               gather_fixed_pair(ds, Qslab.data() + g.PL, g.D * g.Wp, g.D, kr, qr0, g, b, h, kc0, col_dilation, scale,
                                 tmp.data(), tmp2.data());
-              store_block(tmp.data(), g.D, g, b, h, kr, kc0, n, dk);
-              store_block(tmp2.data(), g.D, g, b, h, kr + 1, kc0, n, dk);
+              store_block(tmp.data(), g.D, g.gqk, g, b, h, kr, kc0, n, dk);
+              store_block(tmp2.data(), g.D, g.gqk, g, b, h, kr + 1, kc0, n, dk);
               gather_fixed_pair(probs, dOslab.data() + g.PL, g.DV * g.Wp, g.DV, kr, qr0, g, b, h, kc0, col_dilation,
                                 T(1), tmp.data(), tmp2.data());
-              store_block(tmp.data(), g.DV, g, b, h, kr, kc0, n, dv);
-              store_block(tmp2.data(), g.DV, g, b, h, kr + 1, kc0, n, dv);
+              store_block(tmp.data(), g.DV, g.gv, g, b, h, kr, kc0, n, dv);
+              store_block(tmp2.data(), g.DV, g.gv, g, b, h, kr + 1, kc0, n, dv);
             }
             ++kr;
             continue;
@@ -988,10 +992,10 @@ void backward_keys(const T* dout, const T* q, const T* probs, const T* ds, const
             const int64_t kc0 = kb * L, n = std::min(L, g.W - kc0);
             gather_fixed(ds, Qslab.data() + g.PL, g.D * g.Wp, g.D, pairs, npairs, qr0, g, b, h, kc0, col_dilation,
                          scale, tmp.data());
-            store_block(tmp.data(), g.D, g, b, h, kr, kc0, n, dk);
+            store_block(tmp.data(), g.D, g.gqk, g, b, h, kr, kc0, n, dk);
             gather_fixed(probs, dOslab.data() + g.PL, g.DV * g.Wp, g.DV, pairs, npairs, qr0, g, b, h, kc0,
                          col_dilation, T(1), tmp.data());
-            store_block(tmp.data(), g.DV, g, b, h, kr, kc0, n, dv);
+            store_block(tmp.data(), g.DV, g.gv, g, b, h, kr, kc0, n, dv);
           }
         }
         continue;
@@ -1032,8 +1036,8 @@ void backward_keys(const T* dout, const T* q, const T* probs, const T* ds, const
           }
         }
         for (int64_t j = 0; j < g.W; ++j) {
-          T* dkp = dk + (((b * g.H + kr) * g.W + j) * g.NH + h) * g.D;
-          T* dvp = dv + (((b * g.H + kr) * g.W + j) * g.NH + h) * g.DV;
+          T* dkp = dk + ((b * g.H + kr) * g.W + j) * g.gqk + h * g.D;
+          T* dvp = dv + ((b * g.H + kr) * g.W + j) * g.gv + h * g.DV;
           for (int64_t c = 0; c < g.D; ++c) dkp[c] = dK0[c * Ws + j];
           for (int64_t c = 0; c < g.DV; ++c) dvp[c] = dV0[c * Ws + j];
         }
@@ -1057,6 +1061,8 @@ Geometry geometry(const at::Tensor& q, const at::Tensor& v, const at::Tensor& r_
   g.K = g.KH * g.KW;
   g.TH = 2 * g.KH - 1;
   g.TW = 2 * g.KW - 1;
+  g.qs = g.ks = g.gqk = g.NH * g.D;  // packed; the entry points set the strides of views
+  g.vs = g.gv = g.NH * g.DV;
   g.PL = fixed ? col_dilation * (g.KW / 2) : 0;
   // Columns rounded up to whole vectors: a full vector load from any regular window column stays in the row
   // (regular blocks read at most PL columns past their block, and the last block's lanes end there).
@@ -1067,6 +1073,13 @@ Geometry geometry(const at::Tensor& q, const at::Tensor& v, const at::Tensor& r_
 template <typename T>
 const T* optional_ptr(const at::Tensor& t) {
   return t.numel() ? t.data_ptr<T>() : nullptr;
+}
+
+// The pixel strides of the q, k and v read (heads-last, channels packed: contiguous, or views of one qkv).
+void read_strides(Geometry& g, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  g.qs = convattn_common::pixel_stride(q, "na2d");
+  g.ks = convattn_common::pixel_stride(k, "na2d");
+  g.vs = convattn_common::pixel_stride(v, "na2d");
 }
 
 }  // namespace
@@ -1080,6 +1093,7 @@ std::vector<at::Tensor> na2d_forward(at::Tensor q, at::Tensor k, at::Tensor v, a
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "na2d_forward", [&] {
     Geometry g = geometry<scalar_t>(q, v, r_idx, c_idx, fixed, col_dilation);
     g.split_rel = rel.dim() == 3;
+    read_strides(g, q, k, v);
     const Tables tb = make_tables<scalar_t>(r_idx, r_ok, r_off, c_idx, c_ok, c_off, g, fixed, col_dilation);
     out = at::empty({g.B, g.H, g.W, g.NH, g.DV}, v.options());
     probs = at::empty({save ? g.B : 0, g.NH, g.H, g.K, g.Wp}, q.options());
@@ -1091,30 +1105,48 @@ std::vector<at::Tensor> na2d_forward(at::Tensor q, at::Tensor k, at::Tensor v, a
   return {out, probs};
 }
 
+// q, k and v are read where they lie; with packed=true they are the three views of one qkv
+// (B, H, W, 3, NH, d) tensor, and the gradient comes back as one such tensor (the first output, the
+// next two empty), in place of three contiguous ones.
 std::vector<at::Tensor> na2d_backward(at::Tensor dout, at::Tensor q, at::Tensor k, at::Tensor v,
                                          at::Tensor rel, at::Tensor bias, at::Tensor probs,
                                          at::Tensor r_idx, at::Tensor r_ok, at::Tensor r_off,
                                          at::Tensor c_idx, at::Tensor c_ok, at::Tensor c_off,
                                          at::Tensor r_inv, at::Tensor c_inv, double scale, bool want_rel,
-                                         bool want_bias, bool fixed, int64_t col_dilation) {
-  auto dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
+                                         bool want_bias, bool fixed, int64_t col_dilation, bool packed) {
+  TORCH_CHECK(dout.is_contiguous(), "na2d kernel: the output gradient must be contiguous");
+  at::Tensor dq, dk, dv;
+  if (packed) {
+    TORCH_CHECK(convattn_common::packed_views(q, k, v, "na2d"),
+                "na2d kernel: packed=true needs the q, k, v views of one (B, H, W, 3, heads, d) tensor");
+    dq = at::empty({q.size(0), q.size(1), q.size(2), 3, q.size(3), q.size(4)}, q.options());
+    dk = at::empty({0}, q.options()), dv = at::empty({0}, q.options());
+  } else {
+    dq = at::empty(q.sizes(), q.options()), dk = at::empty(k.sizes(), k.options());
+    dv = at::empty(v.sizes(), v.options());
+  }
   auto ds = at::empty_like(probs);
   at::Tensor drel, dbias;
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "na2d_backward", [&] {
     Geometry g = geometry<scalar_t>(q, v, r_idx, c_idx, fixed, col_dilation);
     g.split_rel = rel.dim() == 3;
+    read_strides(g, q, k, v);
+    if (packed) g.gqk = g.gv = 3 * g.NH * g.D;
+    scalar_t* dq_at = dq.data_ptr<scalar_t>();  // packed: dk and dv follow dq within each pixel
+    scalar_t* dk_at = packed ? dq_at + g.NH * g.D : dk.data_ptr<scalar_t>();
+    scalar_t* dv_at = packed ? dq_at + 2 * g.NH * g.D : dv.data_ptr<scalar_t>();
     const Tables tb = make_tables<scalar_t>(r_idx, r_ok, r_off, c_idx, c_ok, c_off, g, fixed, col_dilation);
     drel = want_rel ? at::zeros(rel.sizes(), q.options()) : at::zeros({0}, q.options());
     dbias = at::zeros({want_bias ? g.NH : 0, g.TH, g.TW}, q.options());
     const auto s = static_cast<scalar_t>(scale);
     backward_queries<scalar_t>(dout.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
                                v.data_ptr<scalar_t>(), optional_ptr<scalar_t>(rel), probs.data_ptr<scalar_t>(), tb,
-                               s, g, fixed, dq.data_ptr<scalar_t>(), ds.data_ptr<scalar_t>(),
+                               s, g, fixed, dq_at, ds.data_ptr<scalar_t>(),
                                want_rel ? drel.data_ptr<scalar_t>() : nullptr,
                                want_bias ? dbias.data_ptr<scalar_t>() : nullptr);
     backward_keys<scalar_t>(dout.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), probs.data_ptr<scalar_t>(),
                             ds.data_ptr<scalar_t>(), tb, r_inv.data_ptr<int64_t>(), r_inv.size(1), s, g, fixed,
-                            col_dilation, dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>());
+                            col_dilation, dk_at, dv_at);
   });
   (void)c_inv;  // columns are scattered within a row: the forward tables suffice
   return {dq, dk, dv, drel, dbias};
@@ -1139,7 +1171,7 @@ void apply_forward_impl(const T* w, const T* v, const Tables& tb, const Geometry
           for (int64_t t = 0; t < g.K; ++t) P[t] = load_first(prob_row(w, g, b, h, i, t) + j0, n);
           std::fill(O.begin(), O.end(), vec<T>{});
           block_gather(P.data(), Vslab.data() + g.PL, kr0, g.DV, tb, g, i, jb, n, ptr.data(), O.data());
-          store_block(O.data(), g.DV, g, b, h, i, j0, n, out);
+          store_block(O.data(), g.DV, g.NH * g.DV, g, b, h, i, j0, n, out);
         }
     }
   });
@@ -1160,7 +1192,7 @@ void apply_backward_impl(const T* dout, const T* w, const T* v, const Tables& tb
     for (int64_t task = begin; task < end; ++task) {
       const auto [b, h, i0, i1, kr0] = load_key_slabs<T>(nullptr, v, tb, g, sp, task, Kslab, Vslab);
       for (int64_t i = i0; i < i1; ++i) {
-        to_slab(dout, g.DV, g, b, h, i, i + 1, dOt.data());
+        to_slab(dout, g.DV, g.NH * g.DV, g, b, h, i, i + 1, dOt.data());
         for (int64_t jb = 0; jb < nb; ++jb) {
           const int64_t j0 = jb * L, n = std::min(L, g.W - j0);
           std::fill(dP.begin(), dP.end(), vec<T>{});
@@ -1180,7 +1212,7 @@ void apply_backward_impl(const T* dout, const T* w, const T* v, const Tables& tb
       const int64_t k0 = (task % sp.nchunks) * sp.chunk, k1 = std::min(g.H, k0 + sp.chunk);
       const auto [qr0, qr1] = query_rows(r_inv, mr, g.H, k0, k1);
       prepare_slab(dOslab, std::max<int64_t>(qr1 - qr0, 0), g.DV, g);
-      if (qr1 > qr0) to_slab(dout, g.DV, g, b, h, qr0, qr1, dOslab.data());
+      if (qr1 > qr0) to_slab(dout, g.DV, g.NH * g.DV, g, b, h, qr0, qr1, dOslab.data());
       for (int64_t kr = k0; kr < k1; ++kr) {
         int64_t npairs = 0;
         while (npairs < mr && r_inv[(kr * mr + npairs) * 2] >= 0) ++npairs;
@@ -1188,7 +1220,7 @@ void apply_backward_impl(const T* dout, const T* w, const T* v, const Tables& tb
           const int64_t kc0 = kb * L, n = std::min(L, g.W - kc0);
           gather_fixed(w, dOslab.data() + g.PL, g.DV * g.Wp, g.DV, r_inv + kr * mr * 2, npairs, qr0, g, b, h, kc0,
                        col_dilation, T(1), tmp.data());
-          store_block(tmp.data(), g.DV, g, b, h, kr, kc0, n, dv);
+          store_block(tmp.data(), g.DV, g.gv, g, b, h, kr, kc0, n, dv);
         }
       }
     }
@@ -1198,6 +1230,7 @@ void apply_backward_impl(const T* dout, const T* w, const T* v, const Tables& tb
 at::Tensor na2d_apply_forward(at::Tensor w, at::Tensor v, at::Tensor r_idx, at::Tensor r_ok,
                                  at::Tensor r_off, at::Tensor c_idx, at::Tensor c_ok, at::Tensor c_off,
                                  int64_t col_dilation) {
+  TORCH_CHECK(v.is_contiguous() && w.is_contiguous(), "na2d kernel: the weighted sums need contiguous v and w");
   at::Tensor out;
   AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "na2d_apply_forward", [&] {
     const Geometry g = geometry<scalar_t>(v, v, r_idx, c_idx, true, col_dilation);
@@ -1213,6 +1246,8 @@ std::vector<at::Tensor> na2d_apply_backward(at::Tensor dout, at::Tensor w, at::T
                                                at::Tensor r_idx, at::Tensor r_ok, at::Tensor r_off,
                                                at::Tensor c_idx, at::Tensor c_ok, at::Tensor c_off,
                                                at::Tensor r_inv, int64_t col_dilation) {
+  TORCH_CHECK(v.is_contiguous() && w.is_contiguous() && dout.is_contiguous(),
+              "na2d kernel: the weighted sums need contiguous v, w and dout");
   auto dw = at::empty_like(w), dv = at::empty_like(v);
   AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "na2d_apply_backward", [&] {
     const Geometry g = geometry<scalar_t>(v, v, r_idx, c_idx, true, col_dilation);

@@ -141,22 +141,7 @@ struct Layout {
   int64_t image;  // probability entries per image: (window, head, nq, np), rows n..nq-1 zero
 };
 
-// The pixel stride of x (B, H, W, NH, d), whose heads and channels are packed and whose pixels lie ps apart
-// (strides of dimensions of size 1 say nothing, and are not checked).
-Pix pix_of(const at::Tensor& x) {
-  const int64_t H = x.size(1), W = x.size(2), NH = x.size(3), d = x.size(4);
-  int64_t ps = NH * d;
-  if (W > 1)
-    ps = x.stride(2);
-  else if (H > 1)
-    ps = x.stride(1);
-  else if (x.size(0) > 1)
-    ps = x.stride(0);
-  auto fits = [&](int64_t dim, int64_t want) { return x.size(dim) == 1 || x.stride(dim) == want; };
-  TORCH_CHECK(fits(4, 1) && fits(3, d) && fits(2, ps) && fits(1, W * ps) && fits(0, H * W * ps) && ps >= NH * d,
-              "window kernel: expected heads-last pixels with packed heads, got strides ", x.strides());
-  return {ps, d};
-}
+Pix pix_of(const at::Tensor& x) { return {convattn_common::pixel_stride(x, "window"), x.size(4)}; }
 
 template <typename T>
 Layout<T> make_layout(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& rseg,
@@ -479,12 +464,7 @@ std::vector<at::Tensor> window_backward(at::Tensor dout, at::Tensor q, at::Tenso
                                            bool want_bias, bool packed) {
   at::Tensor dq, dk, dv, dqkv, dbias;
   if (packed) {
-    const int64_t third = q.size(3) * q.size(4) * q.element_size();  // bytes from q to k, k to v
-    const bool one_pixel = q.size(0) * q.size(1) * q.size(2) == 1;
-    TORCH_CHECK(k.data_ptr() == static_cast<char*>(q.data_ptr()) + third &&
-                    v.data_ptr() == static_cast<char*>(k.data_ptr()) + third && v.sizes() == q.sizes() &&
-                    (one_pixel || (pix_of(q).ps == 3 * q.size(3) * q.size(4) && pix_of(k).ps == pix_of(q).ps &&
-                                   pix_of(v).ps == pix_of(q).ps)),
+    TORCH_CHECK(convattn_common::packed_views(q, k, v, "window"),
                 "window kernel: packed=true needs the q, k, v views of one (B, H, W, 3, heads, d) tensor");
     dqkv = at::empty({q.size(0), q.size(1), q.size(2), 3, q.size(3), q.size(4)}, q.options());
   } else {
