@@ -688,11 +688,15 @@ void forward_impl(const T* q, const T* k, const T* v, const T* rel, const T* bia
   });
 }
 
-// Pass 1, per query block: dS = P (dP - sum P dP), dq, and the rel/bias gradients (per-thread sums).
+template <typename T>
+struct KeysPass;
+
+// Pass 1, per query block: dS = P (dP - sum P dP), dq, and the rel/bias gradients (per-thread sums);
+// then_keys: the key pass of each task, run after it on the same thread (tasks of whole images).
 template <typename T>
 void backward_queries(const T* dout, const T* q, const T* k, const T* v, const T* rel, const T* probs,
-                      const Tables& tb, T scale, const Geometry& g, bool fixed, T* dq, T* ds, T* drel,
-                      T* dbias) {
+                      const Tables& tb, T scale, const Geometry& g, bool fixed, T* dq, T* ds, T* drel, T* dbias,
+                      const KeysPass<T>* then_keys) {
   constexpr int64_t L = kLanes<T>;
   const Split sp = split_rows(g);
   const int64_t nb = (g.W + L - 1) / L;
@@ -845,6 +849,7 @@ void backward_queries(const T* dout, const T* q, const T* k, const T* v, const T
         for (int64_t l = 0; l < L; ++l) my_bias[(h * g.TH + oa) * g.TW + ob] += bias_acc[t][l];
         bias_acc[t] = vec<T>{};
       }
+      if (then_keys) then_keys->run(task, task + 1);
     }
   });
   for (auto& part : rel_parts)
@@ -945,16 +950,28 @@ inline bool unit_row_windows(const Tables& tb, const Geometry& g, bool fixed) {
 }
 
 // Pass 2, per key row: dk = scale sum dS q and dv = sum P dout over the queries whose window holds it.
+// The tasks [begin, end) of one thread; `backward_keys` runs them all.
 template <typename T>
-void backward_keys(const T* dout, const T* q, const T* probs, const T* ds, const Tables& tb, const int64_t* r_inv,
-                   int64_t mr, T scale, const Geometry& g, bool fixed, int64_t col_dilation, T* dk, T* dv) {
-  const bool unit_rows = unit_row_windows(tb, g, fixed);
-  constexpr int64_t L = kLanes<T>;
-  const Split sp = split_rows(g);
-  const int64_t nb = (g.W + L - 1) / L;
-  at::parallel_for(0, g.B * g.NH * sp.nchunks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> Qslab, dOslab, dKt(g.D * g.Wp), dVt(g.DV * g.Wp);
-    std::vector<vec<T>> tmp(std::max(g.D, g.DV)), tmp2(std::max(g.D, g.DV));
+struct KeysPass {
+  const T *dout, *q, *probs, *ds;
+  const Tables& tb;
+  const int64_t* r_inv;
+  int64_t mr;
+  T scale;
+  const Geometry& g;
+  bool fixed;
+  int64_t col_dilation;
+  T *dk, *dv;
+  Split sp;  // the tasks' rows, as split outside any parallel region (which sees one thread)
+
+  void run(int64_t begin, int64_t end) const {
+    const bool unit_rows = unit_row_windows(tb, g, fixed);
+    constexpr int64_t L = kLanes<T>;
+    const int64_t nb = (g.W + L - 1) / L;
+    thread_local std::vector<T> Qslab, dOslab, dKt, dVt;
+    thread_local std::vector<vec<T>> tmp, tmp2;
+    dKt.resize(g.D * g.Wp), dVt.resize(g.DV * g.Wp);
+    tmp.resize(std::max(g.D, g.DV)), tmp2.resize(std::max(g.D, g.DV));
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / (g.NH * sp.nchunks), h = (task / sp.nchunks) % g.NH;
       const int64_t k0 = (task % sp.nchunks) * sp.chunk, k1 = std::min(g.H, k0 + sp.chunk);
@@ -1043,7 +1060,13 @@ void backward_keys(const T* dout, const T* q, const T* probs, const T* ds, const
         }
       }
     }
-  });
+  }
+};
+
+template <typename T>
+void backward_keys(const KeysPass<T>& pass) {
+  const int64_t tasks = pass.g.B * pass.g.NH * pass.sp.nchunks;
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) { pass.run(begin, end); });
 }
 
 template <typename T>
@@ -1139,14 +1162,18 @@ std::vector<at::Tensor> na2d_backward(at::Tensor dout, at::Tensor q, at::Tensor 
     drel = want_rel ? at::zeros(rel.sizes(), q.options()) : at::zeros({0}, q.options());
     dbias = at::zeros({want_bias ? g.NH : 0, g.TH, g.TW}, q.options());
     const auto s = static_cast<scalar_t>(scale);
+    const KeysPass<scalar_t> keys{dout.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), probs.data_ptr<scalar_t>(),
+                                  ds.data_ptr<scalar_t>(), tb, r_inv.data_ptr<int64_t>(), r_inv.size(1), s, g, fixed,
+                                  col_dilation, dk_at, dv_at, split_rows(g)};
+    // A task that holds all rows of its (image, head) has every dS its keys need once its queries are
+    // done: the key pass then runs right after, on the same thread, while dS and P are still in cache.
+    const bool fused = keys.sp.nchunks == 1;
     backward_queries<scalar_t>(dout.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
                                v.data_ptr<scalar_t>(), optional_ptr<scalar_t>(rel), probs.data_ptr<scalar_t>(), tb,
                                s, g, fixed, dq_at, ds.data_ptr<scalar_t>(),
                                want_rel ? drel.data_ptr<scalar_t>() : nullptr,
-                               want_bias ? dbias.data_ptr<scalar_t>() : nullptr);
-    backward_keys<scalar_t>(dout.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), probs.data_ptr<scalar_t>(),
-                            ds.data_ptr<scalar_t>(), tb, r_inv.data_ptr<int64_t>(), r_inv.size(1), s, g, fixed,
-                            col_dilation, dk_at, dv_at);
+                               want_bias ? dbias.data_ptr<scalar_t>() : nullptr, fused ? &keys : nullptr);
+    if (!fused) backward_keys(keys);
   });
   (void)c_inv;  // columns are scattered within a row: the forward tables suffice
   return {dq, dk, dv, drel, dbias};
