@@ -139,6 +139,27 @@ def test_bad_packed_qkv_is_named():
         neighborhood_attention2d_qkv(torch.randn(1, 4, 4, 3, 2, 3), 4)
 
 
+@needs_kernel()
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("border", ["mask", "zeros", "shift"])
+def test_backward_passes_fused_per_image_and_split_in_chunks_match_torch(border, threads):
+    """8 (image, head) pairs: on one thread each task holds whole images and its key pass runs right
+    after its query pass; on two, rows are split into chunks and the passes run one after the other."""
+    q, k, v, rel, bias = _inputs((9, 13), (5, 5), heads=2, B=4)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = neighborhood_attention2d(q, k, v, 5, rel=rel, bias=bias, border=border, backend="kernel")
+        g = torch.randn_like(out)
+        fast = torch.autograd.grad(out, (q, k, v, rel, bias), g)
+    finally:
+        torch.set_num_threads(previous)
+    expected = neighborhood_attention2d(q, k, v, 5, rel=rel, bias=bias, border=border, backend="torch")
+    torch.testing.assert_close(out, expected, atol=1e-12, rtol=0)
+    for a, b in zip(fast, torch.autograd.grad(expected, (q, k, v, rel, bias), g), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-11, rtol=0)
+
+
 def test_shift_windows_stay_inside_and_mask_windows_centre_on_the_query():
     w = axis_windows(7, 3, 1, "shift")
     assert w.index.tolist()[0] == [0, 1, 2] and w.index.tolist()[6] == [4, 5, 6] and w.valid.all()
