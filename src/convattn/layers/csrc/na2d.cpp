@@ -691,6 +691,38 @@ void forward_impl(const T* q, const T* k, const T* v, const T* rel, const T* bia
 template <typename T>
 struct KeysPass;
 
+// Fixed windows: the rel gradient of a task's rows [i0, i0 + rows) of head h, image b, added to drel:
+// row u of the table gets sum over the task's queries p of dS_u(p) q_p, where dS_u(p) (the score
+// gradient its term takes) is at dsu[(u * rows + r) * Wr + j]. Each pixel's channels form a vector and
+// the terms' sums stay in registers, a group at a time: no per-block read-modify-write of accumulators.
+template <typename T>
+void rel_gradient(const T* q, const T* dsu, int64_t terms, int64_t rows, int64_t Wr, const Geometry& g, int64_t b,
+                  int64_t h, int64_t i0, T* drel) {
+  constexpr int64_t L = kLanes<T>, kGroup = 16;
+  for (int64_t c0 = 0; c0 < g.D; c0 += L) {
+    const int64_t m = std::min(L, g.D - c0);
+    for (int64_t u0 = 0; u0 < terms; u0 += kGroup) {
+      const int64_t un = std::min(kGroup, terms - u0);
+      vec<T> acc[kGroup] = {};
+      for (int64_t r = 0; r < rows; ++r) {
+        const T* qrow = q + (b * g.H + i0 + r) * g.W * g.qs + h * g.D + c0;
+        const T* drow = dsu + (u0 * rows + r) * Wr;
+        for (int64_t j = 0; j < g.W; ++j) {
+          const vec<T> qv = load_first(qrow + j * g.qs, m);
+          // A loop of constant length with the bound as a condition: the sums stay in registers.
+#pragma GCC unroll 16
+          for (int64_t u = 0; u < kGroup; ++u)
+            if (u < un) acc[u] += drow[u * rows * Wr + j] * qv;
+        }
+      }
+      for (int64_t u = 0; u < un; ++u) {
+        T* gr = drel + fixed_rel_at(g, u0 + u, h) + c0;
+        for (int64_t l = 0; l < m; ++l) gr[l] += acc[u][l];
+      }
+    }
+  }
+}
+
 // Pass 1, per query block: dS = P (dP - sum P dP), dq, and the rel/bias gradients (per-thread sums);
 // then_keys: the key pass of each task, run after it on the same thread (tasks of whole images).
 template <typename T>
@@ -709,10 +741,13 @@ void backward_queries(const T* dout, const T* q, const T* k, const T* v, const T
     std::vector<T> Kslab, Vslab, Qt(2 * g.D * g.Wp, T(0)), dOt(2 * g.DV * g.Wp, T(0));
     std::vector<vec<T>> P(g.K), dP(g.K), dQ(g.D), P2(g.K), dP2(g.K), dQ2(g.D);
     std::vector<const T*> ptr(g.K), rows(g.KH + 1);
-    // Fixed windows: every slot has one rel/bias offset, so their gradients are summed lane-wise over
-    // the task and reduced across lanes once at its end.
+    // Fixed windows: every slot has one rel/bias offset. The bias gradients are summed lane-wise over the
+    // task and reduced across lanes at its end; each rel term's dS is kept, (term, row, column), for
+    // rel_gradient at the task's end.
     const int64_t rel_terms = g.split_rel ? g.KH + g.KW : g.K;  // embeddings a block's scores use
-    std::vector<vec<T>> rel_acc(fixed && my_rel ? rel_terms * g.D : 0), bias_acc(fixed && my_bias ? g.K : 0);
+    const int64_t Wr = nb * L;
+    std::vector<T> rel_ds(fixed && my_rel ? rel_terms * sp.chunk * Wr : 0);
+    std::vector<vec<T>> bias_acc(fixed && my_bias ? g.K : 0);
     for (int64_t task = begin; task < end; ++task) {
       const Task tk = load_key_slabs(k, v, tb, g, sp, task, Kslab, Vslab);
       const int64_t b = tk.b, h = tk.h, i0 = tk.i0, i1 = tk.i1, kr0 = tk.kr0;  // named for the lambdas
@@ -734,8 +769,7 @@ void backward_queries(const T* dout, const T* q, const T* k, const T* v, const T
           auto rel_term = [&](int64_t u, const vec<T>& d) {
             const T* rv = rel + fixed_rel_at(g, u, h);
             for (int64_t c = 0; c < g.D; ++c) dQ[c] += d * rv[c];
-            if (my_rel)
-              for (int64_t c = 0; c < g.D; ++c) rel_acc[u * g.D + c] += d * loadu(Q0 + c * g.Wp + j0);
+            if (my_rel) storeu(rel_ds.data() + (u * (i1 - i0) + i - i0) * Wr + j0, d);
           };
           if (rel && g.split_rel) {  // a row's term takes the dS of its slots, and so does a column's
             for (int64_t a = 0; a < g.KH; ++a) {
@@ -837,13 +871,7 @@ void backward_queries(const T* dout, const T* q, const T* k, const T* v, const T
         }
         zero_pads(ds, g, b, h, i);
       }
-      for (int64_t u = 0; u < rel_terms && !rel_acc.empty(); ++u) {  // reduce lanes
-        T* gr = my_rel + fixed_rel_at(g, u, h);
-        for (int64_t c = 0; c < g.D; ++c) {
-          for (int64_t l = 0; l < L; ++l) gr[c] += rel_acc[u * g.D + c][l];
-          rel_acc[u * g.D + c] = vec<T>{};
-        }
-      }
+      if (!rel_ds.empty()) rel_gradient(q, rel_ds.data(), rel_terms, i1 - i0, Wr, g, b, h, i0, my_rel);
       for (int64_t t = 0; t < g.K && !bias_acc.empty(); ++t) {
         const int64_t oa = t / g.KW + g.KH / 2, ob = t % g.KW + g.KW / 2;
         for (int64_t l = 0; l < L; ++l) my_bias[(h * g.TH + oa) * g.TW + ob] += bias_acc[t][l];
