@@ -48,7 +48,9 @@ def test_count_macs_matches_the_formulas():
     assert count_macs(create_mixer("dwconv", 8, kernel_size=5), x) == 2 * 12 * 10 * 8 * 25
     sasa = create_mixer("sasa", 8, kernel_size=5, num_heads=2)
     projections = 3 * 2 * 12 * 10 * 8 * 8
-    attention = 2 * 12 * 10 * 2 * 25 * (4 + 4 + 4)  # q·k, q·rel and the weighted sum, per head of 4
+    # per pixel and head of 4: q·k and the weighted sum over 25 keys; the relative logits are decomposed
+    # (SASA's row and column halves), so q·rel costs 5 + 5 dot products, not 25
+    attention = 2 * 12 * 10 * 2 * (25 * (4 + 4) + (5 + 5) * 4)
     assert count_macs(sasa, x) == projections + attention
     q = torch.randn(2, 3, 50, 16)
     v = torch.randn(2, 3, 40, 8)
