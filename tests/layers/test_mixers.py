@@ -264,11 +264,13 @@ def _sasa_grads(out, layer, x, g):
         ((4, 5), {"scale": 0.3, "num_heads": 1}),
     ],
 )
-def test_sasa_matches_the_papers_formula(size, options):
-    """The fast path against the loop over eq. 2-3, forward and backward, in float64."""
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_sasa_matches_the_papers_formula(size, options, memory_format):
+    """The fast path against the loop over eq. 2-3, forward and backward, in float64, with NCHW and
+    channels_last inputs (the projection keeps the input's format, and the kernel reads either)."""
     layer = SASA(6, **{"kernel_size": 3, "num_heads": 2, **options}).double()
     scale = {None: 1.0, "sqrt": layer.d**-0.5}.get(options.get("scale"), options.get("scale"))
-    x = torch.randn(2, 6, *size, dtype=f64, requires_grad=True)
+    x = torch.randn(2, 6, *size, dtype=f64).contiguous(memory_format=memory_format).requires_grad_()
     out, expected = layer(x), ref.sasa2d(layer, x, scale=scale)
     torch.testing.assert_close(out, expected, atol=1e-12, rtol=0)
     g = torch.randn_like(out)

@@ -75,16 +75,49 @@ def test_decomposed_embeddings_are_the_table_of_their_sums(backend, border, size
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("border", ["mask", "zeros", "shift"])
 @pytest.mark.parametrize(("size", "kernel", "dilation"), CASES[1:4])
-def test_packed_qkv_matches_the_reference(backend, border, size, kernel, dilation):
-    """qkv (B, H, W, 3, heads, d) read in place, its gradient written as one tensor."""
-    qkv = torch.randn(2, *size, 3, 2, 3, dtype=f64, requires_grad=True)
+@pytest.mark.parametrize("layout", ["channels_last", "nchw"])
+def test_packed_qkv_matches_the_reference(backend, border, size, kernel, dilation, layout):
+    """qkv (B, H, W, 3, heads, d) read in place, its gradient written as one tensor: contiguous (a
+    channels-last projection's output) or the permuted view of an NCHW (B, 3, heads, d, H, W) one."""
+    if layout == "nchw":
+        base = torch.randn(2, 3, 2, 3, *size, dtype=f64, requires_grad=True)
+        qkv = base.permute(0, 4, 5, 1, 2, 3)
+    else:
+        base = qkv = torch.randn(2, *size, 3, 2, 3, dtype=f64, requires_grad=True)
     _, _, _, rel, bias = _inputs(size, kernel)
     out = neighborhood_attention2d_qkv(
         qkv, kernel, dilation=dilation, rel=rel, bias=bias, border=border, backend=backend
     )
     expected = ref.neighborhood_attention2d(*qkv.unbind(3), kernel, dilation, border, None, rel, bias)
     torch.testing.assert_close(out, expected, atol=1e-12, rtol=0)
-    assert_same_gradients(out, expected, (qkv, rel, bias), atol=1e-11)
+    assert_same_gradients(out, expected, (base, rel, bias), atol=1e-11)
+
+
+@needs_kernel()
+@pytest.mark.parametrize("border", ["mask", "zeros", "shift"])
+def test_nchw_views_are_read_in_place_and_their_gradient_keeps_their_layout(border):
+    """The permuted views of an NCHW tensor (columns adjacent) give the same bits as contiguous copies
+    for the output and the q, k, v gradients, packed or not; the packed gradient comes back laid out as
+    qkv (no copy for the 1×1 conv's backward); the rel gradient, summed in another order, agrees."""
+    base = torch.randn(2, 3, 4, 16, 9, 21, requires_grad=True)  # (B, 3, heads, d, H, W)
+    qkv = base.permute(0, 4, 5, 1, 2, 3)  # (B, H, W, 3, heads, d), columns adjacent
+    rel_h, rel_w = (torch.randn(13, 4, 16, requires_grad=True) for _ in range(2))
+    g = torch.randn(2, 9, 21, 4, 16)
+    args = {"rel_hw": (rel_h, rel_w), "border": border, "backend": "kernel"}
+    layouts: list[tuple[int, ...]] = []
+    qkv.register_hook(lambda grad: layouts.append(grad.stride()))
+    packed = neighborhood_attention2d_qkv(qkv, 7, **args)
+    views = neighborhood_attention2d(*qkv.unbind(3), 7, **args)
+    copies = neighborhood_attention2d(*(t.contiguous() for t in qkv.unbind(3)), 7, **args)
+    assert torch.equal(packed, copies) and torch.equal(views, copies)
+    grads = [torch.autograd.grad(y, [base, rel_h, rel_w], g) for y in (packed, views, copies)]
+    assert layouts[0] == qkv.stride()  # the packed backward's dqkv
+    for got in grads[:2]:
+        assert torch.equal(got[0], grads[2][0])
+        for a, b in zip(got[1:], grads[2][1:], strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        assert torch.equal(neighborhood_attention2d_qkv(qkv, 7, **args), packed)
 
 
 @needs_kernel()

@@ -337,6 +337,24 @@ def _heads_last(x: Tensor) -> Tensor:
     return x.contiguous()
 
 
+def _na2d_readable(x: Tensor) -> Tensor:
+    """x (B, H, W, heads, d) as the na2d kernel reads it in place: `_heads_last`'s layouts, or columns
+    adjacent (the permuted view of an NCHW tensor, such as a 1×1 conv's output: each channel's row is one
+    contiguous run); else a contiguous copy."""
+    if x.shape[2] > 1 and x.shape[4] > 1 and x.stride(2) == 1:
+        return x
+    return _heads_last(x)
+
+
+def _dense_qkv(qkv: Tensor) -> Tensor:
+    """qkv (B, H, W, 3, heads, d) as the na2d kernel reads it and lays out its gradient: contiguous, or
+    the permuted view of a contiguous (B, 3, heads, d, H, W) tensor (an NCHW 1×1 conv's output); else
+    a contiguous copy."""
+    if qkv.is_contiguous() or (qkv.shape[2] > 1 and qkv.permute(0, 3, 4, 5, 1, 2).is_contiguous()):
+        return qkv
+    return qkv.contiguous()
+
+
 def na2d_kernel(
     q: Tensor,
     k: Tensor,
@@ -354,9 +372,9 @@ def na2d_kernel(
     rows then its columns, the embedding of an offset the sum of its row and its column."""
     geometry = (kernel_size, dilation, border, scale)
     args = (
-        _heads_last(q),
-        _heads_last(k),
-        _heads_last(v),
+        _na2d_readable(q),
+        _na2d_readable(k),
+        _na2d_readable(v),
         _contiguous_or_empty(rel, q),
         _contiguous_or_empty(bias, q),
     )
@@ -375,9 +393,10 @@ def na2d_packed_kernel(
     scale: float,
 ) -> Tensor:
     """`na2d_kernel` on a checked qkv (B, H, W, 3, heads, d): q, k and v are read where they lie (a 1×1
-    projection's channels-last output needs no copies) and the backward writes one dqkv."""
+    projection's output, channels-last or NCHW, needs no copies) and the backward writes one dqkv, laid
+    out as qkv."""
     geometry = (kernel_size, dilation, border, scale)
-    qkv = qkv.contiguous()  # a projection's channels-last output already is: no copy
+    qkv = _dense_qkv(qkv)
     table, bias_t = _contiguous_or_empty(rel, qkv), _contiguous_or_empty(bias, qkv)
     if _tracks_grad(qkv, rel, bias):
         return cast(Tensor, _NA2dPackedFunction.apply(qkv, table, bias_t, geometry))

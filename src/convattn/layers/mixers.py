@@ -361,10 +361,10 @@ class SASA(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         check_tensor("x", x, 4)
-        x = x.contiguous(memory_format=torch.channels_last)  # heads-last views of the projections: no copies
-        B, _, H, W = x.shape
         weight = torch.cat([self.q.weight, self.kv.weight])  # (3 out, dim, 1, 1): q, k, v in one 1×1 conv
-        qkv = F.conv2d(x, weight).permute(0, 2, 3, 1).reshape(B, H, W, 3, self.heads, self.d)  # a view
+        # The conv keeps x's memory format (NCHW or channels_last) and the kernel reads either in place,
+        # so the input is not converted: (B, 3 out, H, W) -> (B, 3, heads, d, H, W) -> (B, H, W, 3, heads, d)
+        qkv = F.conv2d(x, weight).unflatten(1, (3, self.heads, self.d)).permute(0, 4, 5, 1, 2, 3)  # a view
         out = neighborhood_attention2d_qkv(
             qkv,
             self.k,

@@ -24,15 +24,23 @@ namespace convattn_na2d {
 namespace {
 using namespace convattn_simd;
 
+// Where element (b, i, j, h, c) of a (B, H, W, NH, C) tensor lies: b sb + i sr + j sj + h sh + c sc. Two
+// kinds are read and written: channels adjacent (sc = 1; heads-last, or the views of one packed qkv) and
+// columns adjacent (sj = 1; permuted views of an NCHW tensor such as a 1×1 conv's output).
+struct Layout {
+  int64_t sb, sr, sj, sh, sc;
+  int64_t at(int64_t b, int64_t i, int64_t j, int64_t h) const { return b * sb + i * sr + j * sj + h * sh; }
+};
+
 struct Geometry {
   int64_t B, H, W, NH, D, DV, KH, KW, K, TH, TW;  // TH, TW: rel/bias table sides (2k - 1)
   int64_t PL, Wp;  // left padding and row stride of the transposed slabs (column j at j + PL)
   // rel is (TH, TW, NH, D), or split into rows and columns: (TH + TW, NH, D), the embedding of offset
   // (oa, ob) the sum of its rows oa and TH + ob (decomposed relative embeddings).
   bool split_rel = false;
-  // Pixel strides: of the q, k and v read, and of the dq and dk, and dv, written (NH d, or 3 NH d for
-  // the views of one (B, H, W, 3, NH, d) tensor). The output and its gradient are always packed.
-  int64_t qs, ks, vs, gqk, gv;
+  // Layouts of the q, k and v read, of the dq, dk and dv written, and of the output and its gradient
+  // (always contiguous).
+  Layout lq, lk, lv, lgq, lgk, lgv, lo;
   int64_t rel_numel() const { return (split_rel ? TH + TW : TH * TW) * NH * D; }
 };
 
@@ -88,19 +96,27 @@ std::vector<vec<T>> lane_masks(const Tables& tb, const Geometry& g) {
   return masks;
 }
 
-// Copy rows [r0, r1) of head h of image b from heads-last x (B, H, W, NH, C), pixels ps apart, into
-// slab[row][c][Wp].
-// Blocks of up to L pixels × L channels go through an in-register transpose: masked loads of a pixel's
-// channels, masked stores of a channel's pixels (the lanes past the row's last pixel are zeros and land in
-// the slab's zero padding, which stays zero).
+// Copy rows [r0, r1) of head h of image b from x (B, H, W, NH, C), laid out as lx, into slab[row][c][Wp].
+// Adjacent channels: blocks of up to L pixels × L channels go through an in-register transpose, masked
+// loads of a pixel's channels and masked stores of a channel's pixels (the lanes past the row's last pixel
+// are zeros and land in the slab's zero padding, which stays zero). Adjacent columns: each channel's row
+// is one contiguous copy.
 template <typename T>
-void to_slab(const T* x, int64_t C, int64_t ps, const Geometry& g, int64_t b, int64_t h, int64_t r0, int64_t r1,
-             T* slab) {
+void to_slab(const T* x, int64_t C, const Layout& lx, const Geometry& g, int64_t b, int64_t h, int64_t r0,
+             int64_t r1, T* slab) {
   constexpr int64_t L = kLanes<T>;
-  const int64_t stride = ps;  // between neighbouring pixels
+  if (lx.sc != 1) {  // lx.sj == 1 (checked where layouts are made)
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t c = 0; c < C; ++c) {
+        const T* src = x + lx.at(b, r, 0, h) + c * lx.sc;
+        std::copy(src, src + g.W, slab + ((r - r0) * C + c) * g.Wp + g.PL);
+      }
+    return;
+  }
+  const int64_t stride = lx.sj;  // between neighbouring pixels
   vec<T> tile[L];
   for (int64_t r = r0; r < r1; ++r) {
-    const T* src = x + (b * g.H + r) * g.W * ps + h * C;
+    const T* src = x + lx.at(b, r, 0, h);
     T* dst = slab + (r - r0) * C * g.Wp + g.PL;
     for (int64_t j0 = 0; j0 < g.W; j0 += L) {
       const int64_t n = std::min(L, g.W - j0);
@@ -172,10 +188,10 @@ Task load_key_slabs(const T* k, const T* v, const Tables& tb, const Geometry& g,
   const int64_t kr1 = key_rows(tb, g, i0, i1).second;
   if (k) {  // null for the weighted sums with given weights, which read values only
     prepare_slab(Kslab, kr1 - kr0, g.D, g);
-    to_slab(k, g.D, g.ks, g, b, h, kr0, kr1, Kslab.data());
+    to_slab(k, g.D, g.lk, g, b, h, kr0, kr1, Kslab.data());
   }
   prepare_slab(Vslab, kr1 - kr0, g.DV, g);
-  to_slab(v, g.DV, g.vs, g, b, h, kr0, kr1, Vslab.data());
+  to_slab(v, g.DV, g.lv, g, b, h, kr0, kr1, Vslab.data());
   return {b, h, i0, i1, kr0};
 }
 
@@ -192,12 +208,15 @@ struct RowPrefetch {
   Stream streams[3] = {};
   int64_t nstreams = 0;
 
-  // Rows [r0, r1) of head h of image b of heads-last x (B, H, W, NH, C), pixels ps apart; null x adds nothing.
-  void add(const T* x, int64_t C, int64_t ps, const Geometry& g, int64_t b, int64_t h, int64_t r0, int64_t r1) {
-    if (!x || r1 <= r0) return;
-    const T* first = x + (b * g.H + r0) * g.W * ps + h * C;
+  // Rows [r0, r1) of head h of image b of x (B, H, W, NH, C) laid out as lx; null x adds nothing, and so
+  // does a layout whose rows are not one run of evenly spaced pixels with adjacent channels (adjacent
+  // columns are contiguous runs, which the hardware prefetcher follows).
+  void add(const T* x, int64_t C, const Layout& lx, const Geometry& g, int64_t b, int64_t h, int64_t r0,
+           int64_t r1) {
+    if (!x || r1 <= r0 || lx.sc != 1 || lx.sr != g.W * lx.sj) return;
+    const T* first = x + lx.at(b, r0, 0, h);
     streams[nstreams++] = {reinterpret_cast<const char*>(first), (r1 - r0) * g.W, 0,
-                           ps * static_cast<int64_t>(sizeof(T)), (C * static_cast<int64_t>(sizeof(T)) + 63) / 64};
+                           lx.sj * static_cast<int64_t>(sizeof(T)), (C * static_cast<int64_t>(sizeof(T)) + 63) / 64};
   }
   // Request the next `count` pixels of every stream.
   void advance(int64_t count) {
@@ -596,15 +615,20 @@ void block_gather(const vec<T>* w, const T* slab, int64_t kr0, int64_t C, const 
   }
 }
 
-// Write acc[c] (lanes = columns j0..j0+n) of head h, row i into heads-last y: blocks of L channels go
-// through an in-register transpose and masked stores of each pixel's channels.
+// Write acc[c] (lanes = columns j0..j0+n) of head h, row i into y laid out as ly. Adjacent channels: blocks
+// of L channels go through an in-register transpose and masked stores of each pixel's channels. Adjacent
+// columns: one masked store per channel.
 template <typename T>
-void store_block(const vec<T>* acc, int64_t C, int64_t ps, const Geometry& g, int64_t b, int64_t h, int64_t i,
-                 int64_t j0, int64_t n, T* y) {
+void store_block(const vec<T>* acc, int64_t C, const Layout& ly, const Geometry& g, int64_t b, int64_t h,
+                 int64_t i, int64_t j0, int64_t n, T* y) {
   constexpr int64_t L = kLanes<T>;
+  T* dst = y + ly.at(b, i, j0, h);
+  if (ly.sc != 1) {  // ly.sj == 1
+    for (int64_t c = 0; c < C; ++c) store_first(dst + c * ly.sc, acc[c], n);
+    return;
+  }
   vec<T> tile[L];
-  T* dst = y + ((b * g.H + i) * g.W + j0) * ps + h * C;
-  const int64_t stride = ps;
+  const int64_t stride = ly.sj;
   for (int64_t c0 = 0; c0 < C; c0 += L) {
     const int64_t m = std::min(L, C - c0);
     // Loops of constant length with the bounds as conditions: the tile stays in registers.
@@ -634,14 +658,14 @@ void forward_impl(const T* q, const T* k, const T* v, const T* rel, const T* bia
       if (task + 1 < end) {  // the next task's queries, keys and values
         const Task nx = task_of(tb, g, sp, task + 1);
         const auto [nk0, nk1] = key_rows(tb, g, nx.i0, nx.i1);
-        pf.add(k, g.D, g.ks, g, nx.b, nx.h, nk0, nk1);
-        pf.add(v, g.DV, g.vs, g, nx.b, nx.h, nk0, nk1);
-        pf.add(q, g.D, g.qs, g, nx.b, nx.h, nx.i0, nx.i1);
+        pf.add(k, g.D, g.lk, g, nx.b, nx.h, nk0, nk1);
+        pf.add(v, g.DV, g.lv, g, nx.b, nx.h, nk0, nk1);
+        pf.add(q, g.D, g.lq, g, nx.b, nx.h, nx.i0, nx.i1);
       }
       const int64_t pf_step = (pf.pixels() + (i1 - i0) * nb - 1) / ((i1 - i0) * nb);  // per row and block
       for (int64_t i = i0; i < i1; ++i) {
         if (pairable(tb, g, fixed, i, i1)) {  // rows i and i + 1 together
-          to_slab(q, g.D, g.qs, g, b, h, i, i + 2, Qt.data());
+          to_slab(q, g.D, g.lq, g, b, h, i, i + 2, Qt.data());
           const T* Qa = Qt.data() + g.PL;
           const T* Qb = Qa + g.D * g.Wp;
           for (int64_t jb = 0; jb < nb; ++jb) {
@@ -661,15 +685,15 @@ void forward_impl(const T* q, const T* k, const T* v, const T* rel, const T* bia
               }
             pair_rows(Vslab.data() + g.PL, kr0, g.DV, tb, g, i, rows.data());
             weigh_slots_pair(S.data(), S2.data(), rows.data(), base, g.KH, g.KW, g.DV, g.Wp, O.data(), O2.data());
-            store_block(O.data(), g.DV, g.NH * g.DV, g, b, h, i, j0, n, out);
-            store_block(O2.data(), g.DV, g.NH * g.DV, g, b, h, i + 1, j0, n, out);
+            store_block(O.data(), g.DV, g.lo, g, b, h, i, j0, n, out);
+            store_block(O2.data(), g.DV, g.lo, g, b, h, i + 1, j0, n, out);
             pf.advance(2 * pf_step);
           }
           if (probs) zero_pads(probs, g, b, h, i), zero_pads(probs, g, b, h, i + 1);
           ++i;
           continue;
         }
-        to_slab(q, g.D, g.qs, g, b, h, i, i + 1, Qt.data());
+        to_slab(q, g.D, g.lq, g, b, h, i, i + 1, Qt.data());
         for (int64_t jb = 0; jb < nb; ++jb) {
           const int64_t j0 = jb * L, n = std::min(L, g.W - j0);
           block_scores(Qt.data() + g.PL, Kslab.data() + g.PL, kr0, rel, bias, tb, masks, g, h, i, jb, n, scale,
@@ -679,7 +703,7 @@ void forward_impl(const T* q, const T* k, const T* v, const T* rel, const T* bia
             for (int64_t t = 0; t < g.K; ++t) store_first(prob_row(probs, g, b, h, i, t) + j0, S[t], n);
           std::fill(O.begin(), O.end(), vec<T>{});
           block_gather(S.data(), Vslab.data() + g.PL, kr0, g.DV, tb, g, i, jb, n, ptr.data(), O.data());
-          store_block(O.data(), g.DV, g.NH * g.DV, g, b, h, i, j0, n, out);
+          store_block(O.data(), g.DV, g.lo, g, b, h, i, j0, n, out);
           pf.advance(pf_step);
         }
         if (probs) zero_pads(probs, g, b, h, i);
@@ -693,22 +717,48 @@ struct KeysPass;
 
 // Fixed windows: the rel gradient of a task's rows [i0, i0 + rows) of head h, image b, added to drel:
 // row u of the table gets sum over the task's queries p of dS_u(p) q_p, where dS_u(p) (the score
-// gradient its term takes) is at dsu[(u * rows + r) * Wr + j]. Each pixel's channels form a vector and
-// the terms' sums stay in registers, a group at a time: no per-block read-modify-write of accumulators.
+// gradient its term takes) is at dsu[(u * rows + r) * Wr + j] (zero past column W). With adjacent
+// channels each pixel's channels form a vector, with adjacent columns each channel's row does (summed
+// across lanes at the end); the terms' sums stay in registers, a group at a time: no per-block
+// read-modify-write of accumulators.
 template <typename T>
 void rel_gradient(const T* q, const T* dsu, int64_t terms, int64_t rows, int64_t Wr, const Geometry& g, int64_t b,
                   int64_t h, int64_t i0, T* drel) {
   constexpr int64_t L = kLanes<T>, kGroup = 16;
+  const Layout& lq = g.lq;
+  if (lq.sc != 1) {  // adjacent columns
+    for (int64_t c = 0; c < g.D; ++c)
+      for (int64_t u0 = 0; u0 < terms; u0 += kGroup) {
+        const int64_t un = std::min(kGroup, terms - u0);
+        vec<T> acc[kGroup] = {};
+        for (int64_t r = 0; r < rows; ++r) {
+          const T* qrow = q + lq.at(b, i0 + r, 0, h) + c * lq.sc;
+          const T* drow = dsu + (u0 * rows + r) * Wr;
+          for (int64_t j0 = 0; j0 < g.W; j0 += L) {
+            const vec<T> qv = load_first(qrow + j0, std::min(L, g.W - j0));
+#pragma GCC unroll 16
+            for (int64_t u = 0; u < kGroup; ++u)
+              if (u < un) acc[u] += loadu(drow + u * rows * Wr + j0) * qv;
+          }
+        }
+        for (int64_t u = 0; u < un; ++u) {
+          T total = 0;
+          for (int64_t l = 0; l < L; ++l) total += acc[u][l];
+          drel[fixed_rel_at(g, u0 + u, h) + c] += total;
+        }
+      }
+    return;
+  }
   for (int64_t c0 = 0; c0 < g.D; c0 += L) {
     const int64_t m = std::min(L, g.D - c0);
     for (int64_t u0 = 0; u0 < terms; u0 += kGroup) {
       const int64_t un = std::min(kGroup, terms - u0);
       vec<T> acc[kGroup] = {};
       for (int64_t r = 0; r < rows; ++r) {
-        const T* qrow = q + (b * g.H + i0 + r) * g.W * g.qs + h * g.D + c0;
+        const T* qrow = q + lq.at(b, i0 + r, 0, h) + c0;
         const T* drow = dsu + (u0 * rows + r) * Wr;
         for (int64_t j = 0; j < g.W; ++j) {
-          const vec<T> qv = load_first(qrow + j * g.qs, m);
+          const vec<T> qv = load_first(qrow + j * lq.sj, m);
           // A loop of constant length with the bound as a condition: the sums stay in registers.
 #pragma GCC unroll 16
           for (int64_t u = 0; u < kGroup; ++u)
@@ -809,12 +859,12 @@ void backward_queries(const T* dout, const T* q, const T* k, const T* v, const T
             }
           }
         }
-        store_block(dQ, g.D, g.gqk, g, b, h, i, j0, n, dq);
+        store_block(dQ, g.D, g.lgq, g, b, h, i, j0, n, dq);
       };
       for (int64_t i = i0; i < i1; ++i) {
         if (pairable(tb, g, fixed, i, i1)) {  // rows i and i + 1 together (see dot_slots_pair)
-          to_slab(q, g.D, g.qs, g, b, h, i, i + 2, Qt.data());
-          to_slab(dout, g.DV, g.NH * g.DV, g, b, h, i, i + 2, dOt.data());
+          to_slab(q, g.D, g.lq, g, b, h, i, i + 2, Qt.data());
+          to_slab(dout, g.DV, g.lo, g, b, h, i, i + 2, dOt.data());
           const T *Qa = Qt.data() + g.PL, *Qb = Qa + g.D * g.Wp;
           const T *dOa = dOt.data() + g.PL, *dOb = dOa + g.DV * g.Wp;
           for (int64_t jb = 0; jb < nb; ++jb) {
@@ -838,8 +888,8 @@ void backward_queries(const T* dout, const T* q, const T* k, const T* v, const T
           ++i;
           continue;
         }
-        to_slab(q, g.D, g.qs, g, b, h, i, i + 1, Qt.data());
-        to_slab(dout, g.DV, g.NH * g.DV, g, b, h, i, i + 1, dOt.data());
+        to_slab(q, g.D, g.lq, g, b, h, i, i + 1, Qt.data());
+        to_slab(dout, g.DV, g.lo, g, b, h, i, i + 1, dOt.data());
         const T* Q0 = Qt.data() + g.PL;  // column j of the row at [c * Wp + j]
         const T* dO0 = dOt.data() + g.PL;
         for (int64_t jb = 0; jb < nb; ++jb) {
@@ -1007,8 +1057,8 @@ struct KeysPass {
       if (qr1 > qr0) {
         prepare_slab(Qslab, qr1 - qr0, g.D, g);
         prepare_slab(dOslab, qr1 - qr0, g.DV, g);
-        to_slab(q, g.D, g.qs, g, b, h, qr0, qr1, Qslab.data());
-        to_slab(dout, g.DV, g.NH * g.DV, g, b, h, qr0, qr1, dOslab.data());
+        to_slab(q, g.D, g.lq, g, b, h, qr0, qr1, Qslab.data());
+        to_slab(dout, g.DV, g.lo, g, b, h, qr0, qr1, dOslab.data());
       }
       const int64_t Ws = g.Wp;
       T* dK0 = dKt.data() + g.PL;  // column j (negative: padding) at [c * Ws + j]
@@ -1020,12 +1070,12 @@ struct KeysPass {
               const int64_t kc0 = kb * L, n = std::min(L, g.W - kc0);
               gather_fixed_pair(ds, Qslab.data() + g.PL, g.D * g.Wp, g.D, kr, qr0, g, b, h, kc0, col_dilation, scale,
                                 tmp.data(), tmp2.data());
-              store_block(tmp.data(), g.D, g.gqk, g, b, h, kr, kc0, n, dk);
-              store_block(tmp2.data(), g.D, g.gqk, g, b, h, kr + 1, kc0, n, dk);
+              store_block(tmp.data(), g.D, g.lgk, g, b, h, kr, kc0, n, dk);
+              store_block(tmp2.data(), g.D, g.lgk, g, b, h, kr + 1, kc0, n, dk);
               gather_fixed_pair(probs, dOslab.data() + g.PL, g.DV * g.Wp, g.DV, kr, qr0, g, b, h, kc0, col_dilation,
                                 T(1), tmp.data(), tmp2.data());
-              store_block(tmp.data(), g.DV, g.gv, g, b, h, kr, kc0, n, dv);
-              store_block(tmp2.data(), g.DV, g.gv, g, b, h, kr + 1, kc0, n, dv);
+              store_block(tmp.data(), g.DV, g.lgv, g, b, h, kr, kc0, n, dv);
+              store_block(tmp2.data(), g.DV, g.lgv, g, b, h, kr + 1, kc0, n, dv);
             }
             ++kr;
             continue;
@@ -1037,10 +1087,10 @@ struct KeysPass {
             const int64_t kc0 = kb * L, n = std::min(L, g.W - kc0);
             gather_fixed(ds, Qslab.data() + g.PL, g.D * g.Wp, g.D, pairs, npairs, qr0, g, b, h, kc0, col_dilation,
                          scale, tmp.data());
-            store_block(tmp.data(), g.D, g.gqk, g, b, h, kr, kc0, n, dk);
+            store_block(tmp.data(), g.D, g.lgk, g, b, h, kr, kc0, n, dk);
             gather_fixed(probs, dOslab.data() + g.PL, g.DV * g.Wp, g.DV, pairs, npairs, qr0, g, b, h, kc0,
                          col_dilation, T(1), tmp.data());
-            store_block(tmp.data(), g.DV, g.gv, g, b, h, kr, kc0, n, dv);
+            store_block(tmp.data(), g.DV, g.lgv, g, b, h, kr, kc0, n, dv);
           }
         }
         continue;
@@ -1081,10 +1131,10 @@ struct KeysPass {
           }
         }
         for (int64_t j = 0; j < g.W; ++j) {
-          T* dkp = dk + ((b * g.H + kr) * g.W + j) * g.gqk + h * g.D;
-          T* dvp = dv + ((b * g.H + kr) * g.W + j) * g.gv + h * g.DV;
-          for (int64_t c = 0; c < g.D; ++c) dkp[c] = dK0[c * Ws + j];
-          for (int64_t c = 0; c < g.DV; ++c) dvp[c] = dV0[c * Ws + j];
+          T* dkp = dk + g.lgk.at(b, kr, j, h);
+          T* dvp = dv + g.lgv.at(b, kr, j, h);
+          for (int64_t c = 0; c < g.D; ++c) dkp[c * g.lgk.sc] = dK0[c * Ws + j];
+          for (int64_t c = 0; c < g.DV; ++c) dvp[c * g.lgv.sc] = dV0[c * Ws + j];
         }
       }
     }
@@ -1095,6 +1145,11 @@ template <typename T>
 void backward_keys(const KeysPass<T>& pass) {
   const int64_t tasks = pass.g.B * pass.g.NH * pass.sp.nchunks;
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) { pass.run(begin, end); });
+}
+
+// A contiguous (B, H, W, NH, C) tensor.
+Layout contiguous_layout(const Geometry& g, int64_t C) {
+  return {g.H * g.W * g.NH * C, g.W * g.NH * C, g.NH * C, C, 1};
 }
 
 template <typename T>
@@ -1112,8 +1167,8 @@ Geometry geometry(const at::Tensor& q, const at::Tensor& v, const at::Tensor& r_
   g.K = g.KH * g.KW;
   g.TH = 2 * g.KH - 1;
   g.TW = 2 * g.KW - 1;
-  g.qs = g.ks = g.gqk = g.NH * g.D;  // packed; the entry points set the strides of views
-  g.vs = g.gv = g.NH * g.DV;
+  g.lq = g.lk = g.lgq = g.lgk = contiguous_layout(g, g.D);  // the entry points set those of views
+  g.lv = g.lgv = g.lo = contiguous_layout(g, g.DV);
   g.PL = fixed ? col_dilation * (g.KW / 2) : 0;
   // Columns rounded up to whole vectors: a full vector load from any regular window column stays in the row
   // (regular blocks read at most PL columns past their block, and the last block's lanes end there).
@@ -1126,11 +1181,33 @@ const T* optional_ptr(const at::Tensor& t) {
   return t.numel() ? t.data_ptr<T>() : nullptr;
 }
 
-// The pixel strides of the q, k and v read (heads-last, channels packed: contiguous, or views of one qkv).
-void read_strides(Geometry& g, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
-  g.qs = convattn_common::pixel_stride(q, "na2d");
-  g.ks = convattn_common::pixel_stride(k, "na2d");
-  g.vs = convattn_common::pixel_stride(v, "na2d");
+// The layout of x (B, H, W, NH, C): its strides, with adjacent channels or adjacent columns (a dimension
+// of size 1 may count as either).
+Layout layout_of(const at::Tensor& x) {
+  TORCH_CHECK(x.dim() == 5, "na2d kernel: expected (B, H, W, heads, d) tensors, got ", x.dim(), " dimensions");
+  Layout l{x.stride(0), x.stride(1), x.stride(2), x.stride(3), x.stride(4)};
+  if (x.size(4) == 1)
+    l.sc = 1;
+  else if (x.size(2) == 1 && l.sc != 1)
+    l.sj = 1;
+  TORCH_CHECK(l.sc == 1 || l.sj == 1, "na2d kernel: expected adjacent channels or adjacent columns, got strides ",
+              x.strides());
+  return l;
+}
+
+// The layouts of the q, k and v read.
+void read_layouts(Geometry& g, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  g.lq = layout_of(q), g.lk = layout_of(k), g.lv = layout_of(v);
+}
+
+// Elements from q to k and from k to v when q, k and v are the three views of one (B, H, W, 3, NH, d)
+// tensor, in that order and laid out alike; 0 when they are not.
+int64_t packed_step(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  if (k.sizes() != q.sizes() || v.sizes() != q.sizes() || k.strides() != q.strides() || v.strides() != q.strides())
+    return 0;
+  const int64_t bytes = static_cast<const char*>(k.data_ptr()) - static_cast<const char*>(q.data_ptr());
+  const bool even = static_cast<const char*>(v.data_ptr()) - static_cast<const char*>(k.data_ptr()) == bytes;
+  return even && bytes > 0 && bytes % q.element_size() == 0 ? bytes / q.element_size() : 0;
 }
 
 }  // namespace
@@ -1144,7 +1221,7 @@ std::vector<at::Tensor> na2d_forward(at::Tensor q, at::Tensor k, at::Tensor v, a
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "na2d_forward", [&] {
     Geometry g = geometry<scalar_t>(q, v, r_idx, c_idx, fixed, col_dilation);
     g.split_rel = rel.dim() == 3;
-    read_strides(g, q, k, v);
+    read_layouts(g, q, k, v);
     const Tables tb = make_tables<scalar_t>(r_idx, r_ok, r_off, c_idx, c_ok, c_off, g, fixed, col_dilation);
     out = at::empty({g.B, g.H, g.W, g.NH, g.DV}, v.options());
     probs = at::empty({save ? g.B : 0, g.NH, g.H, g.K, g.Wp}, q.options());
@@ -1167,10 +1244,13 @@ std::vector<at::Tensor> na2d_backward(at::Tensor dout, at::Tensor q, at::Tensor 
                                          bool want_bias, bool fixed, int64_t col_dilation, bool packed) {
   TORCH_CHECK(dout.is_contiguous(), "na2d kernel: the output gradient must be contiguous");
   at::Tensor dq, dk, dv;
+  const int64_t step = packed ? packed_step(q, k, v) : 0;
   if (packed) {
-    TORCH_CHECK(convattn_common::packed_views(q, k, v, "na2d"),
-                "na2d kernel: packed=true needs the q, k, v views of one (B, H, W, 3, heads, d) tensor");
-    dq = at::empty({q.size(0), q.size(1), q.size(2), 3, q.size(3), q.size(4)}, q.options());
+    TORCH_CHECK(step > 0, "na2d kernel: packed=true needs the q, k, v views of one (B, H, W, 3, heads, d) tensor");
+    // dqkv laid out as qkv is (channels last, or an NCHW tensor's permuted view): the caller's layout.
+    const auto s = q.strides();
+    dq = at::empty_strided({q.size(0), q.size(1), q.size(2), 3, q.size(3), q.size(4)},
+                           {s[0], s[1], s[2], step, s[3], s[4]}, q.options());
     dk = at::empty({0}, q.options()), dv = at::empty({0}, q.options());
   } else {
     dq = at::empty(q.sizes(), q.options()), dk = at::empty(k.sizes(), k.options());
@@ -1181,11 +1261,11 @@ std::vector<at::Tensor> na2d_backward(at::Tensor dout, at::Tensor q, at::Tensor 
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "na2d_backward", [&] {
     Geometry g = geometry<scalar_t>(q, v, r_idx, c_idx, fixed, col_dilation);
     g.split_rel = rel.dim() == 3;
-    read_strides(g, q, k, v);
-    if (packed) g.gqk = g.gv = 3 * g.NH * g.D;
-    scalar_t* dq_at = dq.data_ptr<scalar_t>();  // packed: dk and dv follow dq within each pixel
-    scalar_t* dk_at = packed ? dq_at + g.NH * g.D : dk.data_ptr<scalar_t>();
-    scalar_t* dv_at = packed ? dq_at + 2 * g.NH * g.D : dv.data_ptr<scalar_t>();
+    read_layouts(g, q, k, v);
+    if (packed) g.lgq = g.lgk = g.lgv = g.lq;
+    scalar_t* dq_at = dq.data_ptr<scalar_t>();  // packed: dk and dv are `step` elements on
+    scalar_t* dk_at = packed ? dq_at + step : dk.data_ptr<scalar_t>();
+    scalar_t* dv_at = packed ? dq_at + 2 * step : dv.data_ptr<scalar_t>();
     const Tables tb = make_tables<scalar_t>(r_idx, r_ok, r_off, c_idx, c_ok, c_off, g, fixed, col_dilation);
     drel = want_rel ? at::zeros(rel.sizes(), q.options()) : at::zeros({0}, q.options());
     dbias = at::zeros({want_bias ? g.NH : 0, g.TH, g.TW}, q.options());
@@ -1226,7 +1306,7 @@ void apply_forward_impl(const T* w, const T* v, const Tables& tb, const Geometry
           for (int64_t t = 0; t < g.K; ++t) P[t] = load_first(prob_row(w, g, b, h, i, t) + j0, n);
           std::fill(O.begin(), O.end(), vec<T>{});
           block_gather(P.data(), Vslab.data() + g.PL, kr0, g.DV, tb, g, i, jb, n, ptr.data(), O.data());
-          store_block(O.data(), g.DV, g.NH * g.DV, g, b, h, i, j0, n, out);
+          store_block(O.data(), g.DV, g.lo, g, b, h, i, j0, n, out);
         }
     }
   });
@@ -1247,7 +1327,7 @@ void apply_backward_impl(const T* dout, const T* w, const T* v, const Tables& tb
     for (int64_t task = begin; task < end; ++task) {
       const auto [b, h, i0, i1, kr0] = load_key_slabs<T>(nullptr, v, tb, g, sp, task, Kslab, Vslab);
       for (int64_t i = i0; i < i1; ++i) {
-        to_slab(dout, g.DV, g.NH * g.DV, g, b, h, i, i + 1, dOt.data());
+        to_slab(dout, g.DV, g.lo, g, b, h, i, i + 1, dOt.data());
         for (int64_t jb = 0; jb < nb; ++jb) {
           const int64_t j0 = jb * L, n = std::min(L, g.W - j0);
           std::fill(dP.begin(), dP.end(), vec<T>{});
@@ -1267,7 +1347,7 @@ void apply_backward_impl(const T* dout, const T* w, const T* v, const Tables& tb
       const int64_t k0 = (task % sp.nchunks) * sp.chunk, k1 = std::min(g.H, k0 + sp.chunk);
       const auto [qr0, qr1] = query_rows(r_inv, mr, g.H, k0, k1);
       prepare_slab(dOslab, std::max<int64_t>(qr1 - qr0, 0), g.DV, g);
-      if (qr1 > qr0) to_slab(dout, g.DV, g.NH * g.DV, g, b, h, qr0, qr1, dOslab.data());
+      if (qr1 > qr0) to_slab(dout, g.DV, g.lo, g, b, h, qr0, qr1, dOslab.data());
       for (int64_t kr = k0; kr < k1; ++kr) {
         int64_t npairs = 0;
         while (npairs < mr && r_inv[(kr * mr + npairs) * 2] >= 0) ++npairs;
@@ -1275,7 +1355,7 @@ void apply_backward_impl(const T* dout, const T* w, const T* v, const Tables& tb
           const int64_t kc0 = kb * L, n = std::min(L, g.W - kc0);
           gather_fixed(w, dOslab.data() + g.PL, g.DV * g.Wp, g.DV, r_inv + kr * mr * 2, npairs, qr0, g, b, h, kc0,
                        col_dilation, T(1), tmp.data());
-          store_block(tmp.data(), g.DV, g.gv, g, b, h, kr, kc0, n, dv);
+          store_block(tmp.data(), g.DV, g.lgv, g, b, h, kr, kc0, n, dv);
         }
       }
     }
