@@ -42,4 +42,22 @@ inline bool packed_views(const at::Tensor& q, const at::Tensor& k, const at::Ten
          (one_pixel || (pixel_stride(q, kernel) == ps && pixel_stride(k, kernel) == ps && pixel_stride(v, kernel) == ps));
 }
 
+// Elements from q to k and from k to v when q, k and v are the three views of one (B, H, W, 3, NH, d)
+// tensor, in that order and laid out alike (channels last, or an NCHW tensor's permuted view); 0 when
+// they are not.
+inline int64_t packed_step(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  if (k.sizes() != q.sizes() || v.sizes() != q.sizes() || k.strides() != q.strides() || v.strides() != q.strides())
+    return 0;
+  const int64_t bytes = static_cast<const char*>(k.data_ptr()) - static_cast<const char*>(q.data_ptr());
+  const bool even = static_cast<const char*>(v.data_ptr()) - static_cast<const char*>(k.data_ptr()) == bytes;
+  return even && bytes > 0 && bytes % q.element_size() == 0 ? bytes / q.element_size() : 0;
+}
+
+// The gradient of the qkv whose views q and k are (packed_step apart): laid out as qkv is.
+inline at::Tensor empty_packed_like(const at::Tensor& q, int64_t step) {
+  const auto s = q.strides();
+  return at::empty_strided({q.size(0), q.size(1), q.size(2), 3, q.size(3), q.size(4)},
+                           {s[0], s[1], s[2], step, s[3], s[4]}, q.options());
+}
+
 }  // namespace convattn_common

@@ -1200,16 +1200,6 @@ void read_layouts(Geometry& g, const at::Tensor& q, const at::Tensor& k, const a
   g.lq = layout_of(q), g.lk = layout_of(k), g.lv = layout_of(v);
 }
 
-// Elements from q to k and from k to v when q, k and v are the three views of one (B, H, W, 3, NH, d)
-// tensor, in that order and laid out alike; 0 when they are not.
-int64_t packed_step(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
-  if (k.sizes() != q.sizes() || v.sizes() != q.sizes() || k.strides() != q.strides() || v.strides() != q.strides())
-    return 0;
-  const int64_t bytes = static_cast<const char*>(k.data_ptr()) - static_cast<const char*>(q.data_ptr());
-  const bool even = static_cast<const char*>(v.data_ptr()) - static_cast<const char*>(k.data_ptr()) == bytes;
-  return even && bytes > 0 && bytes % q.element_size() == 0 ? bytes / q.element_size() : 0;
-}
-
 }  // namespace
 
 std::vector<at::Tensor> na2d_forward(at::Tensor q, at::Tensor k, at::Tensor v, at::Tensor rel,
@@ -1244,13 +1234,10 @@ std::vector<at::Tensor> na2d_backward(at::Tensor dout, at::Tensor q, at::Tensor 
                                          bool want_bias, bool fixed, int64_t col_dilation, bool packed) {
   TORCH_CHECK(dout.is_contiguous(), "na2d kernel: the output gradient must be contiguous");
   at::Tensor dq, dk, dv;
-  const int64_t step = packed ? packed_step(q, k, v) : 0;
+  const int64_t step = packed ? convattn_common::packed_step(q, k, v) : 0;
   if (packed) {
     TORCH_CHECK(step > 0, "na2d kernel: packed=true needs the q, k, v views of one (B, H, W, 3, heads, d) tensor");
-    // dqkv laid out as qkv is (channels last, or an NCHW tensor's permuted view): the caller's layout.
-    const auto s = q.strides();
-    dq = at::empty_strided({q.size(0), q.size(1), q.size(2), 3, q.size(3), q.size(4)},
-                           {s[0], s[1], s[2], step, s[3], s[4]}, q.options());
+    dq = convattn_common::empty_packed_like(q, step);  // dqkv laid out as qkv: no copy for the caller
     dk = at::empty({0}, q.options()), dv = at::empty({0}, q.options());
   } else {
     dq = at::empty(q.sizes(), q.options()), dk = at::empty(k.sizes(), k.options());
