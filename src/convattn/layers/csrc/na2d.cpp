@@ -323,10 +323,13 @@ void dot_slots(const T* x, const T* const* ptr, int64_t K, int64_t C, int64_t Wp
     for (int64_t t = 0; t < K; ++t) {
       const T* p = ptr[t];
       if (!p) continue;
-      vec<T> acc = S[t];
+      vec<T> acc = S[t], acc1 = {};  // two chains: half the latency between dependent multiply-adds
 #pragma GCC unroll 8
-      for (int64_t u = 0; u < kChunk; ++u) acc += xv[u] * loadu(p + (c0 + u) * Wp);
-      S[t] = acc;
+      for (int64_t u = 0; u < kChunk; u += 2) {
+        acc += xv[u] * loadu(p + (c0 + u) * Wp);
+        acc1 += xv[u + 1] * loadu(p + (c0 + u + 1) * Wp);
+      }
+      S[t] = acc + acc1;
     }
   }
   for (; c0 < C; ++c0) {
@@ -382,13 +385,17 @@ void dot_slots_pair(const T* xa, const T* xb, const T* const* rows, const int64_
       for (int64_t b = 0; b < KW; ++b) {
         const T* p = rows[m] + base[b] + c0 * Wp;
         vec<T> sa = {}, sb = {};
-        if (cn == kChunk) {
+        if (cn == kChunk) {  // two chains per query row: half the latency between dependent multiply-adds
+          vec<T> sa1 = {}, sb1 = {};
 #pragma GCC unroll 8
-          for (int64_t u = 0; u < kChunk; ++u) {
-            const vec<T> kv = loadu(p + u * Wp);
-            sa += va[u] * kv;
-            sb += vb[u] * kv;
+          for (int64_t u = 0; u < kChunk; u += 2) {
+            const vec<T> k0 = loadu(p + u * Wp), k1 = loadu(p + (u + 1) * Wp);
+            sa += va[u] * k0;
+            sb += vb[u] * k0;
+            sa1 += va[u + 1] * k1;
+            sb1 += vb[u + 1] * k1;
           }
+          sa += sa1, sb += sb1;
         } else {
           for (int64_t u = 0; u < cn; ++u) {
             const vec<T> kv = loadu(p + u * Wp);
@@ -468,9 +475,14 @@ void table_dots(const T* Qt, const T* const* r, int64_t n, const Geometry& g, in
       const T* rt = r[t];
       if (!rt) continue;
       vec<T> acc = R[t];
-      if (cn == kChunk) {
+      if (cn == kChunk) {  // two chains, as in dot_slots
+        vec<T> acc1 = {};
 #pragma GCC unroll 8
-        for (int64_t u = 0; u < kChunk; ++u) acc += xv[u] * rt[c0 + u];
+        for (int64_t u = 0; u < kChunk; u += 2) {
+          acc += xv[u] * rt[c0 + u];
+          acc1 += xv[u + 1] * rt[c0 + u + 1];
+        }
+        acc += acc1;
       } else {
         for (int64_t u = 0; u < cn; ++u) acc += xv[u] * rt[c0 + u];
       }
@@ -578,8 +590,10 @@ void block_scores(const T* Qt, const T* Kslab, int64_t kr0, const T* rel, const 
   finish_scores(Qt, Kslab, kr0, rel, bias, tb, masks, g, h, i, jb, n, scale, zeros, S);
 }
 
+// S[t] = exp(S[t] - max) over the slots, lane-wise; returns 1 / their sum, the normalisation applied to
+// the saved probabilities and to the weighted sum (C values per lane, not K probabilities).
 template <typename T>
-void softmax_slots(vec<T>* S, int64_t K) {
+vec<T> softmax_slots(vec<T>* S, int64_t K) {
   vec<T> m = S[0];
   for (int64_t t = 1; t < K; ++t) m = S[t] > m ? S[t] : m;
   vec<T> sum = {};
@@ -587,8 +601,12 @@ void softmax_slots(vec<T>* S, int64_t K) {
     S[t] = vexp_nonpositive<T>(S[t] - m);
     sum += S[t];
   }
-  const vec<T> inv = T(1) / sum;
-  for (int64_t t = 0; t < K; ++t) S[t] *= inv;
+  return T(1) / sum;
+}
+
+template <typename T>
+void normalise(vec<T>* O, int64_t C, vec<T> inv) {
+  for (int64_t c = 0; c < C; ++c) O[c] *= inv;
 }
 
 // acc[c] (lanes) += sum over slots of w[t] * value of slot t: the weighted sum of values or keys.
@@ -676,15 +694,15 @@ void forward_impl(const T* q, const T* k, const T* v, const T* rel, const T* bia
             finish_scores(Qa, Kslab.data() + g.PL, kr0, rel, bias, tb, masks, g, h, i, jb, n, scale, zeros, S.data());
             finish_scores(Qb, Kslab.data() + g.PL, kr0, rel, bias, tb, masks, g, h, i + 1, jb, n, scale, zeros,
                           S2.data());
-            softmax_slots<T>(S.data(), g.K);
-            softmax_slots<T>(S2.data(), g.K);
+            const vec<T> inv = softmax_slots<T>(S.data(), g.K), inv2 = softmax_slots<T>(S2.data(), g.K);
             if (probs)
               for (int64_t t = 0; t < g.K; ++t) {
-                store_first(prob_row(probs, g, b, h, i, t) + j0, S[t], n);
-                store_first(prob_row(probs, g, b, h, i + 1, t) + j0, S2[t], n);
+                store_first(prob_row(probs, g, b, h, i, t) + j0, S[t] * inv, n);
+                store_first(prob_row(probs, g, b, h, i + 1, t) + j0, S2[t] * inv2, n);
               }
             pair_rows(Vslab.data() + g.PL, kr0, g.DV, tb, g, i, rows.data());
             weigh_slots_pair(S.data(), S2.data(), rows.data(), base, g.KH, g.KW, g.DV, g.Wp, O.data(), O2.data());
+            normalise<T>(O.data(), g.DV, inv), normalise<T>(O2.data(), g.DV, inv2);
             store_block(O.data(), g.DV, g.lo, g, b, h, i, j0, n, out);
             store_block(O2.data(), g.DV, g.lo, g, b, h, i + 1, j0, n, out);
             pf.advance(2 * pf_step);
@@ -698,11 +716,12 @@ void forward_impl(const T* q, const T* k, const T* v, const T* rel, const T* bia
           const int64_t j0 = jb * L, n = std::min(L, g.W - j0);
           block_scores(Qt.data() + g.PL, Kslab.data() + g.PL, kr0, rel, bias, tb, masks, g, h, i, jb, n, scale,
                        zeros, ptr.data(), S.data());
-          softmax_slots<T>(S.data(), g.K);
+          const vec<T> inv = softmax_slots<T>(S.data(), g.K);
           if (probs)  // saved for the backward only
-            for (int64_t t = 0; t < g.K; ++t) store_first(prob_row(probs, g, b, h, i, t) + j0, S[t], n);
+            for (int64_t t = 0; t < g.K; ++t) store_first(prob_row(probs, g, b, h, i, t) + j0, S[t] * inv, n);
           std::fill(O.begin(), O.end(), vec<T>{});
           block_gather(S.data(), Vslab.data() + g.PL, kr0, g.DV, tb, g, i, jb, n, ptr.data(), O.data());
+          normalise<T>(O.data(), g.DV, inv);
           store_block(O.data(), g.DV, g.lo, g, b, h, i, j0, n, out);
           pf.advance(pf_step);
         }
