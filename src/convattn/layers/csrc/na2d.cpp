@@ -38,6 +38,9 @@ struct Geometry {
   // rel is (TH, TW, NH, D), or split into rows and columns: (TH + TW, NH, D), the embedding of offset
   // (oa, ob) the sum of its rows oa and TH + ob (decomposed relative embeddings).
   bool split_rel = false;
+  // Per row of a split table and head, (row NH + h): whether its d values are all zero (SASA's row
+  // embedding in the heads its column half covers, and the other way round); those terms are skipped.
+  const char* rel_zero = nullptr;
   // Layouts of the q, k and v read, of the dq, dk and dv written, and of the output and its gradient
   // (always contiguous).
   Layout lq, lk, lv, lgq, lgk, lgv, lo;
@@ -109,7 +112,10 @@ void to_slab(const T* x, int64_t C, const Layout& lx, const Geometry& g, int64_t
     for (int64_t r = r0; r < r1; ++r)
       for (int64_t c = 0; c < C; ++c) {
         const T* src = x + lx.at(b, r, 0, h) + c * lx.sc;
-        std::copy(src, src + g.W, slab + ((r - r0) * C + c) * g.Wp + g.PL);
+        T* dst = slab + ((r - r0) * C + c) * g.Wp + g.PL;
+        int64_t j = 0;  // vector by vector: a row is too short for memmove to pay its call
+        for (; j + L <= g.W; j += L) storeu(dst + j, loadu(src + j));
+        if (j < g.W) store_first(dst + j, load_first(src + j, g.W - j), g.W - j);
       }
     return;
   }
@@ -497,7 +503,7 @@ void table_dots(const T* Qt, const T* const* r, int64_t n, const Geometry& g, in
 template <typename T>
 void rel_scores(const T* Qt, const T* rel, const Tables& tb, const Geometry& g, int64_t h, int64_t i, int64_t jb,
                 bool zeros, vec<T>* R) {
-  thread_local std::vector<const T*> rp;
+  thread_local std::vector<const T*> rp, dp;
   thread_local std::vector<vec<T>> parts;
   const int64_t j0 = jb * kLanes<T>;
   if (g.split_rel) {  // parts: KH row terms, then KW column terms
@@ -507,7 +513,11 @@ void rel_scores(const T* Qt, const T* rel, const Tables& tb, const Geometry& g, 
       if (tb.r_ok[i * g.KH + a] || zeros) rp[a] = rel + (tb.r_off[i * g.KH + a] * g.NH + h) * g.D;
     for (int64_t b = 0; b < g.KW; ++b)
       if (tb.base[jb * g.KW + b] != kIrregular) rp[g.KH + b] = rel + ((g.TH + tb.c_off[j0 * g.KW + b]) * g.NH + h) * g.D;
-    table_dots(Qt, rp.data(), g.KH + g.KW, g, j0, parts.data());
+    dp.assign(rp.begin(), rp.end());  // the rows to take dot products with: zero rows leave their part 0
+    if (g.rel_zero)
+      for (auto& r : dp)
+        if (r && g.rel_zero[(r - rel) / g.D]) r = nullptr;
+    table_dots(Qt, dp.data(), g.KH + g.KW, g, j0, parts.data());
     for (int64_t a = 0; a < g.KH; ++a)
       for (int64_t b = 0; b < g.KW; ++b)
         if (rp[a] && rp[g.KH + b]) R[a * g.KW + b] = parts[a] + parts[g.KH + b];
@@ -836,8 +846,9 @@ void backward_queries(const T* dout, const T* q, const T* k, const T* v, const T
         if (fixed && (rel || my_bias)) {
           // Embedding term u with score gradient d (lanes): its share of dq and of its gradient.
           auto rel_term = [&](int64_t u, const vec<T>& d) {
-            const T* rv = rel + fixed_rel_at(g, u, h);
-            for (int64_t c = 0; c < g.D; ++c) dQ[c] += d * rv[c];
+            const int64_t at = fixed_rel_at(g, u, h);
+            if (!g.rel_zero || !g.rel_zero[at / g.D])  // a zero row adds nothing to dq (its gradient, below, counts)
+              for (int64_t c = 0; c < g.D; ++c) dQ[c] += d * rel[at + c];
             if (my_rel) storeu(rel_ds.data() + (u * (i1 - i0) + i - i0) * Wr + j0, d);
           };
           if (rel && g.split_rel) {  // a row's term takes the dS of its slots, and so does a column's
@@ -1214,6 +1225,18 @@ Layout layout_of(const at::Tensor& x) {
   return l;
 }
 
+// rel_zero for a split table (empty for a full one, or none): one flag per (row, head).
+template <typename T>
+std::vector<char> zero_rows(const at::Tensor& rel, const Geometry& g) {
+  std::vector<char> zero;
+  if (!g.split_rel || !rel.numel()) return zero;
+  const T* r = rel.data_ptr<T>();
+  zero.resize(rel.numel() / g.D);
+  for (size_t x = 0; x < zero.size(); ++x)
+    zero[x] = std::all_of(r + x * g.D, r + (x + 1) * g.D, [](T v) { return v == T(0); });
+  return zero;
+}
+
 // The layouts of the q, k and v read.
 void read_layouts(Geometry& g, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
   g.lq = layout_of(q), g.lk = layout_of(k), g.lv = layout_of(v);
@@ -1230,6 +1253,8 @@ std::vector<at::Tensor> na2d_forward(at::Tensor q, at::Tensor k, at::Tensor v, a
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "na2d_forward", [&] {
     Geometry g = geometry<scalar_t>(q, v, r_idx, c_idx, fixed, col_dilation);
     g.split_rel = rel.dim() == 3;
+    const std::vector<char> zero = zero_rows<scalar_t>(rel, g);
+    g.rel_zero = zero.empty() ? nullptr : zero.data();
     read_layouts(g, q, k, v);
     const Tables tb = make_tables<scalar_t>(r_idx, r_ok, r_off, c_idx, c_ok, c_off, g, fixed, col_dilation);
     out = at::empty({g.B, g.H, g.W, g.NH, g.DV}, v.options());
@@ -1267,6 +1292,8 @@ std::vector<at::Tensor> na2d_backward(at::Tensor dout, at::Tensor q, at::Tensor 
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "na2d_backward", [&] {
     Geometry g = geometry<scalar_t>(q, v, r_idx, c_idx, fixed, col_dilation);
     g.split_rel = rel.dim() == 3;
+    const std::vector<char> zero = zero_rows<scalar_t>(rel, g);
+    g.rel_zero = zero.empty() ? nullptr : zero.data();
     read_layouts(g, q, k, v);
     if (packed) g.lgq = g.lgk = g.lgv = g.lq;
     scalar_t* dq_at = dq.data_ptr<scalar_t>();  // packed: dk and dv are `step` elements on
