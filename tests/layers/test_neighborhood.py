@@ -56,13 +56,21 @@ def test_paths_match_reference_forward_and_backward(backend, border, size, kerne
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("border", ["mask", "zeros", "shift"])
 @pytest.mark.parametrize(("size", "kernel", "dilation"), CASES)
-def test_decomposed_embeddings_are_the_table_of_their_sums(backend, border, size, kernel, dilation):
+@pytest.mark.parametrize("zero_heads", [False, True])
+def test_decomposed_embeddings_are_the_table_of_their_sums(
+    backend, border, size, kernel, dilation, zero_heads
+):
     """rel_hw=(rel_h, rel_w) is rel[δ_r, δ_c] = rel_h[δ_r] + rel_w[δ_c]: the kernel's k_h + k_w dot
-    products per query against the reference on that table, forward and backward, in float64."""
+    products per query against the reference on that table, forward and backward, in float64. With
+    zero_heads, rel_h is zero in head 1 and rel_w in head 0 (SASA's halves): the kernel skips those
+    rows' products, but their gradients are still every query's."""
     q, k, v, _, bias = _inputs(size, kernel)
     heads, d = q.shape[3:]
-    rel_h = torch.randn(2 * kernel[0] - 1, heads, d, dtype=f64, requires_grad=True)
-    rel_w = torch.randn(2 * kernel[1] - 1, heads, d, dtype=f64, requires_grad=True)
+    rel_h = torch.randn(2 * kernel[0] - 1, heads, d, dtype=f64)
+    rel_w = torch.randn(2 * kernel[1] - 1, heads, d, dtype=f64)
+    if zero_heads:
+        rel_h[:, 1], rel_w[:, 0] = 0, 0
+    rel_h.requires_grad_(), rel_w.requires_grad_()
     out = neighborhood_attention2d(
         q, k, v, kernel, dilation=dilation, rel_hw=(rel_h, rel_w), bias=bias, border=border, backend=backend
     )
