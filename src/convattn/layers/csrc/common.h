@@ -32,16 +32,6 @@ inline int64_t pixel_stride(const at::Tensor& x, const char* kernel) {
   return ps;
 }
 
-// Whether q, k, v are the three views of one (B, H, W, 3, NH, d) tensor, in that order.
-inline bool packed_views(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const char* kernel) {
-  const int64_t third = q.size(3) * q.size(4) * q.element_size();  // bytes from q to k, k to v
-  const bool one_pixel = q.size(0) * q.size(1) * q.size(2) == 1;
-  const int64_t ps = 3 * q.size(3) * q.size(4);
-  return k.data_ptr() == static_cast<char*>(q.data_ptr()) + third &&
-         v.data_ptr() == static_cast<char*>(k.data_ptr()) + third && v.sizes() == q.sizes() && k.sizes() == q.sizes() &&
-         (one_pixel || (pixel_stride(q, kernel) == ps && pixel_stride(k, kernel) == ps && pixel_stride(v, kernel) == ps));
-}
-
 // Elements from q to k and from k to v when q, k and v are the three views of one (B, H, W, 3, NH, d)
 // tensor, in that order and laid out alike (channels last, or an NCHW tensor's permuted view); 0 when
 // they are not.

@@ -463,10 +463,10 @@ std::vector<at::Tensor> window_backward(at::Tensor dout, at::Tensor q, at::Tenso
                                            at::Tensor cseg, int64_t wh, int64_t ww, double scale,
                                            bool want_bias, bool packed) {
   at::Tensor dq, dk, dv, dqkv, dbias;
+  const int64_t step = packed ? convattn_common::packed_step(q, k, v) : 0;
   if (packed) {
-    TORCH_CHECK(convattn_common::packed_views(q, k, v, "window"),
-                "window kernel: packed=true needs the q, k, v views of one (B, H, W, 3, heads, d) tensor");
-    dqkv = at::empty({q.size(0), q.size(1), q.size(2), 3, q.size(3), q.size(4)}, q.options());
+    TORCH_CHECK(step > 0, "window kernel: packed=true needs the q, k, v views of one (B, H, W, 3, heads, d) tensor");
+    dqkv = convattn_common::empty_packed_like(q, step);  // laid out as qkv (its pixels checked heads-last below)
   } else {
     TORCH_CHECK(q.is_contiguous() && k.is_contiguous() && v.is_contiguous(),
                 "window kernel: packed=false needs contiguous q, k, v");
@@ -476,12 +476,11 @@ std::vector<at::Tensor> window_backward(at::Tensor dout, at::Tensor q, at::Tenso
     const auto lay = make_layout<scalar_t>(q, k, v, rseg, cseg, optional_ptr<scalar_t>(bias), wh, ww);
     dbias = at::zeros({want_bias ? lay.NH : 0, 2 * wh - 1, 2 * ww - 1}, q.options());
     scalar_t* base = packed ? dqkv.data_ptr<scalar_t>() : nullptr;
-    const int64_t third = lay.NH * lay.D;  // one of q, k, v per pixel of dqkv
     backward_impl<scalar_t>(dout.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
                             v.data_ptr<scalar_t>(), probs.data_ptr<scalar_t>(), lay, static_cast<scalar_t>(scale),
                             want_bias, packed ? base : dq.data_ptr<scalar_t>(),
-                            packed ? base + third : dk.data_ptr<scalar_t>(),
-                            packed ? base + 2 * third : dv.data_ptr<scalar_t>(),
+                            packed ? base + step : dk.data_ptr<scalar_t>(),
+                            packed ? base + 2 * step : dv.data_ptr<scalar_t>(),
                             want_bias ? dbias.data_ptr<scalar_t>() : nullptr);
   });
   if (packed) return {dqkv, at::empty({0}, q.options()), at::empty({0}, q.options()), dbias};
