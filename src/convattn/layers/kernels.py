@@ -326,24 +326,18 @@ class _NA2dPackedFunction(torch.autograd.Function):
         return dqkv, drel, dbias, None
 
 
-def _heads_last(x: Tensor) -> Tensor:
-    """x (B, H, W, heads, d) as the kernel reads it, heads and channels packed and pixels evenly apart
-    (a contiguous tensor, or a channel slice of one such as a chunk of a 1×1 projection's
-    channels-last output): x itself when it is laid out so, else a contiguous copy."""
+def _na2d_readable(x: Tensor) -> Tensor:
+    """x (B, H, W, heads, d) as the na2d kernel reads it in place, else a contiguous copy. Read in place:
+    heads and channels packed with pixels evenly apart (a contiguous tensor, or a channel slice of one
+    such as a chunk of a 1×1 projection's channels-last output), or columns adjacent (the permuted view
+    of an NCHW tensor, such as a 1×1 conv's output: each channel's row is one contiguous run)."""
     _, H, W, heads, d = x.shape
     s = x.stride()
+    if W > 1 and d > 1 and s[2] == 1:
+        return x
     if s[4] == 1 and s[3] == d and s[2] >= heads * d and s[1] == W * s[2] and s[0] == H * s[1]:
         return x
     return x.contiguous()
-
-
-def _na2d_readable(x: Tensor) -> Tensor:
-    """x (B, H, W, heads, d) as the na2d kernel reads it in place: `_heads_last`'s layouts, or columns
-    adjacent (the permuted view of an NCHW tensor, such as a 1×1 conv's output: each channel's row is one
-    contiguous run); else a contiguous copy."""
-    if x.shape[2] > 1 and x.shape[4] > 1 and x.stride(2) == 1:
-        return x
-    return _heads_last(x)
 
 
 def _dense_qkv(qkv: Tensor) -> Tensor:

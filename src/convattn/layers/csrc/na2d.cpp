@@ -1237,9 +1237,18 @@ std::vector<char> zero_rows(const at::Tensor& rel, const Geometry& g) {
   return zero;
 }
 
-// The layouts of the q, k and v read.
-void read_layouts(Geometry& g, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+// The geometry of attention on q, k, v with table rel (full, split or empty): the layouts of the q, k
+// and v read, and the zero rows of a split table, whose flags `zero` holds (it must outlive g).
+template <typename T>
+Geometry attention_geometry(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& rel,
+                            const at::Tensor& r_idx, const at::Tensor& c_idx, bool fixed, int64_t col_dilation,
+                            std::vector<char>& zero) {
+  Geometry g = geometry<T>(q, v, r_idx, c_idx, fixed, col_dilation);
+  g.split_rel = rel.dim() == 3;
+  zero = zero_rows<T>(rel, g);
+  g.rel_zero = zero.empty() ? nullptr : zero.data();
   g.lq = layout_of(q), g.lk = layout_of(k), g.lv = layout_of(v);
+  return g;
 }
 
 }  // namespace
@@ -1251,11 +1260,8 @@ std::vector<at::Tensor> na2d_forward(at::Tensor q, at::Tensor k, at::Tensor v, a
                                         int64_t col_dilation, bool save) {
   at::Tensor out, probs;
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "na2d_forward", [&] {
-    Geometry g = geometry<scalar_t>(q, v, r_idx, c_idx, fixed, col_dilation);
-    g.split_rel = rel.dim() == 3;
-    const std::vector<char> zero = zero_rows<scalar_t>(rel, g);
-    g.rel_zero = zero.empty() ? nullptr : zero.data();
-    read_layouts(g, q, k, v);
+    std::vector<char> zero;
+    const Geometry g = attention_geometry<scalar_t>(q, k, v, rel, r_idx, c_idx, fixed, col_dilation, zero);
     const Tables tb = make_tables<scalar_t>(r_idx, r_ok, r_off, c_idx, c_ok, c_off, g, fixed, col_dilation);
     out = at::empty({g.B, g.H, g.W, g.NH, g.DV}, v.options());
     probs = at::empty({save ? g.B : 0, g.NH, g.H, g.K, g.Wp}, q.options());
@@ -1290,11 +1296,8 @@ std::vector<at::Tensor> na2d_backward(at::Tensor dout, at::Tensor q, at::Tensor 
   auto ds = at::empty_like(probs);
   at::Tensor drel, dbias;
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "na2d_backward", [&] {
-    Geometry g = geometry<scalar_t>(q, v, r_idx, c_idx, fixed, col_dilation);
-    g.split_rel = rel.dim() == 3;
-    const std::vector<char> zero = zero_rows<scalar_t>(rel, g);
-    g.rel_zero = zero.empty() ? nullptr : zero.data();
-    read_layouts(g, q, k, v);
+    std::vector<char> zero;
+    Geometry g = attention_geometry<scalar_t>(q, k, v, rel, r_idx, c_idx, fixed, col_dilation, zero);
     if (packed) g.lgq = g.lgk = g.lgv = g.lq;
     scalar_t* dq_at = dq.data_ptr<scalar_t>();  // packed: dk and dv are `step` elements on
     scalar_t* dk_at = packed ? dq_at + step : dk.data_ptr<scalar_t>();
