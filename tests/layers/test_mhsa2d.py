@@ -322,6 +322,8 @@ def test_top_level_names():
         (2, 3, 2, 2, 5),
         (1, 4, 9, 3, 17),
         (2, 2, 3, 1, 130),
+        (2, 13, 11, 3, 24),  # register blocks of 8, 4 and 1 rows
+        (1, 17, 6, 2, 70),
     ],
     ids=str,
 )

@@ -29,7 +29,16 @@ namespace {
 using namespace convattn_simd;
 
 constexpr int64_t kBlock = 4;  // output vectors per register block
-constexpr int64_t kRowsAtOnce = 1;  // output rows per register block: each b vector loaded once for both
+
+// Output rows per register block of NT vectors: the largest power of two, at most 8, whose MB NT
+// accumulators, NT b vectors and one broadcast fit in the registers. One row keeps only NT multiply-add
+// chains in flight, too few for a core with two vector FMA units, and each b vector loaded serves MB
+// rows.
+constexpr int rows_at_once(int NT) {
+  int mb = 8;
+  while (mb > 1 && mb * NT + NT + 1 > kVecRegisters) mb /= 2;
+  return mb;
+}
 
 // out[m0.., n0..] (+)= a @ b for MB rows and NV full vectors (+ one vector of `rem` lanes when TAIL), every
 // index a constant so that the accumulators stay in registers.
@@ -59,14 +68,17 @@ inline void gemm_block(int64_t K, const T* a, int64_t am, int64_t ak, const T* b
   }
 }
 
-// All M rows of one block of NV (+ TAIL) vectors, kRowsAtOnce rows at a time.
-template <typename T, int NV, bool TAIL>
+// All M rows of one block of NV (+ TAIL) vectors: MB rows at a time, then halves of MB for the rest.
+template <typename T, int NV, bool TAIL, int MB = rows_at_once(NV + (TAIL ? 1 : 0))>
 void gemm_rows(int64_t M, int64_t K, const T* a, int64_t am, int64_t ak, const T* b, int64_t ldb, T* out,
                int64_t ldo, bool accumulate, int64_t rem) {
   int64_t m = 0;
-  for (; m + kRowsAtOnce <= M; m += kRowsAtOnce)
-    gemm_block<T, kRowsAtOnce, NV, TAIL>(K, a + m * am, am, ak, b, ldb, out + m * ldo, ldo, accumulate, rem);
-  for (; m < M; ++m) gemm_block<T, 1, NV, TAIL>(K, a + m * am, am, ak, b, ldb, out + m * ldo, ldo, accumulate, rem);
+  for (; m + MB <= M; m += MB)
+    gemm_block<T, MB, NV, TAIL>(K, a + m * am, am, ak, b, ldb, out + m * ldo, ldo, accumulate, rem);
+  if constexpr (MB > 1) {
+    if (m < M)
+      gemm_rows<T, NV, TAIL, MB / 2>(M - m, K, a + m * am, am, ak, b, ldb, out + m * ldo, ldo, accumulate, rem);
+  }
 }
 
 // out[m, :N] (+)= sum_k a[m*am + k*ak] * b[k*ldb + :N] for m < M, out rows ldo apart. a's two strides let

@@ -14,10 +14,13 @@ namespace convattn_simd {
 
 // Vectors wider than the registers are split by the compiler, and a kernel that holds L vectors of L
 // lanes (a tile to transpose) then spills: on AVX2 64-byte vectors ran the kernels 2-4x slower.
+// kVecRegisters: the vector registers a register-blocked loop may fill before it spills.
 #if defined(__AVX512F__)
 constexpr int kVecBytes = 64;
+constexpr int kVecRegisters = 32;
 #else
 constexpr int kVecBytes = 32;
+constexpr int kVecRegisters = 16;
 #endif
 
 template <typename T>
