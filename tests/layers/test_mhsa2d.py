@@ -354,6 +354,23 @@ def test_position_mix_kernel_is_repeatable_bit_for_bit_and_agrees_in_float32():
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
+@needs_kernel("posmix")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_position_mix_kernel_reads_subnormal_tables_as_zero_and_restores_the_float_mode(dtype):
+    tiny = torch.finfo(dtype).tiny  # the smallest normal number
+    z = torch.ones(2, 3, 4, 2, 5, dtype=dtype, requires_grad=True)
+    rows = torch.full((2, 3, 3), tiny / 4, dtype=dtype, requires_grad=True)  # subnormal: read as zero
+    cols = torch.ones(2, 4, 4, dtype=dtype, requires_grad=True)
+    out = position_mix(z, rows, cols, backend="kernel")
+    # Exactly, every output is 2 heads x 3 x 4 x tiny / 4 = 6 tiny, a normal number.
+    assert torch.equal(out, torch.zeros_like(out))
+    dz, drows, dcols = torch.autograd.grad(out.sum(), (z, rows, cols))
+    assert torch.equal(dz, torch.zeros_like(dz)) and torch.equal(dcols, torch.zeros_like(dcols))
+    torch.testing.assert_close(drows, torch.full_like(drows, 2 * 4 * 4 * 5), rtol=0, atol=0)  # B W W C ones
+    # The calling thread computes subnormals again afterwards.
+    assert (torch.tensor(tiny, dtype=dtype) / 4).item() == tiny / 4 > 0
+
+
 @pytest.mark.parametrize(
     ("rows_shape", "cols_shape", "words"),
     [((2, 3, 3), (2, 5, 5), r"rows must be \(3, 4, 4\)"), ((3, 4, 4), (3, 4, 4), r"cols.shape=\(3, 4, 4\)")],

@@ -152,6 +152,7 @@ template <typename T>
 void forward_impl(const Shape& s, const T* z, const T* rows, const T* cols, T* y) {
   const int64_t rowlen = s.W * s.h * s.C;
   at::parallel_for(0, s.B, 1, [&](int64_t begin, int64_t end) {
+    const FlushSubnormals flush;  // softmax tables are full of subnormals
     std::vector<T> t(s.image());  // t[k][j][hh][:], every head's column mix
     for (int64_t b = begin; b < end; ++b) {
       const T* zb = z + b * s.image();
@@ -173,6 +174,7 @@ void backward_impl(const Shape& s, const T* dy, const T* z, const T* rows, const
   // in image order below: the same bits in every run with the same number of threads.
   std::vector<std::vector<vec<T>>> part(s.B);
   at::parallel_for(0, s.B, 1, [&](int64_t begin, int64_t end) {
+    const FlushSubnormals flush;
     std::vector<T> th(plane), sh(plane);  // one head's column mix of z and row mix of dy: cache-sized
     std::vector<vec<T>>& acc = part[begin];
     acc.assign(HH + WW, vec<T>{});
