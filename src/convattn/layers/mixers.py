@@ -19,6 +19,7 @@ from convattn.layers.dynamic import image_dwconv2d, pixel_dwconv2d
 from convattn.layers.geometry import BORDERS
 from convattn.layers.mhsa2d import MultiHeadSelfAttention2d
 from convattn.layers.neighborhood import neighborhood_attention2d, neighborhood_attention2d_qkv
+from convattn.layers.pointwise import pointwise_conv2d
 from convattn.layers.window import window_attention2d, window_attention2d_qkv
 from convattn.utils.checks import (
     check_heads_divide,
@@ -364,7 +365,7 @@ class SASA(nn.Module):
         weight = torch.cat([self.q.weight, self.kv.weight])  # (3 out, dim, 1, 1): q, k, v in one 1×1 conv
         # The conv keeps x's memory format (NCHW or channels_last) and the kernel reads either in place,
         # so the input is not converted: (B, 3 out, H, W) -> (B, 3, heads, d, H, W) -> (B, H, W, 3, heads, d)
-        qkv = F.conv2d(x, weight).unflatten(1, (3, self.heads, self.d)).permute(0, 4, 5, 1, 2, 3)  # a view
+        qkv = pointwise_conv2d(x, weight).unflatten(1, (3, self.heads, self.d)).permute(0, 4, 5, 1, 2, 3)
         out = neighborhood_attention2d_qkv(
             qkv,
             self.k,
