@@ -5,8 +5,8 @@ One concept per file. Sequences: `attention` (masked softmax, additive and dot-p
 (B, C, H, W): `mhsa2d` (global attention with positional encodings), `neighborhood` and `window`
 (local attention), `dynamic` (dynamic depth-wise convolutions), all behind one interface in
 `mixers`. Shared machinery: `geometry` (window index tables), `kernels` (the C++ kernels and the one
-backend chooser), `blocks` (the building blocks of the model families), `pointwise` (the mixers' 1×1 projections),
-`_macs` (multiply-add tally).
+backend chooser), `blocks` (the building blocks of the model families), `pointwise` (the mixers' 1×1
+projections), `_macs` (multiply-add tally).
 """
 
 from convattn.utils.lazy import lazy_submodules as _lazy
