@@ -119,7 +119,7 @@ inline void store_first(T* p, vec<T> v, int64_t n) {
 // subnormal results to zero (MXCSR's DAZ and FTZ bits), then the caller's mode is restored. Subnormals
 // take a microcode assist on many x86 cores, about a hundred cycles per operation: softmax tables hold
 // many (exp of a large negative score), and with them the position mix of the 16x16 attention net ran
-// 5x slower on an Intel Xeon. Values below 2^-126 (float) or 2^-1022 (double) change by that much at
+// 3-4x slower on an Intel Xeon. Values below 2^-126 (float) or 2^-1022 (double) change by that much at
 // most. Construct it inside every parallel region: each thread has its own MXCSR.
 struct FlushSubnormals {
 #if defined(__SSE__) || defined(__x86_64__)
