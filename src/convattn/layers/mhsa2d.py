@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from convattn.layers.kernels import BACKENDS, choose_backend, position_mix_kernel
 from convattn.layers.pos_embed import sinusoidal_2d
-from convattn.utils.checks import check_pair, check_positive_int, check_probability, check_tensor
+from convattn.utils.checks import check_like, check_pair, check_positive_int, check_probability, check_tensor
 
 __all__ = ["ENCODINGS", "POSITION_MIXING", "MultiHeadSelfAttention2d", "pixel_positions", "position_mix"]
 
@@ -88,11 +88,8 @@ def position_mix(z: Tensor, rows: Tensor, cols: Tensor, *, backend: str = "auto"
             f"for z of shape {tuple(z.shape)} (B, H, W, heads, C) rows must be ({h}, {H}, {H}) and cols "
             f"({h}, {W}, {W}), got rows.shape={tuple(rows.shape)}, cols.shape={tuple(cols.shape)}"
         )
-    for name, t in (("rows", rows), ("cols", cols)):
-        if t.dtype != z.dtype or t.device != z.device:
-            raise TypeError(
-                f"{name} must match z's dtype and device ({z.dtype}, {z.device}), got {t.dtype}, {t.device}"
-            )
+    check_like("rows", rows, "z", z)
+    check_like("cols", cols, "z", z)
     if choose_backend(backend, z, "posmix") == "kernel":
         return position_mix_kernel(z, rows, cols)
     T = H * W

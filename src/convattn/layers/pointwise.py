@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from convattn.utils.checks import check_tensor
+from convattn.utils.checks import check_like, check_tensor
 
 __all__ = ["pointwise_conv2d"]
 
@@ -61,11 +61,7 @@ def pointwise_conv2d(x: Tensor, weight: Tensor) -> Tensor:
             f"weight must be (out_channels, {x.shape[1]}, 1, 1) for x of shape {tuple(x.shape)}, "
             f"got weight.shape={tuple(weight.shape)}"
         )
-    if weight.dtype != x.dtype or weight.device != x.device:
-        raise TypeError(
-            f"weight must match x's dtype and device ({x.dtype}, {x.device}), "
-            f"got {weight.dtype}, {weight.device}"
-        )
+    check_like("weight", weight, "x", x)
     fast = (
         x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.float64)

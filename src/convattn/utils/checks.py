@@ -25,6 +25,16 @@ def check_tensor(name: str, x: object, ndim: int | Sequence[int] | None = None) 
     return x
 
 
+def check_like(name: str, t: Tensor, like_name: str, like: Tensor) -> Tensor:
+    """Raise TypeError unless tensor `t` has the dtype and device of `like`."""
+    if t.dtype != like.dtype or t.device != like.device:
+        raise TypeError(
+            f"{name} must match {like_name}'s dtype and device ({like.dtype}, {like.device}), "
+            f"got {t.dtype}, {t.device}"
+        )
+    return t
+
+
 def check_positive_int(name: str, value: object) -> int:
     """Raise unless `value` is an int >= 1 (bool is rejected)."""
     if isinstance(value, bool) or not isinstance(value, int):
