@@ -66,8 +66,7 @@ def pointwise_conv2d(x: Tensor, weight: Tensor) -> Tensor:
         x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.float64)
         and x.numel() > 0
-        and x.is_contiguous()
-        and not (x.shape[1] > 1 and x.is_contiguous(memory_format=torch.channels_last))
+        and x.is_contiguous()  # NCHW (a 1×1 map is channels-last too: both paths agree there)
     )
     if not fast:
         return F.conv2d(x, weight)
